@@ -1,0 +1,1 @@
+"""Alembic environment and revisions: the orchestrator schema and the demo's tables."""

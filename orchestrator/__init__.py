@@ -1,0 +1,27 @@
+"""orchestrator: a Postgres-driven workflow orchestrator.
+
+Row changes are recorded as durable events by triggers; dispatchers claim them and run the
+handler registered for each transition; a handler's outcome is written back with
+compare-and-set, which records the next event.
+"""
+
+from orchestrator.app import Orchestrator
+from orchestrator.config import Settings
+from orchestrator.errors import OrchestratorError
+from orchestrator.events import Event, Next, Retry
+from orchestrator.registry import Registry, load_registry
+from orchestrator.runner import Context
+from orchestrator.workflow import Workflow
+
+__all__ = [
+    "Context",
+    "Event",
+    "Next",
+    "Orchestrator",
+    "OrchestratorError",
+    "Registry",
+    "Retry",
+    "Settings",
+    "Workflow",
+    "load_registry",
+]

@@ -1,0 +1,54 @@
+"""Orchestrator: settings, a registry and a store tied together; open it, then migrate or run.
+
+    with Orchestrator(Settings.load(), load_registry("handlers")) as orch:
+        orch.migrate()
+        orch.dispatcher(until_idle=True).run()
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from orchestrator import db, schema
+from orchestrator.config import Settings
+from orchestrator.dispatcher import Dispatcher, dispatcher_name
+from orchestrator.embedded import EmbeddedServer
+from orchestrator.registry import Registry
+from orchestrator.store import Store
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """The DSN to use: the configured one, else the embedded server's (started if needed)."""
+    if settings.dsn:
+        return settings.dsn
+    return EmbeddedServer(settings.data_dir / "pgdata").start()
+
+
+class Orchestrator:
+    """Opens a pool on enter and closes it on exit. Raises DatabaseUnavailable on enter when the
+    database cannot be reached."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.dsn = resolve_dsn(settings)
+        self.pool = db.make_pool(self.dsn, max_size=settings.pool_size)
+        self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s)
+
+    def __enter__(self) -> Orchestrator:
+        db.open_pool(self.pool, self.dsn)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.pool.close()
+
+    def migrate(self) -> list[str]:
+        """Upgrade the schema to the newest revision and install every workflow; their names."""
+        schema.upgrade(self.dsn)
+        return schema.install_workflows(self.store, self.registry)
+
+    def dispatcher(self, *, until_idle: bool = False) -> Dispatcher:
+        listen = self.settings.listen_dsn or self.dsn
+        return Dispatcher(self.registry, self.store, self.settings, listen_dsn=listen,
+                          until_idle=until_idle)

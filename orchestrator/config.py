@@ -1,0 +1,126 @@
+"""Settings: one frozen dataclass, filled from defaults, then ``ORCHESTRATOR_*`` env, then flags.
+
+Every field is documented where it is declared; ``orchestrator run --help`` shows the same text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from orchestrator.errors import ConfigError
+
+ENV_PREFIX = "ORCHESTRATOR_"
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("orchestrator", appauthor=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How the orchestrator connects and dispatches. Units are in the field names."""
+
+    dsn: str | None = field(default=None, metadata={"help": "PostgreSQL connection string."})
+    listen_dsn: str | None = field(
+        default=None, metadata={"help": "Connection string for LISTEN (default: dsn)."}
+    )
+    handlers: str = field(
+        default="handlers", metadata={"help": "Python package or module holding the workflows."}
+    )
+    concurrency: int = field(
+        default=8, metadata={"help": "Handlers run at once by one dispatcher."}
+    )
+    batch_size: int = field(
+        default=64, metadata={"help": "Most events one claim statement takes."}
+    )
+    pool_size: int = field(
+        default=4, metadata={"help": "Most pooled work connections (LISTEN adds one)."}
+    )
+    lease_s: float = field(
+        default=30.0,
+        metadata={"help": "Seconds a claim is held before another dispatcher may take it over."},
+    )
+    poll_interval_s: float = field(
+        default=1.0, metadata={"help": "Seconds between claims when no NOTIFY arrives."}
+    )
+    handler_timeout_s: float = field(
+        default=30.0, metadata={"help": "Seconds a handler may run before it counts as failed."}
+    )
+    max_attempts: int = field(
+        default=5, metadata={"help": "Attempts per event before it is dead (per handler too)."}
+    )
+    retry_base_s: float = field(
+        default=1.0, metadata={"help": "Backoff cap after the first failure, doubled each time."}
+    )
+    retry_max_s: float = field(default=300.0, metadata={"help": "Largest backoff cap."})
+    shutdown_grace_s: float = field(
+        default=10.0,
+        metadata={"help": "Seconds a stopping dispatcher waits for handlers before releasing."},
+    )
+    data_dir: Path = field(
+        default_factory=_default_data_dir,
+        metadata={"help": "Where the embedded PostgreSQL keeps its data."},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "batch_size", "pool_size", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lease_s", "poll_interval_s", "handler_timeout_s", "retry_base_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.retry_max_s < self.retry_base_s:
+            raise ConfigError("retry_max_s must be at least retry_base_s")
+
+    @classmethod
+    def load(
+        cls, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Defaults, then ``ORCHESTRATOR_<FIELD>`` from ``env``, then non-None ``overrides``.
+
+        ``dsn`` also falls back to ``DATABASE_URL``. Raises ConfigError for a value that does
+        not parse or is out of range.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None and f.name == "dsn":
+                raw = env.get("DATABASE_URL")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = str(f.type)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw).expanduser()
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def help_for(name: str) -> str:
+    """The documented meaning of setting ``name`` with its default, for CLI help."""
+    for f in fields(Settings):
+        if f.name == name:
+            default = "" if f.default in (None, dataclasses.MISSING) else f" Default: {f.default}."
+            return f"{f.metadata['help']}{default} Env: {ENV_PREFIX}{name.upper()}."
+    raise KeyError(name)

@@ -1,0 +1,208 @@
+"""Connections: the work pool, the dedicated LISTEN connection, DSN handling.
+
+With store.py, the only module that imports psycopg. Driver errors leave here as StoreError
+subclasses whose messages never contain a password.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from orchestrator.backoff import reconnect_delay_s
+from orchestrator.errors import ConfigError, DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+# TCP keepalives and a send timeout find a silently dead peer in about 20 s instead of the
+# kernel's two hours (they do not apply to Unix sockets).
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
+              "keepalives_count": 3, "tcp_user_timeout": 20_000}
+CHANNEL = "orchestrator"
+APPLICATION_NAME = "orchestrator"
+
+_PASSWORD_IN_URI = re.compile(r"(://[^:/@]*:)[^@]*@")
+_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with any password in a DSN (URI or key=value form) replaced by ``***``."""
+    text = _PASSWORD_IN_URI.sub(r"\1***@", text)
+    return _PASSWORD_PARAM.sub(r"\1***", text)
+
+
+def connect_kwargs(dsn: str, **extra: Any) -> dict[str, Any]:
+    """Connection parameters for ``dsn``: the DSN's own, our defaults where it has none.
+
+    Raises ConfigError for a DSN that does not parse.
+    """
+    try:
+        params: dict[str, Any] = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"invalid DSN {redact(dsn)!r}: {redact(str(exc))}") from None
+    params.setdefault("application_name", APPLICATION_NAME)
+    params.setdefault("connect_timeout", 10)
+    if not str(params.get("host", "")).startswith("/"):
+        for key, value in KEEPALIVES.items():
+            params.setdefault(key, value)
+    params.update(extra)
+    return params
+
+
+def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """One connection. Raises DatabaseUnavailable (password redacted) when it cannot connect."""
+    try:
+        return psycopg.connect(**connect_kwargs(dsn), autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(_unavailable(dsn, exc)) from None
+
+
+def _unavailable(dsn: str, exc: BaseException) -> str:
+    detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return f"cannot connect to {describe(dsn)}: {detail}"
+
+
+def describe(dsn: str) -> str:
+    """A short, password-free name for the server a DSN points at."""
+    try:
+        p = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "the database (unparsable DSN)"
+    host = p.get("host") or "localhost"
+    port = p.get("port") or "5432"
+    where = host if str(host).startswith("/") else f"{host}:{port}"
+    return f"database {p.get('dbname') or p.get('user') or '?'!s} at {where}"
+
+
+def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator") -> ConnectionPool:
+    """A closed pool of work connections; open it with ``open(wait=True)``."""
+    return ConnectionPool(
+        kwargs=connect_kwargs(dsn), min_size=1, max_size=max_size, open=False, name=name,
+        check=ConnectionPool.check_connection, timeout=30,
+    )
+
+
+def open_pool(pool: ConnectionPool, dsn: str, *, timeout_s: float = 15.0) -> None:
+    """Open ``pool`` and wait for its first connection; DatabaseUnavailable when none comes."""
+    try:
+        pool.open(wait=True, timeout=timeout_s)
+    except PoolTimeout:
+        pool.close()
+        # One direct attempt gives the real reason (refused, bad password, no such database).
+        connect(dsn).close()
+        raise DatabaseUnavailable(f"cannot connect to {describe(dsn)}: timed out") from None
+
+
+@contextmanager
+def borrowed(pool: ConnectionPool) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled connection; raises DatabaseUnavailable when none can be had in time."""
+    try:
+        with pool.connection() as conn:
+            yield conn
+    except PoolTimeout as exc:
+        raise DatabaseUnavailable(f"no database connection available: {exc}") from None
+
+
+class Transaction:
+    """A pooled connection taken only when first used, for a handler's own writes.
+
+    ``connection`` begins the transaction; ``close(commit)`` ends it and returns the connection.
+    ``pid`` is the server process, so a hung handler's session can be terminated.
+    """
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._conn: psycopg.Connection[Any] | None = None
+        self.pid: int | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None:
+            try:
+                self._conn = self._pool.getconn()
+            except PoolTimeout as exc:
+                raise DatabaseUnavailable(f"no database connection available: {exc}") from None
+            self.pid = self._conn.info.backend_pid
+        return self._conn
+
+    def close(self, *, commit: bool = False) -> None:
+        """Commit or roll back, and return the connection to the pool (a broken one is
+        discarded by the pool). Never raises for a connection that already failed."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if commit:
+                conn.commit()
+            else:
+                conn.rollback()
+        except psycopg.Error:
+            log.debug("closing a failed handler transaction", exc_info=True)
+        finally:
+            self._pool.putconn(conn)
+
+
+class Listener:
+    """The dedicated LISTEN connection, in a thread of its own.
+
+    Calls ``wake()`` for each notification, and also right after every (re)connect, because
+    notifications sent while it was away are lost: the caller then claims to catch up.
+    Reconnects with backoff; ``up`` tells whether it is listening now.
+    """
+
+    def __init__(self, dsn: str, wake: Callable[[], None], *, check_every_s: float = 5.0) -> None:
+        self._dsn = dsn
+        self._wake = wake
+        self._check_every_s = check_every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="orchestrator-listen", daemon=True)
+        self.up = False
+        self.reconnects = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(**connect_kwargs(self._dsn), autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.up, failures = True, 0
+                    self._wake()
+                    self._listen(conn)
+            except psycopg.Error as exc:
+                if self._stop.is_set():
+                    break
+                failures += 1
+                self.reconnects += self.up
+                log.warning("LISTEN connection lost (%s); reconnecting",
+                            redact(str(exc).strip().splitlines()[0] if str(exc) else "closed"))
+            self.up = False
+            self._stop.wait(reconnect_delay_s(failures))
+
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        checked = time.monotonic()
+        while not self._stop.is_set():
+            for _ in conn.notifies(timeout=1.0, stop_after=1):
+                self._wake()
+            if time.monotonic() - checked >= self._check_every_s:
+                conn.execute("SELECT 1")  # finds a dead connection that sent no error
+                checked = time.monotonic()

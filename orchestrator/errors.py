@@ -1,0 +1,68 @@
+"""One root exception and its children.
+
+Each class's docstring is its default message; a few take domain arguments and say more. The CLI
+prints ``str(error)`` as one line and exits 1.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """The orchestrator failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip().splitlines()[0])
+
+
+class ConfigError(OrchestratorError):
+    """A setting has an invalid value."""
+
+
+class DefinitionError(OrchestratorError):
+    """A workflow definition is invalid."""
+
+
+class RegistrationError(OrchestratorError):
+    """A handler cannot be registered."""
+
+
+class HandlerModuleError(OrchestratorError):
+    """The handler module could not be loaded."""
+
+
+class StoreError(OrchestratorError):
+    """A database operation failed."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be reached."""
+
+
+class NotMigrated(StoreError):
+    """The database has no orchestrator schema: run `orchestrator migrate` first."""
+
+
+class IllegalTransition(OrchestratorError):
+    """The workflow does not allow this transition."""
+
+    def __init__(self, workflow: str, from_state: str | None, to_state: str) -> None:
+        super().__init__(f"workflow {workflow!r} does not allow {from_state!r} -> {to_state!r}")
+        self.workflow = workflow
+        self.from_state = from_state
+        self.to_state = to_state
+
+
+class BadOutcome(OrchestratorError):
+    """A handler returned something that is not an outcome."""
+
+
+class HandlerTimeout(OrchestratorError):
+    """A handler ran past its timeout."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"handler timed out after {timeout_s:g}s")
+        self.timeout_s = timeout_s
+
+
+class EmbeddedServerError(OrchestratorError):
+    """The embedded PostgreSQL server failed."""

@@ -1,0 +1,225 @@
+"""Run one handler: on a worker thread, under a deadline, and decide what its attempt came to.
+
+A handler that returns is done; one that raises Retry or any error is retried with backoff until
+its attempts run out, then dead; one that returns something illegal is dead at once (running it
+again would return the same). Python cannot kill a thread: a handler past its deadline is
+abandoned (its attempt fails, its database session is terminated) and a new worker replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from orchestrator.backoff import retry_delay_s
+from orchestrator.config import Settings
+from orchestrator.db import Transaction
+from orchestrator.errors import BadOutcome, HandlerTimeout, IllegalTransition, OrchestratorError
+from orchestrator.events import Event, Next, Retry, as_outcome
+from orchestrator.registry import HandlerSpec, Registry
+from orchestrator.store import Result, Store
+
+log = logging.getLogger(__name__)
+
+JobState = Literal["running", "finishing", "abandoned"]
+
+
+class Context:
+    """What a handler may use besides its event.
+
+    ``db`` is a connection inside a transaction that commits together with the handler's
+    outcome (or rolls back if the attempt fails), so rows a handler writes there change exactly
+    once. The transaction begins on first use; a handler that never touches ``db`` holds no
+    connection while it runs.
+    """
+
+    def __init__(self, tx: Transaction, deadline: float, workflow: str) -> None:
+        self._tx = tx
+        self._deadline = deadline
+        self.log = logging.getLogger(f"orchestrator.handler.{workflow}")
+
+    @property
+    def db(self) -> Any:
+        return self._tx.connection
+
+    @property
+    def remaining_s(self) -> float:
+        """Seconds left before the handler's timeout."""
+        return max(0.0, self._deadline - time.monotonic())
+
+
+@dataclass(eq=False)
+class Job:
+    """One attempt at an event, handed to a worker thread."""
+
+    event: Event
+    spec: HandlerSpec
+    timeout_s: float
+    deadline: float
+    tx: Transaction
+    state: JobState = "running"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Runner:
+    """Routes events to handlers and turns each attempt into a Result.
+
+    Results go to ``deliver``: ``("result", job, result)`` for the dispatcher to write in its
+    next batch, or ``("finished", job, report)`` when the handler's own transaction already
+    wrote it.
+    """
+
+    def __init__(self, registry: Registry, store: Store, settings: Settings,
+                 deliver: Callable[[tuple[str, Job, Any]], None]) -> None:
+        self.registry = registry
+        self.store = store
+        self.settings = settings
+        self._deliver = deliver
+        self._workers = WorkerPool(settings.concurrency, self._execute)
+
+    def start(self, event: Event, now: float) -> Job | Result:
+        """Begin an attempt: a Job running on a worker, or at once a Result when there is
+        nothing to run (no handler for this change, or attempts already used up)."""
+        spec = self.registry.route(event)
+        if spec is None:
+            return Result(event, "done", outcome="no_handler")
+        max_attempts = spec.max_attempts or self.settings.max_attempts
+        if event.attempt > max_attempts:
+            return self.failure(event, spec, "gave up: an earlier attempt never finished "
+                                "(its dispatcher stopped)", final=True)
+        timeout_s = spec.timeout_s or self.settings.handler_timeout_s
+        job = Job(event, spec, timeout_s, now + timeout_s, Transaction(self.store.pool))
+        self._workers.submit(job)
+        return job
+
+    def expire(self, job: Job) -> Result | None:
+        """Abandon ``job`` if its handler is still running; the failed attempt's Result."""
+        with job.lock:
+            if job.state != "running":
+                return None
+            job.state = "abandoned"
+        if job.tx.pid is not None:
+            self._terminate(job.tx.pid)
+        self._workers.replace_stuck()
+        return self.failure(job.event, job.spec, str(HandlerTimeout(job.timeout_s)))
+
+    def _terminate(self, pid: int) -> None:
+        try:
+            self.store.terminate_backend(pid)
+        except OrchestratorError as exc:
+            log.warning("could not end the session of a timed-out handler: %s", exc)
+
+    def failure(self, event: Event, spec: HandlerSpec | None, error: str, *,
+                delay_s: float | None = None, final: bool = False) -> Result:
+        """A failed attempt: retried with backoff while attempts remain, else dead (and the row
+        moved to the workflow's failure state when it declares one)."""
+        max_attempts = (spec and spec.max_attempts) or self.settings.max_attempts
+        name = spec.name if spec else None
+        if not final and event.attempt < max_attempts:
+            if delay_s is None:
+                delay_s = retry_delay_s(event.attempt, base_s=self.settings.retry_base_s,
+                                        max_s=self.settings.retry_max_s)
+            return Result(event, "retry", handler=name, error=error, delay_s=delay_s)
+        wf = self.registry.workflows.get(event.workflow)
+        state = event.new_row.get(wf.column) if wf else None
+        move = (Next(wf.failure_state) if wf and wf.failure_state and state not in wf.terminal
+                else None)
+        return Result(event, "dead", handler=name, outcome="dead", next=move,
+                      error=f"{error} (attempt {event.attempt} of {max_attempts})")
+
+    # -- on a worker thread ------------------------------------------------------------------
+
+    def _execute(self, job: Job) -> None:
+        result = self._attempt(job)
+        with job.lock:
+            if job.state == "abandoned":
+                job.tx.close()
+                return
+            job.state = "finishing"
+        if result.kind == "done" and job.tx.started:
+            self._finish_in_own_transaction(job, result)
+            return
+        job.tx.close()
+        self._deliver(("result", job, result))
+
+    def _finish_in_own_transaction(self, job: Job, result: Result) -> None:
+        try:
+            report = self.store.finish([result], conn=job.tx.connection, quiet=False)
+        except OrchestratorError as exc:
+            job.tx.close()
+            self._deliver(("lost", job, exc))
+            return
+        job.tx.close()
+        self._deliver(("finished", job, (result, report)))
+
+    def _attempt(self, job: Job) -> Result:
+        event, spec = job.event, job.spec
+        ctx = Context(job.tx, job.deadline, event.workflow)
+        try:
+            returned = spec.fn(event, ctx) if spec.takes_context else spec.fn(event)
+            return self._done(event, spec, as_outcome(returned))
+        except Retry as exc:
+            return self.failure(event, spec, f"Retry: {exc}", delay_s=exc.delay_s)
+        except (BadOutcome, IllegalTransition) as exc:
+            return self.failure(event, spec, f"{type(exc).__name__}: {exc}", final=True)
+        except Exception as exc:
+            log.debug("handler %s failed on event %s", spec.name, event.id, exc_info=True)
+            return self.failure(event, spec, f"{type(exc).__name__}: {exc}")
+
+    def _done(self, event: Event, spec: HandlerSpec, outcome: Next | None) -> Result:
+        if outcome is None:
+            return Result(event, "done", handler=spec.name, outcome="noop")
+        wf = self.registry.workflow(event.workflow)
+        if outcome.state is not None:
+            wf.check(event.new_row.get(wf.column), outcome.state)
+        if unknown := set(outcome.values) - self.store.columns(wf.name):
+            raise BadOutcome(f"handler returned values for unknown columns {sorted(unknown)} "
+                             f"of {wf.qualified_table}")
+        if wf.column in outcome.values:
+            raise BadOutcome(f"set the state with Next(state=...), not values[{wf.column!r}]")
+        return Result(event, "done", handler=spec.name, outcome="applied",
+                      next=outcome)
+
+    def stop(self) -> None:
+        self._workers.stop()
+
+
+class WorkerPool:
+    """Threads that run jobs; a stuck one is replaced, never killed."""
+
+    def __init__(self, size: int, run: Callable[[Job], None]) -> None:
+        self._run = run
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        for _ in range(size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(target=self._loop, daemon=True,
+                                  name=f"orchestrator-worker-{len(self._threads)}")
+        self._threads.append(thread)
+        thread.start()
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._run(job)
+            except Exception:
+                log.exception("worker failed on event %s", job.event.id)
+            if job.state == "abandoned":
+                return  # a replacement took this thread's place
+
+    def submit(self, job: Job) -> None:
+        self._jobs.put(job)
+
+    def replace_stuck(self) -> None:
+        self._spawn()
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)

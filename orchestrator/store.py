@@ -1,0 +1,360 @@
+"""Every database verb the engine needs: claim, finish, heartbeat, requeue, release, install.
+
+With db.py, the only module that talks to psycopg. Verbs take and return domain objects (Event,
+Result, Workflow); driver errors leave as StoreError or DatabaseUnavailable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from orchestrator.db import borrowed, redact
+from orchestrator.errors import DatabaseUnavailable, DefinitionError, NotMigrated, StoreError
+from orchestrator.events import Event, Next, event_from_row
+from orchestrator.sql import QUERIES
+from orchestrator.workflow import Workflow
+
+log = logging.getLogger(__name__)
+
+ResultKind = Literal["done", "retry", "dead"]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one attempt at an event came to, ready to be written.
+
+    ``done``: finished; ``next`` (if any) is written to the row with compare-and-set.
+    ``retry``: back to the queue after ``delay_s``. ``dead``: given up; ``next`` (if any) moves
+    the row to the workflow's failure state.
+    """
+
+    event: Event
+    kind: ResultKind
+    handler: str | None = None
+    outcome: str = "noop"
+    next: Next | None = None
+    error: str | None = None
+    delay_s: float = 0.0
+
+
+@dataclass(slots=True)
+class FinishReport:
+    """What a finish call wrote: each event's outcome (applied, stale, noop, no_handler, retry,
+    dead; an event missing here was no longer ours), the events handed straight to this
+    dispatcher, and results whose write failed, with the error, to record as failed attempts."""
+
+    outcomes: dict[int, str] = field(default_factory=dict)
+    handoffs: list[Event] = field(default_factory=list)
+    rejected: list[tuple[Result, str]] = field(default_factory=list)
+
+    def merge(self, other: FinishReport) -> None:
+        self.outcomes.update(other.outcomes)
+        self.handoffs += other.handoffs
+        self.rejected += other.rejected
+
+
+def is_connection_error(exc: BaseException, conn: psycopg.Connection[Any] | None = None) -> bool:
+    """Whether ``exc`` means the server or the connection is gone (as opposed to a bad query)."""
+    if conn is not None and (conn.broken or conn.closed):
+        return True
+    if isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CrashShutdown
+                  | psycopg.errors.CannotConnectNow):
+        return True
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        state = getattr(exc, "sqlstate", None)
+        return state is None or state.startswith("08")
+    return False
+
+
+@contextmanager
+def translated(conn: psycopg.Connection[Any] | None = None) -> Iterator[None]:
+    """Turn driver errors into StoreError subclasses (passwords redacted)."""
+    try:
+        yield
+    except psycopg.errors.UndefinedTable as exc:
+        raise NotMigrated(f"{NotMigrated.__doc__} ({_first_line(exc)})") from exc
+    except psycopg.Error as exc:
+        kind = DatabaseUnavailable if is_connection_error(exc, conn) else StoreError
+        raise kind(f"database error: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact(text.splitlines()[0] if text else type(exc).__name__)
+
+
+class Store:
+    """The engine's database verbs for one dispatcher (``dispatcher`` names it in claims)."""
+
+    def __init__(self, pool: ConnectionPool, *, dispatcher: str, lease_s: float) -> None:
+        self.pool = pool
+        self.dispatcher = dispatcher
+        self.lease_s = lease_s
+        self._workflows: dict[str, Workflow] = {}
+        self._columns: dict[str, frozenset[str]] = {}
+        self._write_back: dict[tuple[str, tuple[str, ...]], sql.Composed] = {}
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        with borrowed(self.pool) as conn, translated(conn):
+            yield conn
+
+    def _events(self, query: str, params: Mapping[str, Any]) -> list[Event]:
+        with self._conn() as conn:
+            rows = conn.execute(query, params).fetchall()
+        return [event_from_row(row) for row in rows]
+
+    # -- dispatching -------------------------------------------------------------------------
+
+    def claim(self, limit: int) -> list[Event]:
+        """Claim up to ``limit`` runnable events (oldest first, per-row order kept)."""
+        return self._events(QUERIES["claim"], {
+            "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s})
+
+    def finish(
+        self, results: Sequence[Result], *, conn: psycopg.Connection[Any] | None = None,
+        quiet: bool = True,
+    ) -> FinishReport:
+        """Write ``results`` in one transaction and claim the next event of each finished row.
+
+        With ``conn`` (a handler's own open transaction) the writes join that transaction.
+        ``quiet``: the new events need no NOTIFY (they are handed over, or this dispatcher claims
+        them next). When one result cannot be written (say a constraint refuses the handler's
+        values), each is tried on its own and the failures come back in ``rejected``.
+        Raises DatabaseUnavailable when the connection is lost.
+        """
+        if conn is not None:
+            return self._finish_or_split(conn, results, quiet)
+        with borrowed(self.pool) as own:
+            return self._finish_or_split(own, results, quiet)
+
+    def _finish_or_split(
+        self, conn: psycopg.Connection[Any], results: Sequence[Result], quiet: bool
+    ) -> FinishReport:
+        try:
+            return self._finish(conn, results, quiet)
+        except psycopg.Error as exc:
+            _rollback(conn)
+            if is_connection_error(exc, conn):
+                raise DatabaseUnavailable(f"database error: {_first_line(exc)}") from exc
+            if len(results) == 1:
+                return FinishReport(rejected=[(results[0], _first_line(exc))])
+        report = FinishReport()
+        for result in results:
+            report.merge(self._finish_or_split(conn, [result], quiet))
+        return report
+
+    def _finish(
+        self, conn: psycopg.Connection[Any], results: Sequence[Result], quiet: bool
+    ) -> FinishReport:
+        # Pipeline mode: every statement, the hand-over claim and the commit go out in one
+        # round trip; statements still run in order inside one transaction.
+        finished = [r.event for r in results if r.kind != "retry"]
+        with conn.pipeline():
+            if quiet:
+                conn.execute(QUERIES["quiet"])
+            cursors = [conn.execute(*self._statement(r)) for r in results]
+            for r in results:
+                if r.error is not None:
+                    conn.execute(QUERIES["record_error"], {
+                        "id": r.event.id, "attempt": r.event.attempt, "error": r.error})
+            handoff = conn.execute(QUERIES["claim_next_of_rows"], {
+                "dispatcher": self.dispatcher, "lease_s": self.lease_s,
+                "workflows": [e.workflow for e in finished], "keys": [e.key for e in finished],
+            })
+            conn.commit()
+        outcomes = {r.event.id: row[0] for r, cur in zip(results, cursors, strict=True)
+                    if (row := cur.fetchone()) is not None}
+        return FinishReport(outcomes, [event_from_row(row) for row in handoff.fetchall()])
+
+    def _statement(self, r: Result) -> tuple[Any, dict[str, Any]]:
+        e = r.event
+        params: dict[str, Any] = {
+            "id": e.id, "attempt": e.attempt, "dispatcher": self.dispatcher,
+            "handler": r.handler, "error": r.error,
+        }
+        if r.kind == "retry":
+            return QUERIES["retry"], params | {"delay_s": r.delay_s}
+        status = "dead" if r.kind == "dead" else "done"
+        if r.next is None:
+            return QUERIES["finish"], params | {"status": status, "outcome": r.outcome}
+        wf = self._workflows[e.workflow]
+        values = dict(r.next.values)
+        if r.next.state is not None:
+            values[wf.column] = r.next.state
+        params |= {
+            "status": status, "outcome": r.outcome,
+            "stale_outcome": "dead" if r.kind == "dead" else "stale",
+            "next_state": r.next.state, "key": e.key, "expected": e.new_row.get(wf.column),
+        }
+        names = tuple(sorted(values))
+        params |= {f"v_{i}": _adapt(values[name]) for i, name in enumerate(names)}
+        return self._write_back_sql(wf, names), params
+
+    def _write_back_sql(self, wf: Workflow, names: tuple[str, ...]) -> sql.Composed:
+        cache_key = (wf.name, names)
+        if (query := self._write_back.get(cache_key)) is None:
+            assignments = sql.SQL(", ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(f"v_{i}"))
+                for i, name in enumerate(names))
+            query = sql.SQL(QUERIES["write_back"]).format(
+                table=sql.Identifier(wf.schema, wf.table), key=sql.Identifier(wf.key),
+                state=sql.Identifier(wf.column), assignments=assignments)
+            self._write_back[cache_key] = query
+        return query
+
+    def extend_leases(self, ids: Sequence[int]) -> None:
+        """Renew the lease on events this dispatcher is still working on."""
+        with self._conn() as conn:
+            conn.execute(QUERIES["extend_leases"], {
+                "ids": list(ids), "dispatcher": self.dispatcher, "lease_s": self.lease_s})
+
+    def requeue_expired(self) -> list[int]:
+        """Return events whose lease ran out to the queue; their ids."""
+        with self._conn() as conn:
+            return [row[0] for row in conn.execute(QUERIES["requeue_expired"]).fetchall()]
+
+    def release(self, ids: Sequence[int] = (), *, all_but: Sequence[int] | None = None) -> int:
+        """Give back claimed events unfinished, not counting the attempt: those in ``ids``, or
+        with ``all_but`` every claim of this dispatcher except those. Returns how many."""
+        with self._conn() as conn:
+            rows = conn.execute(QUERIES["release"], {
+                "dispatcher": self.dispatcher, "ids": list(ids), "all": all_but is not None,
+                "keep": list(all_but or ()),
+            }).fetchall()
+        return len(rows)
+
+    def has_open_events(self) -> bool:
+        """Whether any event is pending (due or not) or running, by any dispatcher."""
+        with self._conn() as conn:
+            row = conn.execute(QUERIES["has_open_events"]).fetchone()
+        return bool(row and row[0])
+
+    def terminate_backend(self, pid: int) -> None:
+        """End a server session (a hung handler's transaction), releasing its locks."""
+        with self._conn() as conn:
+            conn.execute(QUERIES["terminate_backend"], {"pid": pid})
+
+    # -- workflows ---------------------------------------------------------------------------
+
+    def use_workflows(self, workflows: Sequence[Workflow]) -> None:
+        """Check each workflow is installed as defined and remember it for write-backs.
+
+        Raises NotMigrated when the schema or a workflow is missing, DefinitionError when the
+        database holds a different definition (another version of the handlers migrated last).
+        """
+        with self._conn() as conn:
+            if not conn.execute(QUERIES["schema_present"]).fetchone()[0]:  # type: ignore[index]
+                raise NotMigrated()
+            installed = dict(conn.execute(QUERIES["installed_workflows"]).fetchall())
+            for wf in workflows:
+                if wf.name not in installed:
+                    raise NotMigrated(f"workflow {wf.name!r} is not installed in the database: "
+                                      "run `orchestrator migrate`")
+                if installed[wf.name] != wf.definition():
+                    raise DefinitionError(
+                        f"workflow {wf.name!r} in the database differs from the one in the "
+                        "handler module: run `orchestrator migrate` with the current handlers")
+                self._columns[wf.name] = self._table_columns(conn, wf)
+                self._workflows[wf.name] = wf
+
+    def columns(self, workflow: str) -> frozenset[str]:
+        """The columns of a workflow's table, as read by use_workflows."""
+        return self._columns[workflow]
+
+    @staticmethod
+    def _table_columns(conn: psycopg.Connection[Any], wf: Workflow) -> frozenset[str]:
+        rows = conn.execute(QUERIES["table_columns"], {"table": wf.qualified_table}).fetchall()
+        return frozenset(row[0] for row in rows)
+
+    def install_workflow(self, wf: Workflow) -> None:
+        """Record ``wf`` and (re)create its guard and capture triggers, in one transaction.
+
+        Raises DefinitionError when its table, key or state column does not exist.
+        """
+        with self._conn() as conn, conn.transaction():
+            columns = self._table_columns(conn, wf)
+            if not columns:
+                raise DefinitionError(f"workflow {wf.name!r}: table {wf.qualified_table} does "
+                                      "not exist; create it in a migration first")
+            for col in (wf.key, wf.column, *wf.watch):
+                if col not in columns:
+                    raise DefinitionError(
+                        f"workflow {wf.name!r}: table {wf.qualified_table} has no column {col!r}")
+            conn.execute(QUERIES["upsert_workflow"], {
+                "name": wf.name, "table": wf.qualified_table, "key": wf.key,
+                "column": wf.column, "initial": wf.initial, "definition": Jsonb(wf.definition()),
+            })
+            conn.execute(QUERIES["delete_transitions"], {"name": wf.name})
+            with conn.cursor() as cur:
+                cur.executemany(QUERIES["insert_transition"], [
+                    {"name": wf.name, "source": t.source, "dest": t.dest, "trigger": t.trigger}
+                    for t in wf.transitions])
+            for statement in _trigger_ddl(wf, conn):
+                conn.execute(statement)
+
+
+def _adapt(value: Any) -> Any:
+    """Dicts and lists go to json/jsonb columns."""
+    return Jsonb(value) if isinstance(value, dict | list) else value
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    with suppress(psycopg.Error):  # a broken connection: the pool discards it
+        conn.rollback()
+
+
+def _trigger_name(wf: Workflow, suffix: str) -> str:
+    return f"orchestrator_{wf.name}_{suffix}"[:63]
+
+
+def _trigger_ddl(wf: Workflow, conn: psycopg.Connection[Any]) -> list[sql.Composed]:
+    """CREATE OR REPLACE the guard and capture triggers; DROP captures of unwatched columns."""
+    table = sql.Identifier(wf.schema, wf.table)
+    name, key, state = sql.Literal(wf.name), sql.Literal(wf.key), sql.Literal(wf.column)
+
+    def trigger(suffix: str, timing: str, event: sql.Composable, func: str,
+                args: list[sql.Composable], when: sql.Composable | None = None) -> sql.Composed:
+        return sql.SQL(
+            "CREATE OR REPLACE TRIGGER {name} " + timing + " {event} ON {table} FOR EACH ROW "
+            "{when} EXECUTE FUNCTION " + func + "({args})"
+        ).format(name=sql.Identifier(_trigger_name(wf, suffix)), event=event, table=table,
+                 when=sql.SQL("WHEN ({})").format(when) if when else sql.SQL(""),
+                 args=sql.SQL(", ").join(args))
+
+    def update_of(column: str) -> tuple[sql.Composable, sql.Composable]:
+        col = sql.Identifier(column)
+        return (sql.SQL("UPDATE OF {}").format(col),
+                sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=col))
+
+    state_event, state_changed = update_of(wf.column)
+    wanted = {
+        "guard_insert": trigger("guard_insert", "BEFORE", sql.SQL("INSERT"),
+                                "orchestrator.guard_v1", [name, state]),
+        "guard_update": trigger("guard_update", "BEFORE", state_event, "orchestrator.guard_v1",
+                                [name, state], state_changed),
+        "capture_insert": trigger("capture_insert", "AFTER", sql.SQL("INSERT"),
+                                  "orchestrator.capture_v1", [name, key, state]),
+    }
+    # Triggers of one timing fire in name order: the state column's capture comes first.
+    for rank, column in enumerate((wf.column, *wf.watch)):
+        event, changed = update_of(column)
+        suffix = f"capture_{rank}_{column}"
+        wanted[suffix] = trigger(suffix, "AFTER", event, "orchestrator.capture_v1",
+                                 [name, key, sql.Literal(column)], changed)
+    existing = conn.execute(QUERIES["capture_triggers"], {
+        "table": wf.qualified_table, "prefix": _trigger_name(wf, "") + "%"}).fetchall()
+    keep = {_trigger_name(wf, suffix) for suffix in wanted}
+    drops: list[sql.Composed] = [
+        sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(tg), table)
+        for (tg,) in existing if tg not in keep]
+    return [*drops, *wanted.values()]
