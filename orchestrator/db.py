@@ -201,7 +201,7 @@ class Listener:
     def _listen(self, conn: psycopg.Connection[Any]) -> None:
         checked = time.monotonic()
         while not self._stop.is_set():
-            for _ in conn.notifies(timeout=1.0, stop_after=1):
+            for _ in conn.notifies(timeout=0.25, stop_after=1):
                 self._wake()
             if time.monotonic() - checked >= self._check_every_s:
                 conn.execute("SELECT 1")  # finds a dead connection that sent no error

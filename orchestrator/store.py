@@ -116,9 +116,11 @@ class Store:
     # -- dispatching -------------------------------------------------------------------------
 
     def claim(self, limit: int) -> list[Event]:
-        """Claim up to ``limit`` runnable events (oldest first, per-row order kept)."""
+        """Claim up to ``limit`` runnable events of the workflows given to use_workflows (oldest
+        first, per-row order kept). A dispatcher never takes another workflow's events."""
         return self._events(QUERIES["claim"], {
-            "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s})
+            "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s,
+            "workflows": list(self._workflows)})
 
     def finish(
         self, results: Sequence[Result], *, conn: psycopg.Connection[Any] | None = None,

@@ -3,8 +3,9 @@
 -- is composed in with psycopg.sql.Identifier.
 
 -- name: claim
--- The oldest runnable events, at most one per row, and only where no earlier event of the same
--- row is still open: a row's events run one at a time and in order. FOR UPDATE SKIP LOCKED lets
+-- The oldest runnable events of the workflows this dispatcher serves, at most one per row, and
+-- only where no earlier event of the same row is still open: a row's events run one at a time
+-- and in order. FOR UPDATE SKIP LOCKED lets
 -- concurrent dispatchers pass over events another one is claiming instead of waiting on them;
 -- each claimed event comes back with status, fencing token (attempts, claimed_by) and lease.
 WITH picked AS (
@@ -12,6 +13,7 @@ WITH picked AS (
     FROM orchestrator.events e
     WHERE e.status = 'pending'
       AND e.run_after <= now()
+      AND e.workflow = ANY(%(workflows)s)
       AND NOT EXISTS (
           SELECT 1 FROM orchestrator.events p
           WHERE p.workflow = e.workflow AND p.row_key = e.row_key AND p.id < e.id

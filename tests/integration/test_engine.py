@@ -1,0 +1,288 @@
+"""The engine against a real PostgreSQL: capture, dispatch, write-back, failures."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from orchestrator.app import Orchestrator
+from orchestrator.config import Settings
+from orchestrator.embedded import POSTGRES_BIN_PATH
+from orchestrator.errors import DefinitionError, NotMigrated
+from orchestrator.registry import Registry
+from tests.support.jobs import jobs
+
+
+def events(sql: Any, job_id: int) -> list[tuple[Any, ...]]:
+    return sql("SELECT column_name, old_value, new_value, status, outcome, attempts, last_error"
+               " FROM orchestrator.events WHERE workflow = 'jobs' AND row_key = %s ORDER BY id",
+               (str(job_id),))
+
+
+def insert_job(sql: Any, **columns: Any) -> int:
+    names = ", ".join(columns) or "status"
+    marks = ", ".join(["%s"] * len(columns)) or "'new'"
+    return int(sql(f"INSERT INTO jobs ({names}) VALUES ({marks}) RETURNING id",
+                   tuple(columns.values()))[0][0])
+
+
+def status(sql: Any, job_id: int) -> str:
+    return str(sql("SELECT status FROM jobs WHERE id = %s", (job_id,))[0][0])
+
+
+def test_trigger_records_insert_and_real_changes_only(sql: Any) -> None:
+    job = insert_job(sql)
+    sql("UPDATE jobs SET status = 'new' WHERE id = %s", (job,))           # no change
+    sql("UPDATE jobs SET fail_times = 3 WHERE id = %s", (job,))           # unwatched column
+    sql("UPDATE jobs SET note = 'hello' WHERE id = %s", (job,))           # watched column
+    rows = sql("SELECT op, column_name, old_value, new_value, old_row IS NULL, new_row ->> 'id'"
+               " FROM orchestrator.events ORDER BY id")
+    assert rows == [("INSERT", "status", None, "new", True, str(job)),
+                    ("UPDATE", "note", None, "hello", False, str(job))]
+
+
+def test_row_inserted_by_psql_runs_to_a_terminal_state(dsn: str, sql: Any, run_idle: Any) -> None:
+    psql = POSTGRES_BIN_PATH / "psql"
+    subprocess.run([str(psql), "-X", "-q", "-d", dsn, "-c", "INSERT INTO jobs DEFAULT VALUES"],
+                   check=True, capture_output=True)
+    (job,) = sql("SELECT id FROM jobs")[0]
+    assert sql("SELECT count(*) FROM orchestrator.events WHERE status = 'pending'") == [(1,)]
+    stats = run_idle()
+    assert status(sql, job) == "finished"
+    assert [(r[1], r[2], r[3], r[4]) for r in events(sql, job)] == [
+        (None, "new", "done", "applied"),
+        ("new", "working", "done", "applied"),
+        ("working", "finished", "done", "no_handler"),
+    ]
+    assert stats.applied == 2 and stats.no_handler == 1 and stats.handed_off == 2
+
+
+def test_events_written_while_no_dispatcher_ran_are_handled_on_start(
+        sql: Any, run_idle: Any) -> None:
+    ids = [insert_job(sql) for _ in range(25)]
+    assert sql("SELECT count(*) FROM orchestrator.events WHERE status = 'pending'") == [(25,)]
+    run_idle(concurrency=4, batch_size=5)
+    assert {status(sql, i) for i in ids} == {"finished"}
+    assert sql("SELECT count(*) FROM orchestrator.events WHERE status <> 'done'") == [(0,)]
+
+
+def test_food_order_chain_runs_itself_to_the_end(sql: Any, run_idle: Any) -> None:
+    items = '[{"name": "soup", "qty": 2, "price_cents": 450}]'
+    good = sql("INSERT INTO orders (customer, restaurant, items, total_cents)"
+               " VALUES ('ann', 'bistro', %s, 900) RETURNING id", (items,))[0][0]
+    bad = sql("INSERT INTO orders (customer, restaurant, items, total_cents)"
+              " VALUES ('bob', 'bistro', %s, 1) RETURNING id", (items,))[0][0]
+    run_idle()
+    rows = dict(sql("SELECT id, status FROM orders"))
+    assert rows == {good: "delivered", bad: "rejected"}
+    history = sql("SELECT new_value FROM orchestrator.events WHERE row_key = %s ORDER BY id",
+                  (str(good),))
+    assert [h[0] for h in history] == ["placed", "validated", "paid", "approved",
+                                       "agent_assigned", "picked_up", "delivered"]
+
+
+def test_a_failing_handler_is_retried_then_succeeds(sql: Any, run_idle: Any) -> None:
+    job = insert_job(sql, fail_times=2)
+    stats = run_idle()
+    assert status(sql, job) == "finished"
+    first = events(sql, job)[0]
+    assert first[3:6] == ("done", "applied", 3)
+    errors = sql("SELECT attempt, error FROM orchestrator.event_errors ORDER BY attempt")
+    assert errors == [(1, "RuntimeError: boom on attempt 1"),
+                      (2, "RuntimeError: boom on attempt 2")]
+    assert stats.retried == 2
+    assert sql("SELECT count(*) FROM job_effects") == [(1,)]
+
+
+def test_exhausted_attempts_make_the_event_dead_and_the_row_failed(
+        sql: Any, run_idle: Any) -> None:
+    job = insert_job(sql, fail_times=5)
+    stats = run_idle()
+    first = events(sql, job)[0]
+    assert first[3:6] == ("dead", "dead", 3)
+    assert first[6] == "RuntimeError: boom on attempt 3 (attempt 3 of 3)"
+    assert status(sql, job) == "failed"
+    assert stats.dead == 1 and stats.retried == 2
+
+
+def test_backoff_spaces_the_attempts(sql: Any, run_idle: Any) -> None:
+    job = insert_job(sql, fail_times=2)
+    run_idle(retry_base_s=0.3, retry_max_s=1.0)
+    assert status(sql, job) == "finished"
+    starts = sql("SELECT started FROM executions WHERE event_id ="
+                 " (SELECT min(event_id) FROM executions WHERE job_id = %s) ORDER BY attempt",
+                 (job,))
+    gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    # attempt 1 -> 2 waits 0.15-0.3 s, attempt 2 -> 3 waits 0.3-0.6 s (plus claim latency)
+    assert len(gaps) == 2
+    assert gaps[0] >= 0.15 and gaps[1] >= 0.3
+
+
+def test_retry_raised_by_the_handler_comes_back_after_its_delay(sql: Any, run_idle: Any) -> None:
+    job = insert_job(sql, ret="retry")
+    stats = run_idle()
+    assert status(sql, job) == "finished"
+    assert stats.retried == 1
+    assert sql("SELECT error FROM orchestrator.event_errors") == [
+        ("Retry: asked to come back",)]
+
+
+def test_a_handler_past_its_timeout_fails_and_is_retried(sql: Any, run_idle: Any) -> None:
+    job = insert_job(sql, sleep_s=3.0)  # the handler's timeout is 1 s, 3 attempts
+    stats = run_idle()
+    assert status(sql, job) == "failed"
+    assert stats.timed_out == 3
+    errors = [e[0] for e in sql("SELECT error FROM orchestrator.event_errors ORDER BY attempt")]
+    assert errors[:2] == ["handler timed out after 1s"] * 2
+    assert errors[2].startswith("handler timed out after 1s (attempt 3 of 3)")
+    assert sql("SELECT count(*) FROM job_effects") == [(0,)]
+
+
+@pytest.mark.parametrize("ret,message", [
+    ("illegal", "IllegalTransition: workflow 'jobs' does not allow 'new' -> 'finished'"),
+    ("unknown_state", "IllegalTransition: workflow 'jobs' does not allow 'new' -> 'flying'"),
+    ("garbage", "BadOutcome: handler returned int 42"),
+    ("bad_column", "BadOutcome: handler returned values for unknown columns ['no_such_column']"),
+])
+def test_an_illegal_or_malformed_outcome_is_dead_at_once_and_writes_nothing(
+        sql: Any, run_idle: Any, ret: str, message: str) -> None:
+    job = insert_job(sql, ret=ret)
+    run_idle()
+    first = events(sql, job)[0]
+    assert first[3:6] == ("dead", "dead", 1)
+    assert first[6].startswith(message)
+    assert status(sql, job) == "failed"
+    assert sql("SELECT count(*) FROM job_effects") == [(0,)]  # the handler's write rolled back
+
+
+def test_handler_writes_commit_with_the_outcome_and_roll_back_with_a_failure(
+        sql: Any, run_idle: Any) -> None:
+    ok = insert_job(sql)
+    broken = insert_job(sql, ret="fail_after_write")
+    run_idle()
+    assert status(sql, ok) == "finished"
+    assert status(sql, broken) == "failed"
+    effects = sql("SELECT job_id FROM job_effects")
+    assert effects == [(ok,)]
+
+
+def test_values_are_written_with_the_state(sql: Any, run_idle: Any) -> None:
+    job = insert_job(sql, ret="set_note")
+    run_idle()
+    assert sql("SELECT status, note FROM jobs") == [("finished", "set by handler")]
+    columns = [(r[0], r[2]) for r in events(sql, job)]
+    assert ("note", "set by handler") in columns
+
+
+def test_returning_nothing_leaves_the_row_alone(sql: Any, run_idle: Any) -> None:
+    job = insert_job(sql, ret="nothing")
+    stats = run_idle()
+    assert status(sql, job) == "new"
+    assert events(sql, job)[0][3:5] == ("done", "noop")
+    assert stats.noop == 1
+
+
+def test_a_stale_event_changes_nothing(settings: Settings, registry: Registry, sql: Any) -> None:
+    job = insert_job(sql)
+    with Orchestrator(settings, registry) as orch:
+        orch.store.use_workflows([jobs])
+        (event,) = orch.store.claim(10)
+        # The row moves on (an operator, another app) while the handler is running.
+        sql("UPDATE jobs SET status = 'working' WHERE id = %s", (job,))
+        from orchestrator.events import Next
+        from orchestrator.store import Result
+        report = orch.store.finish([Result(event, "done", handler="h", outcome="applied",
+                                           next=Next("working", {"note": "stale write"}))])
+    assert report.outcomes == {event.id: "stale"}
+    assert sql("SELECT status, note FROM jobs") == [("working", None)]
+
+
+def test_a_finish_after_losing_the_lease_is_discarded(
+        settings: Settings, registry: Registry, sql: Any) -> None:
+    insert_job(sql)
+    with Orchestrator(settings.replace(lease_s=0.1), registry) as orch:
+        orch.store.use_workflows([jobs])
+        (event,) = orch.store.claim(10)
+        time.sleep(0.3)
+        assert orch.store.requeue_expired() == [event.id]
+        (again,) = orch.store.claim(10)
+        assert again.id == event.id and again.attempt == 2
+        from orchestrator.store import Result
+        late = orch.store.finish([Result(event, "done", outcome="noop")])
+        assert late.outcomes == {}
+        on_time = orch.store.finish([Result(again, "done", outcome="noop")])
+        assert on_time.outcomes == {event.id: "noop"}
+    assert sql("SELECT error FROM orchestrator.event_errors") == [
+        (f"lease expired: dispatcher {orch.store.dispatcher} stopped renewing it",)]
+
+
+def test_claims_keep_one_event_per_row_at_a_time(
+        settings: Settings, registry: Registry, sql: Any) -> None:
+    job = insert_job(sql)
+    sql("UPDATE jobs SET note = 'one' WHERE id = %s", (job,))
+    sql("UPDATE jobs SET note = 'two' WHERE id = %s", (job,))
+    other = insert_job(sql)
+    with Orchestrator(settings, registry) as orch:
+        orch.store.use_workflows([jobs])
+        first = orch.store.claim(10)
+        assert [(e.key, e.column) for e in first] == [(str(job), "status"), (str(other), "status")]
+        assert orch.store.claim(10) == []  # the row's later events wait for the first
+
+
+def test_the_database_refuses_illegal_writes_from_anyone(sql: Any) -> None:
+    import psycopg
+    job = insert_job(sql)
+    with pytest.raises(psycopg.errors.CheckViolation, match="does not allow 'new' -> 'finished'"):
+        sql("UPDATE jobs SET status = 'finished' WHERE id = %s", (job,))
+    with pytest.raises(psycopg.errors.CheckViolation, match="must start in its initial state"):
+        sql("INSERT INTO jobs (status) VALUES ('working')")
+    sql("BEGIN")
+    sql("SET LOCAL orchestrator.override = 'on'")
+    sql("UPDATE jobs SET status = 'finished' WHERE id = %s", (job,))
+    sql("COMMIT")
+    assert status(sql, job) == "finished"
+
+
+def test_a_notify_wakes_an_idle_dispatcher_long_before_the_poll(
+        settings: Settings, registry: Registry, sql: Any) -> None:
+    with Orchestrator(settings.replace(poll_interval_s=30.0), registry) as orch:
+        dispatcher = orch.dispatcher()
+        thread = threading.Thread(target=dispatcher.run)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not (dispatcher._listener and dispatcher._listener.up):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            job = insert_job(sql)
+            while status(sql, job) != "finished":
+                assert time.monotonic() < deadline, "not handled within 10 s (poll is 30 s)"
+                time.sleep(0.01)
+        finally:
+            dispatcher.stop()
+            thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_a_dispatcher_refuses_an_unmigrated_or_different_definition(
+        admin_dsn: str, settings: Settings, registry: Registry, sql: Any) -> None:
+    from orchestrator import Workflow
+    changed = Workflow("jobs", table="public.jobs", states=["new", "working", "finished"],
+                       initial="new", terminal=["finished"],
+                       transitions=[("start", "new", "working")])
+    with Orchestrator(settings, Registry([changed])) as orch, \
+            pytest.raises(DefinitionError, match="differs from the one in the handler module"):
+        orch.dispatcher().run()
+    from tests.support import database
+    name = database.unique_name()
+    bare = database.create_database(admin_dsn, name)
+    try:
+        with Orchestrator(settings.replace(dsn=bare), registry) as orch, \
+                pytest.raises(NotMigrated, match="run `orchestrator migrate`"):
+            orch.dispatcher().run()
+    finally:
+        database.drop_database(admin_dsn, name)

@@ -1,0 +1,1 @@
+"""Test workflows and helpers shared by the test suites."""

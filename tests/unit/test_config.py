@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import Settings, help_for
+from orchestrator.errors import ConfigError
+
+
+def test_defaults_then_env_then_overrides() -> None:
+    env = {"ORCHESTRATOR_CONCURRENCY": "3", "ORCHESTRATOR_LEASE_S": "12.5",
+           "ORCHESTRATOR_DATA_DIR": "/tmp/x"}
+    settings = Settings.load(env, concurrency=5)
+    assert settings.concurrency == 5
+    assert settings.lease_s == 12.5
+    assert settings.data_dir == Path("/tmp/x")
+    assert settings.batch_size == Settings().batch_size
+
+
+def test_dsn_falls_back_to_database_url() -> None:
+    assert Settings.load({"DATABASE_URL": "postgresql://a/b"}).dsn == "postgresql://a/b"
+    env = {"DATABASE_URL": "postgresql://a/b", "ORCHESTRATOR_DSN": "postgresql://c/d"}
+    assert Settings.load(env).dsn == "postgresql://c/d"
+    assert Settings.load(env, dsn="postgresql://e/f").dsn == "postgresql://e/f"
+
+
+def test_bad_env_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="ORCHESTRATOR_CONCURRENCY='many'"):
+        Settings.load({"ORCHESTRATOR_CONCURRENCY": "many"})
+
+
+@pytest.mark.parametrize("field,value", [("concurrency", 0), ("lease_s", 0.0),
+                                         ("poll_interval_s", -1.0), ("max_attempts", 0)])
+def test_out_of_range_values_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=field):
+        Settings.load({}, **{field: value})
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        Settings().concurrency = 2  # type: ignore[misc]
+
+
+def test_help_names_default_and_env() -> None:
+    text = help_for("lease_s")
+    assert "Default: 30.0" in text
+    assert "ORCHESTRATOR_LEASE_S" in text

@@ -1,0 +1,135 @@
+from typing import Any
+
+import pytest
+
+from orchestrator import Event, Next, Workflow
+from orchestrator.errors import DefinitionError, IllegalTransition, RegistrationError
+from orchestrator.registry import Registry, load_registry
+from orchestrator.errors import HandlerModuleError
+
+
+def make(**changes: Any) -> Workflow:
+    spec: dict[str, Any] = {
+        "table": "orders", "states": ["a", "b", "c", "x", "dead"], "initial": "a",
+        "terminal": ["c", "x", "dead"], "failure_state": "dead",
+        "transitions": [{"trigger": "go", "source": "a", "dest": "b"},
+                        ("finish", "b", "c"), ("cancel", "*", "x")],
+    }
+    return Workflow("wf", **(spec | changes))
+
+
+def test_transitions_expand_wildcards_and_failure_state() -> None:
+    wf = make()
+    assert wf.allows("a", "b") and wf.allows("b", "c")
+    assert wf.allows("a", "x") and wf.allows("b", "x")
+    assert wf.allows("a", "dead") and wf.allows("b", "dead")
+    assert not wf.allows("c", "dead")
+    assert not wf.allows("a", "c")
+    assert wf.allows(None, "a") and not wf.allows(None, "b")
+    assert wf.trigger_target("b", "cancel") == "x"
+    assert wf.trigger_target("c", "cancel") is None
+    assert wf.schema == "public" and wf.table == "orders"
+
+
+def test_check_raises_illegal_transition() -> None:
+    with pytest.raises(IllegalTransition, match="does not allow 'a' -> 'c'"):
+        make().check("a", "c")
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"initial": "zz"}, "initial state 'zz' unknown"),
+    ({"terminal": ["nope"]}, "terminal"),
+    ({"failure_state": "b"}, "failure state must be terminal"),
+    ({"transitions": [("go", "a", "nowhere")]}, "unknown 'nowhere'"),
+    ({"transitions": [("go", "c", "a")]}, "terminal 'c' cannot move on"),
+    ({"transitions": [("go", "a", "b"), ("again", "a", "b")]}, "twice"),
+    ({"states": ["a", "a"], "terminal": [], "failure_state": None, "transitions": []}, "twice"),
+    ({"initial": "c"}, "initial state cannot be terminal"),
+])
+def test_inconsistent_definitions_are_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        make(**changes)
+
+
+def test_definition_is_plain_data() -> None:
+    data = make().definition()
+    assert data["table"] == "public.orders"
+    assert ["go", "a", "b"] in data["transitions"]
+    assert ["fail", "a", "dead"] in data["transitions"]
+
+
+def test_registering_an_illegal_transition_fails_at_import_time() -> None:
+    wf = make()
+    with pytest.raises(RegistrationError, match="does not allow 'a' -> 'c'"):
+        wf.on("a", "c")
+
+
+def test_registering_twice_names_both_handlers() -> None:
+    wf = make()
+
+    @wf.on("a", "b")
+    def first(event: Event) -> None: ...
+
+    with pytest.raises(RegistrationError, match="already has handler .*first"):
+        @wf.on("a", "b")
+        def second(event: Event) -> None: ...
+
+
+def test_registration_checks_states_columns_and_signature() -> None:
+    wf = make(watch=["note"])
+    with pytest.raises(RegistrationError, match="no state 'zz'"):
+        wf.on_enter("zz")
+    with pytest.raises(RegistrationError, match="does not watch column 'other'"):
+        wf.on_change("other")
+    with pytest.raises(RegistrationError, match="must take"):
+        wf.on_change("note")(lambda: None)
+
+
+def _event(old: str | None, new: str, column: str = "status") -> Event:
+    from datetime import UTC, datetime
+    return Event(1, "wf", "1", column, "UPDATE", old, new, {}, {"status": new}, 1,
+                 datetime.now(UTC))
+
+
+def test_routing_prefers_the_exact_transition() -> None:
+    wf = make(watch=["note"])
+
+    @wf.on("a", "b")
+    def exact(event: Event) -> None: ...
+
+    @wf.on_enter("b")
+    def entering(event: Event) -> None: ...
+
+    @wf.on_change("note")
+    def noted(event: Event) -> None: ...
+
+    registry = Registry([wf])
+    assert registry.route(_event("a", "b")).fn is exact  # type: ignore[union-attr]
+    assert registry.route(_event(None, "b")).fn is entering  # type: ignore[union-attr]
+    assert registry.route(_event("x", "y", column="note")).fn is noted  # type: ignore[union-attr]
+    assert registry.route(_event("b", "c")) is None
+
+
+def test_handler_arity_decides_whether_it_gets_a_context() -> None:
+    wf = make()
+
+    @wf.on("a", "b")
+    def with_ctx(event: Event, ctx: object) -> Next: return Next("b")
+
+    spec = next(iter(wf.handlers))
+    assert spec.takes_context
+
+
+def test_two_workflows_with_one_name_are_refused() -> None:
+    with pytest.raises(RegistrationError, match="two workflows are named 'wf'"):
+        Registry([make(), make()])
+
+
+def test_loading_a_missing_handler_module_is_one_clear_error() -> None:
+    with pytest.raises(HandlerModuleError, match="cannot import handler module 'no_such_mod'"):
+        load_registry("no_such_mod")
+
+
+def test_loading_the_handlers_package_finds_food_order() -> None:
+    registry = load_registry("handlers")
+    assert "food_order" in registry.workflows
