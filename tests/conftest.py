@@ -84,5 +84,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    where = os.environ.get("ORCHESTRATOR_TEST_DSN") and "ORCHESTRATOR_TEST_DSN" or "embedded"
+    where = (os.environ.get("ORCHESTRATOR_TEST_DSN") and "ORCHESTRATOR_TEST_DSN") or "embedded"
     return f"orchestrator test database: {where}"

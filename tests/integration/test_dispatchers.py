@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,6 @@ def test_a_rows_events_run_in_order_and_one_at_a_time_across_dispatchers(
     for job_id, job_runs in by_job.items():
         ids = [r[0] for r in job_runs]
         assert ids == sorted(ids), f"job {job_id} ran its events out of order: {ids}"
-        for before, after in zip(job_runs, job_runs[1:], strict=False):
+        for before, after in pairwise(job_runs):
             assert before[2] <= after[1], f"job {job_id}: events {before[0]}, {after[0]} overlap"
     assert sql("SELECT count(DISTINCT pid) FROM executions WHERE column_name = 'note'") == [(2,)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -116,7 +117,7 @@ def test_backoff_spaces_the_attempts(sql: Any, run_idle: Any) -> None:
     starts = sql("SELECT started FROM executions WHERE event_id ="
                  " (SELECT min(event_id) FROM executions WHERE job_id = %s) ORDER BY attempt",
                  (job,))
-    gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [(b[0] - a[0]).total_seconds() for a, b in pairwise(starts)]
     # attempt 1 -> 2 waits 0.15-0.3 s, attempt 2 -> 3 waits 0.3-0.6 s (plus claim latency)
     assert len(gaps) == 2
     assert gaps[0] >= 0.15 and gaps[1] >= 0.3

@@ -3,9 +3,13 @@ from typing import Any
 import pytest
 
 from orchestrator import Event, Next, Workflow
-from orchestrator.errors import DefinitionError, IllegalTransition, RegistrationError
+from orchestrator.errors import (
+    DefinitionError,
+    HandlerModuleError,
+    IllegalTransition,
+    RegistrationError,
+)
 from orchestrator.registry import Registry, load_registry
-from orchestrator.errors import HandlerModuleError
 
 
 def make(**changes: Any) -> Workflow:
@@ -70,7 +74,7 @@ def test_registering_twice_names_both_handlers() -> None:
     @wf.on("a", "b")
     def first(event: Event) -> None: ...
 
-    with pytest.raises(RegistrationError, match="already has handler .*first"):
+    with pytest.raises(RegistrationError, match=r"already has handler .*first"):
         @wf.on("a", "b")
         def second(event: Event) -> None: ...
 
