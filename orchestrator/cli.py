@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator import schema
 from orchestrator.app import Orchestrator
@@ -65,7 +66,7 @@ def friendly(fn: F) -> F:
         except OrchestratorError as exc:
             if _debug:
                 raise
-            err.print(f"[red]error:[/red] {redact(str(exc))}")
+            err.print(f"[red]error:[/red] {escape(redact(str(exc)))}", soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -83,6 +84,9 @@ def main_options(
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The pool's own reconnect chatter repeats what the dispatcher reports once.
+    logging.getLogger("psycopg.pool").setLevel(max(level, logging.ERROR))
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
 
 def _settings(**overrides: Any) -> Settings:

@@ -67,8 +67,14 @@ def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
 
 
 def _unavailable(dsn: str, exc: BaseException) -> str:
-    detail = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-    return f"cannot connect to {describe(dsn)}: {detail}"
+    return f"cannot connect to {describe(dsn)}: {one_line(exc)}"
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver error as one line, password-free (libpq spreads its messages over lines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text.replace("connection failed: ", "").split(" Is the server running")[0]
+    return redact(text)
 
 
 def describe(dsn: str) -> str:
@@ -92,13 +98,14 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator") -> Connect
 
 
 def open_pool(pool: ConnectionPool, dsn: str, *, timeout_s: float = 15.0) -> None:
-    """Open ``pool`` and wait for its first connection; DatabaseUnavailable when none comes."""
+    """Open ``pool`` and wait for its first connection. Raises DatabaseUnavailable at once
+    when the database cannot be reached (one direct attempt gives the real reason: refused,
+    bad password, no such database) rather than retrying in the background."""
+    connect(dsn).close()
     try:
         pool.open(wait=True, timeout=timeout_s)
     except PoolTimeout:
         pool.close()
-        # One direct attempt gives the real reason (refused, bad password, no such database).
-        connect(dsn).close()
         raise DatabaseUnavailable(f"cannot connect to {describe(dsn)}: timed out") from None
 
 
@@ -193,8 +200,7 @@ class Listener:
                     break
                 failures += 1
                 self.reconnects += self.up
-                log.warning("LISTEN connection lost (%s); reconnecting",
-                            redact(str(exc).strip().splitlines()[0] if str(exc) else "closed"))
+                log.warning("LISTEN connection lost (%s); reconnecting", one_line(exc))
             self.up = False
             self._stop.wait(reconnect_delay_s(failures))
 

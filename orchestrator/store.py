@@ -17,7 +17,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from orchestrator.db import borrowed, redact
+from orchestrator.db import borrowed, one_line
 from orchestrator.errors import DatabaseUnavailable, DefinitionError, NotMigrated, StoreError
 from orchestrator.events import Event, Next, event_from_row
 from orchestrator.sql import QUERIES
@@ -88,8 +88,7 @@ def translated(conn: psycopg.Connection[Any] | None = None) -> Iterator[None]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return redact(text.splitlines()[0] if text else type(exc).__name__)
+    return one_line(exc)
 
 
 class Store:

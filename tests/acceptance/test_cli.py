@@ -1,0 +1,145 @@
+"""The `orchestrator` command as a user runs it: a subprocess, its exit code and its output."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import FAST
+from tests.support import database
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> \
+        subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("ORCHESTRATOR_") and k != "DATABASE_URL"}
+    environ |= {f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in FAST.items()} | (env or {})
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=ROOT, env=environ,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_the_commands() -> None:
+    done = cli("--help")
+    assert done.returncode == 0
+    for command in ("migrate", "run", "db"):
+        assert command in done.stdout
+
+
+def test_help_never_shows_a_password_from_the_environment() -> None:
+    secret = "postgresql://u:hunter2@db.example:5432/app"
+    for args in (["--help"], ["run", "--help"], ["migrate", "--help"]):
+        done = cli(*args, env={"ORCHESTRATOR_DSN": secret, "DATABASE_URL": secret})
+        assert done.returncode == 0
+        assert "hunter2" not in done.stdout + done.stderr
+
+
+def test_an_unreachable_database_is_one_line_without_the_password() -> None:
+    done = cli("migrate", "--dsn", "postgresql://me:hunter2@127.0.0.1:1/shop")
+    assert_one_line_error(done, "cannot connect to database shop at 127.0.0.1:1")
+    assert "hunter2" not in done.stderr
+
+
+def test_a_malformed_dsn_is_one_line() -> None:
+    assert_one_line_error(cli("run", "--dsn", "host=x port"), "invalid DSN")
+
+
+def test_an_unmigrated_database_says_what_to_do(admin_dsn: str) -> None:
+    name = database.unique_name()
+    bare = database.create_database(admin_dsn, name)
+    try:
+        done = cli("run", "--until-idle", "--dsn", bare)
+    finally:
+        database.drop_database(admin_dsn, name)
+    assert_one_line_error(done, "run `orchestrator migrate`")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["run", "--handlers", "no_such_module"], "cannot import handler module 'no_such_module'"),
+    (["run", "--concurrency", "0"], "concurrency must be at least 1"),
+])
+def test_bad_settings_are_one_line(dsn: str, args: list[str], fragment: str) -> None:
+    assert_one_line_error(cli(*args, "--dsn", dsn), fragment)
+
+
+def test_a_bad_flag_value_is_a_usage_error() -> None:
+    assert cli("run", "--concurrency", "many").returncode == 2
+
+
+def test_migrate_then_run_until_idle(admin_dsn: str, sql: Any) -> None:
+    name = database.unique_name()
+    fresh = database.create_database(admin_dsn, name)
+    try:
+        done = cli("migrate", "--dsn", fresh)
+        assert done.returncode == 0, done.stderr
+        assert "workflows installed: food_order" in done.stdout
+        import psycopg
+        with psycopg.connect(fresh, autocommit=True) as conn:
+            conn.execute("INSERT INTO orders (customer, restaurant, items, total_cents) VALUES"
+                         " ('ann', 'bistro', '[{\"qty\": 1, \"price_cents\": 500}]', 500)")
+            done = cli("run", "--until-idle", "--dsn", fresh)
+            assert done.returncode == 0, done.stderr
+            assert conn.execute("SELECT status FROM orders").fetchall() == [("delivered",)]
+    finally:
+        database.drop_database(admin_dsn, name)
+
+
+def test_sigterm_finishes_or_releases_work_in_hand_and_exits_0(dsn: str, sql: Any) -> None:
+    sql("INSERT INTO jobs (sleep_s) SELECT 0.3 FROM generate_series(1, 30)")
+    environ = {"ORCHESTRATOR_DSN": dsn, "ORCHESTRATOR_CONCURRENCY": "4",
+               "ORCHESTRATOR_SHUTDOWN_GRACE_S": "5", "JOBS_EXEC_LOG": dsn}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", "--handlers", "tests.support.jobs"],
+        cwd=ROOT, env=os.environ | environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.monotonic() + 60
+    while sql("SELECT count(*) FROM executions")[0][0] < 4:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert sql("SELECT count(*) FROM orchestrator.events WHERE status = 'running'") == [(0,)]
+    unfinished = sql("SELECT count(*) FROM jobs WHERE status <> 'finished'")[0][0]
+    assert unfinished > 0, "the dispatcher finished everything before the signal arrived"
+    assert cli("run", "--until-idle", "--handlers", "tests.support.jobs",
+               env={"ORCHESTRATOR_DSN": dsn}).returncode == 0
+    assert sql("SELECT count(*) FROM jobs WHERE status = 'finished'") == [(30,)]
+    assert sql("SELECT count(*), count(DISTINCT job_id) FROM job_effects") == [(30, 30)]
+
+
+def test_db_commands_manage_an_embedded_server(tmp_path: Path) -> None:
+    env = {"ORCHESTRATOR_DATA_DIR": str(tmp_path)}
+    try:
+        url = cli("db", "url", env=env)
+        assert url.returncode == 0, url.stderr
+        uri = url.stdout.strip()
+        assert uri.startswith("postgresql://postgres@/orchestrator?host=")
+        assert cli("migrate", env=env).returncode == 0
+        import psycopg
+        with psycopg.connect(uri) as conn:
+            assert conn.execute("SELECT count(*) FROM orchestrator.workflows").fetchone() == (1,)
+    finally:
+        assert cli("db", "stop", env=env).returncode == 0
+    import psycopg
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(uri, connect_timeout=3)
