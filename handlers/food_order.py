@@ -1,12 +1,23 @@
 """The food-order workflow: placed -> validated -> paid -> approved -> agent_assigned ->
-picked_up -> delivered, or off to rejected, cancelled or failed."""
+picked_up -> delivered, or off to rejected, cancelled (by the customer, before pickup) or failed
+(a handler ran out of attempts).
+
+Each handler is one business step. Steps that touch other tables do it through ``ctx.db``, in
+the transaction that also moves the order, so a retried or duplicated run changes nothing twice.
+Chance (a flaky payment provider, a restaurant that declines) is a pure function of the order and
+the attempt, so the same seed gives the same final states.
+"""
 
 from __future__ import annotations
 
-from orchestrator import Event, Next, Workflow
+import hashlib
+from typing import Any
+
+from orchestrator import Context, Event, Next, Retry, Workflow
 
 STATES = ["placed", "validated", "paid", "approved", "agent_assigned", "picked_up",
           "delivered", "rejected", "cancelled", "failed"]
+ACTIVE = ["placed", "validated", "paid", "approved", "agent_assigned"]
 
 food_order = Workflow(
     "food_order",
@@ -25,39 +36,91 @@ food_order = Workflow(
         {"trigger": "pick_up", "source": "agent_assigned", "dest": "picked_up"},
         {"trigger": "deliver", "source": "picked_up", "dest": "delivered"},
         {"trigger": "reject", "source": ["placed", "validated", "paid"], "dest": "rejected"},
-        {"trigger": "cancel", "source": ["placed", "validated", "paid", "approved",
-                                         "agent_assigned"], "dest": "cancelled"},
+        {"trigger": "cancel", "source": ACTIVE, "dest": "cancelled"},
     ],
 )
 
 
+class ProviderUnavailable(Exception):
+    """The simulated payment provider did not answer."""
+
+
+def chance(order: dict[str, Any] | Any, *parts: Any) -> float:
+    """A number in [0, 1) that depends only on the order's reference (less the ``~N`` a
+    repeated seed adds) and ``parts``: reproducible randomness."""
+    key = [str(order["ref"]).split("~")[0], *map(str, parts)]
+    digest = hashlib.sha256(":".join(key).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 @food_order.on_enter("placed")
-def validate(event: Event) -> Next:
-    """Items present and the total adds up."""
+def validate(event: Event, ctx: Context) -> Next:
+    """The restaurant is open, every item is on its menu and available, the total adds up."""
     order = event.new_row
-    items = order["items"] or []
-    total = sum(item["qty"] * item["price_cents"] for item in items)
-    if not items:
-        return Next("rejected", {"note": "no items"})
+    open_, = ctx.db.execute("SELECT is_open FROM restaurants WHERE id = %s",
+                            (order["restaurant_id"],)).fetchone()
+    if not open_:
+        return Next("rejected", {"reason": "restaurant closed"})
+    ids = [item["menu_item_id"] for item in order["items"]]
+    menu = dict(ctx.db.execute(
+        "SELECT id, price_cents FROM menu_items WHERE restaurant_id = %s AND available"
+        " AND id = ANY(%s)", (order["restaurant_id"], ids)).fetchall())
+    if not ids or any(i not in menu for i in ids):
+        return Next("rejected", {"reason": "item unavailable"})
+    total = sum(item["qty"] * menu[item["menu_item_id"]] for item in order["items"])
     if total != order["total_cents"]:
-        return Next("rejected", {"note": f"total {order['total_cents']} != items {total}"})
+        return Next("rejected", {"reason": f"total {order['total_cents']} != {total}"})
     return Next("validated")
 
 
-@food_order.on("placed", "validated")
-def charge(event: Event) -> Next:
-    """Charge the customer, keyed by the event so a retried charge is the same charge."""
-    return Next("paid", {"payment_ref": f"pay_{event.idempotency_key}"})
+@food_order.on("placed", "validated", max_attempts=4)
+def charge(event: Event, ctx: Context) -> Next:
+    """Charge the customer's card once, keyed by this event's idempotency key."""
+    order = event.new_row
+    existing = ctx.db.execute("SELECT provider_ref FROM payments WHERE idempotency_key = %s",
+                              (event.idempotency_key,)).fetchone()
+    if existing:  # charged by an earlier attempt whose outcome was lost: same charge
+        return Next("paid", {"payment_ref": existing[0]})
+    card, = ctx.db.execute("SELECT card FROM customers WHERE id = %s",
+                           (order["customer_id"],)).fetchone()
+    if card == "declined":
+        return Next("rejected", {"reason": "card declined"})
+    if card == "expired" or (card == "flaky" and event.attempt <= 2):
+        raise ProviderUnavailable(f"payment provider did not answer for card {card!r}")
+    if chance(order, "provider", event.attempt) < 0.08:
+        raise ProviderUnavailable("payment provider timed out")
+    provider_ref = f"ch_{hashlib.sha256(event.idempotency_key.encode()).hexdigest()[:16]}"
+    ctx.db.execute(
+        "INSERT INTO payments (order_id, amount_cents, idempotency_key, provider_ref)"
+        " VALUES (%s, %s, %s, %s)",
+        (order["id"], order["total_cents"], event.idempotency_key, provider_ref))
+    return Next("paid", {"payment_ref": provider_ref})
 
 
 @food_order.on("validated", "paid")
-def approve(event: Event) -> str:
-    return "approved"
+def approve(event: Event, ctx: Context) -> Next:
+    """The restaurant accepts the order, or declines it and the payment is refunded."""
+    order = event.new_row
+    rate, = ctx.db.execute("SELECT accept_rate FROM restaurants WHERE id = %s",
+                           (order["restaurant_id"],)).fetchone()
+    if chance(order, "approve") < rate:
+        return Next("approved")
+    refund(ctx, order["id"])
+    return Next("rejected", {"reason": "restaurant declined"})
 
 
-@food_order.on("paid", "approved")
-def assign_agent(event: Event) -> Next:
-    return Next("agent_assigned", {"agent": f"agent-{int(event.key) % 7}"})
+@food_order.on("paid", "approved", max_attempts=200)
+def assign_agent(event: Event, ctx: Context) -> Next:
+    """Give the order to a free agent; while none is free, try again shortly."""
+    agent = ctx.db.execute(
+        # SKIP LOCKED: two orders being assigned at once take different agents.
+        "UPDATE agents SET active_order = %(order)s WHERE id = ("
+        " SELECT id FROM agents WHERE active_order IS NULL ORDER BY deliveries, id"
+        " LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
+        {"order": int(event.key)}).fetchone()
+    if agent is None:
+        raise Retry(delay_s=0.2, reason="no agent free")
+    return Next("agent_assigned", {"agent_id": agent[0]})
 
 
 @food_order.on("approved", "agent_assigned")
@@ -66,5 +129,30 @@ def pick_up(event: Event) -> str:
 
 
 @food_order.on("agent_assigned", "picked_up")
-def deliver(event: Event) -> str:
+def deliver(event: Event, ctx: Context) -> str:
+    free_agent(ctx, int(event.key), delivered=True)
     return "delivered"
+
+
+@food_order.on_enter("cancelled")
+def cancelled(event: Event, ctx: Context) -> None:
+    """A cancelled order releases its agent and gets its money back."""
+    free_agent(ctx, int(event.key))
+    refund(ctx, int(event.key))
+
+
+@food_order.on_enter("failed")
+def failed(event: Event, ctx: Context) -> None:
+    """An order that could not be completed releases its agent and is refunded."""
+    free_agent(ctx, int(event.key))
+    refund(ctx, int(event.key))
+
+
+def refund(ctx: Context, order_id: int) -> None:
+    ctx.db.execute("UPDATE payments SET refunded_at = now()"
+                   " WHERE order_id = %s AND refunded_at IS NULL", (order_id,))
+
+
+def free_agent(ctx: Context, order_id: int, *, delivered: bool = False) -> None:
+    ctx.db.execute("UPDATE agents SET active_order = NULL, deliveries = deliveries + %s"
+                   " WHERE active_order = %s", (int(delivered), order_id))

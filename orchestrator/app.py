@@ -28,9 +28,9 @@ class Orchestrator:
     """Opens a pool on enter and closes it on exit. Raises DatabaseUnavailable on enter when the
     database cannot be reached."""
 
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
-        self.registry = registry
+        self.registry = registry or Registry([])
         self.dsn = resolve_dsn(settings)
         self.pool = db.make_pool(self.dsn, max_size=settings.pool_size)
         self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s)

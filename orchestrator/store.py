@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -245,7 +246,88 @@ class Store:
         with self._conn() as conn:
             conn.execute(QUERIES["terminate_backend"], {"pid": pid})
 
+    # -- operator verbs ----------------------------------------------------------------------
+
+    def rows(self, query: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run the named query and return its rows as dicts (for reports)."""
+        with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(QUERIES[query], params or {})
+            return cur.fetchall() if cur.description else []
+
+    def insert_many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """Run the named statement once per row in one transaction; the first column each
+        RETURNING gave (None where there is no RETURNING)."""
+        with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(QUERIES[query], [_adapt_all(row) for row in rows], returning=True)
+            out: list[Any] = []
+            while True:
+                out.append(row[0] if cur.description and (row := cur.fetchone()) else None)
+                if not cur.nextset():
+                    return out
+
+    def state_counts(self, wf: Workflow) -> dict[str, int]:
+        """How many rows of ``wf`` are in each state (states with none are absent)."""
+        query = sql.SQL("SELECT {state}, count(*) FROM {table} GROUP BY 1").format(
+            state=sql.Identifier(wf.column), table=sql.Identifier(wf.schema, wf.table))
+        with self._conn() as conn:
+            return {str(k): int(v) for k, v in conn.execute(query).fetchall()}
+
+    def row_state(self, wf: Workflow, key: str) -> str | None:
+        """The state of one row, or None when there is no such row."""
+        query = sql.SQL("SELECT {state} FROM {table} WHERE {key} = %(key)s").format(
+            state=sql.Identifier(wf.column), table=sql.Identifier(wf.schema, wf.table),
+            key=sql.Identifier(wf.key))
+        with self._conn() as conn:
+            row = conn.execute(query, {"key": key}).fetchone()
+        return None if row is None else str(row[0])
+
+    def move(self, wf: Workflow, key: str, source: str, dest: str) -> bool:
+        """Move one row from ``source`` to ``dest`` (compare-and-set); False if it was no longer
+        in ``source``. The guard trigger still applies."""
+        with self._conn() as conn:
+            return self._move(conn, wf, key, source, dest) == 1
+
+    @staticmethod
+    def _move(conn: psycopg.Connection[Any], wf: Workflow, key: str, source: str,
+              dest: str) -> int:
+        query = sql.SQL("UPDATE {table} SET {state} = %(dest)s"
+                        " WHERE {key} = %(key)s AND {state} = %(source)s").format(
+            state=sql.Identifier(wf.column), table=sql.Identifier(wf.schema, wf.table),
+            key=sql.Identifier(wf.key))
+        return conn.execute(query, {"key": key, "source": source, "dest": dest}).rowcount
+
+    def redrive(self, workflows: Mapping[str, Workflow], *, ids: Sequence[int] = (),
+                all_dead: bool = False, handler: str | None = None,
+                workflow: str | None = None, dry_run: bool = False) -> list[dict[str, Any]]:
+        """Put dead events back in the queue with fresh attempts, in one transaction; the
+        redriven events. A row their death moved to its workflow's failure state goes back to
+        the state the event saw (an operator override of the guard)."""
+        params = {"ids": list(ids), "all": all_dead, "handler": handler, "workflow": workflow}
+        with self._conn() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            dead = cur.execute(QUERIES["dead_events"], params).fetchall()
+            if dry_run or not dead:
+                return dead
+            chosen = [d["id"] for d in dead]
+            cur.execute(QUERIES["redrive"], {"ids": chosen})
+            cur.execute(QUERIES["record_redrive"], {"ids": chosen})
+            cur.execute(QUERIES["override"])
+            for d in dead:
+                wf = workflows.get(d["workflow"])
+                if wf and wf.failure_state:
+                    saw = d["new_row"].get(wf.column)
+                    self._move(conn, wf, d["row_key"], wf.failure_state, saw)
+            return dead
+
     # -- workflows ---------------------------------------------------------------------------
+
+    def installed_workflows(self) -> list[Workflow]:
+        """The workflows as last installed by `orchestrator migrate` (no handler code needed).
+        Raises NotMigrated before the first migration."""
+        with self._conn() as conn:
+            if not conn.execute(QUERIES["schema_present"]).fetchone()[0]:  # type: ignore[index]
+                raise NotMigrated()
+            rows = conn.execute(QUERIES["installed_workflows"]).fetchall()
+        return [Workflow.from_definition(definition) for _, definition in rows]
 
     def use_workflows(self, workflows: Sequence[Workflow]) -> None:
         """Check each workflow is installed as defined and remember it for write-backs.
@@ -307,6 +389,10 @@ class Store:
 def _adapt(value: Any) -> Any:
     """Dicts and lists go to json/jsonb columns."""
     return Jsonb(value) if isinstance(value, dict | list) else value
+
+
+def _adapt_all(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _adapt(v) for k, v in row.items()}
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:

@@ -151,6 +151,17 @@ class Workflow:
             "transitions": [[t.trigger, t.source, t.dest] for t in self.transitions],
         }
 
+    @classmethod
+    def from_definition(cls, data: Mapping[str, Any]) -> Workflow:
+        """Rebuild a Workflow (without handlers) from ``definition()``'s output."""
+        return cls(
+            data["name"], table=data["table"], key=data["key"], column=data["column"],
+            states=data["states"], initial=data["initial"], terminal=data["terminal"],
+            failure_state=data["failure_state"], watch=data["watch"],
+            transitions=[tuple(t) for t in data["transitions"]
+                         if not (t[0] == FAIL_TRIGGER and t[2] == data["failure_state"])],
+        )
+
     # -- handler registration ----------------------------------------------------------------
 
     def on(self, source: str, dest: str, **options: Any) -> Callable[[F], F]:

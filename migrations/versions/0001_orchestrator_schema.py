@@ -51,14 +51,15 @@ CREATE INDEX events_row ON orchestrator.events (workflow, row_key, id);
 CREATE INDEX events_leased ON orchestrator.events (lease_until) WHERE status = 'running';
 CREATE INDEX events_dead ON orchestrator.events (id) WHERE status = 'dead';
 
--- One row per failed attempt, for an event's history.
+-- One row per failed attempt (and per operator redrive), for an event's history.
 CREATE TABLE orchestrator.event_errors (
+    id        bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id  bigint      NOT NULL REFERENCES orchestrator.events (id) ON DELETE CASCADE,
     attempt   integer     NOT NULL,
     error     text        NOT NULL,
-    at        timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (event_id, attempt)
+    at        timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX event_errors_event ON orchestrator.event_errors (event_id, id);
 
 -- What `orchestrator migrate` installed for each workflow; the guard trigger reads it.
 CREATE TABLE orchestrator.workflows (

@@ -94,8 +94,7 @@ RETURNING 'retry';
 
 -- name: record_error
 INSERT INTO orchestrator.event_errors (event_id, attempt, error)
-VALUES (%(id)s, %(attempt)s, %(error)s)
-ON CONFLICT (event_id, attempt) DO UPDATE SET error = EXCLUDED.error, at = now();
+VALUES (%(id)s, %(attempt)s, %(error)s);
 
 -- name: quiet
 -- This transaction's new events are handed over directly: their triggers need not NOTIFY.
@@ -122,7 +121,6 @@ WITH expired AS (
     SELECT e.id, e.attempts, 'lease expired: dispatcher ' || coalesce(e.claimed_by, '?')
                              || ' stopped renewing it'
     FROM orchestrator.events e JOIN expired USING (id)
-    ON CONFLICT DO NOTHING
 )
 UPDATE orchestrator.events e
 SET status = 'pending', claimed_by = NULL, lease_until = NULL,
@@ -184,3 +182,117 @@ SELECT pg_terminate_backend(%(pid)s);
 
 -- name: migrate_lock
 SELECT pg_advisory_lock(hashtext('orchestrator.migrate'));
+
+-- Operator queries -----------------------------------------------------------------------------
+
+-- name: event_counts
+-- Open and dead events per workflow; each status has its own partial index.
+SELECT workflow,
+       count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'running') AS running,
+       count(*) FILTER (WHERE status = 'dead') AS dead,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8
+           AS oldest_pending_age_s
+FROM orchestrator.events
+WHERE status IN ('pending', 'running', 'dead')
+GROUP BY workflow;
+
+-- name: list_events
+SELECT id, workflow, row_key, column_name, old_value, new_value, status, outcome, attempts,
+       handler, next_state, last_error, created_at, started_at, finished_at, run_after
+FROM orchestrator.events
+WHERE (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s)
+  AND (%(row_key)s::text IS NULL OR row_key = %(row_key)s)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: row_history
+SELECT id, workflow, row_key, column_name, old_value, new_value, status, outcome, attempts,
+       handler, next_state, last_error, created_at, started_at, finished_at, run_after
+FROM orchestrator.events
+WHERE workflow = %(workflow)s AND row_key = %(row_key)s
+ORDER BY id;
+
+-- name: row_errors
+SELECT r.event_id, r.attempt, r.error, r.at
+FROM orchestrator.event_errors r
+JOIN orchestrator.events e ON e.id = r.event_id
+WHERE e.workflow = %(workflow)s AND e.row_key = %(row_key)s
+ORDER BY r.id;
+
+-- name: dead_events
+-- Dead events chosen for a redrive, locked so two operators cannot redrive one event twice.
+SELECT id, workflow, row_key, new_row, handler, last_error
+FROM orchestrator.events
+WHERE status = 'dead'
+  AND (id = ANY(%(ids)s) OR %(all)s)
+  AND (%(handler)s::text IS NULL OR handler = %(handler)s OR handler LIKE '%%.' || %(handler)s)
+  AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s)
+ORDER BY id
+FOR UPDATE;
+
+-- name: event_statuses
+SELECT id, status FROM orchestrator.events WHERE id = ANY(%(ids)s);
+
+-- name: redrive
+-- Back to the queue with a fresh set of attempts; the history keeps the earlier errors.
+UPDATE orchestrator.events
+SET status = 'pending', attempts = 0, run_after = now(), claimed_by = NULL, lease_until = NULL,
+    outcome = NULL, finished_at = NULL, started_at = NULL
+WHERE id = ANY(%(ids)s) AND status = 'dead';
+
+-- name: record_redrive
+INSERT INTO orchestrator.event_errors (event_id, attempt, error)
+SELECT id, 0, 'redriven by an operator' FROM unnest(%(ids)s::bigint[]) AS id;
+
+-- name: override
+-- The write that follows is an operator's deliberate one: the guard trigger lets it through.
+SELECT set_config('orchestrator.override', 'on', true);
+
+-- Demo data ------------------------------------------------------------------------------------
+
+-- name: demo_restaurant
+INSERT INTO restaurants (id, name, cuisine, is_open, accept_rate)
+VALUES (%(id)s, %(name)s, %(cuisine)s, %(is_open)s, %(accept_rate)s)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: demo_menu_item
+INSERT INTO menu_items (id, restaurant_id, name, price_cents, available)
+VALUES (%(id)s, %(restaurant_id)s, %(name)s, %(price_cents)s, %(available)s)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: demo_customer
+INSERT INTO customers (id, name, email, address, card)
+VALUES (%(id)s, %(name)s, %(email)s, %(address)s, %(card)s)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: demo_agent
+INSERT INTO agents (id, name) VALUES (%(id)s, %(name)s)
+ON CONFLICT (id) DO NOTHING;
+
+-- name: demo_refs_taken
+SELECT count(*) FROM orders WHERE ref LIKE %(prefix)s;
+
+-- name: demo_order
+INSERT INTO orders (ref, customer_id, restaurant_id, items, total_cents)
+VALUES (%(ref)s, %(customer_id)s, %(restaurant_id)s, %(items)s, %(total_cents)s)
+RETURNING id;
+
+-- name: demo_progress
+SELECT status, count(*) FROM orders WHERE id BETWEEN %(first)s AND %(last)s GROUP BY status;
+
+-- name: demo_totals
+-- What the orchestrator did for a range of orders: transitions applied, failed attempts (not
+-- counting operator redrives), dead events.
+SELECT count(*) FILTER (WHERE e.outcome = 'applied') AS applied,
+       (SELECT count(*) FROM orchestrator.event_errors r
+        JOIN orchestrator.events x ON x.id = r.event_id
+        WHERE x.workflow = 'food_order' AND r.attempt > 0
+          AND x.row_key::bigint BETWEEN %(first)s AND %(last)s) AS failed_attempts,
+       count(*) FILTER (WHERE e.status = 'dead') AS dead
+FROM orchestrator.events e
+WHERE e.workflow = 'food_order' AND e.row_key::bigint BETWEEN %(first)s AND %(last)s;
+
+-- name: demo_double_charges
+SELECT count(*) FROM (SELECT order_id FROM payments GROUP BY order_id HAVING count(*) > 1) d;

@@ -15,6 +15,7 @@ from orchestrator.config import Settings
 from orchestrator.embedded import POSTGRES_BIN_PATH
 from orchestrator.errors import DefinitionError, NotMigrated
 from orchestrator.registry import Registry
+from tests.support.database import place_order
 from tests.support.jobs import jobs
 
 
@@ -72,16 +73,13 @@ def test_events_written_while_no_dispatcher_ran_are_handled_on_start(
 
 
 def test_food_order_chain_runs_itself_to_the_end(sql: Any, run_idle: Any) -> None:
-    items = '[{"name": "soup", "qty": 2, "price_cents": 450}]'
-    good = sql("INSERT INTO orders (customer, restaurant, items, total_cents)"
-               " VALUES ('ann', 'bistro', %s, 900) RETURNING id", (items,))[0][0]
-    bad = sql("INSERT INTO orders (customer, restaurant, items, total_cents)"
-              " VALUES ('bob', 'bistro', %s, 1) RETURNING id", (items,))[0][0]
+    good = place_order(sql, "T-1")
+    bad = place_order(sql, "T-2", total_cents=1)
     run_idle()
     rows = dict(sql("SELECT id, status FROM orders"))
     assert rows == {good: "delivered", bad: "rejected"}
-    history = sql("SELECT new_value FROM orchestrator.events WHERE row_key = %s ORDER BY id",
-                  (str(good),))
+    history = sql("SELECT new_value FROM orchestrator.events WHERE row_key = %s"
+                  " AND workflow = 'food_order' ORDER BY id", (str(good),))
     assert [h[0] for h in history] == ["placed", "validated", "paid", "approved",
                                        "agent_assigned", "picked_up", "delivered"]
 

@@ -12,11 +12,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import conninfo, sql
 
-from orchestrator import schema
+from orchestrator import demo, schema
 from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
 from orchestrator.embedded import EmbeddedServer
@@ -101,8 +102,23 @@ def build_template(admin_dsn: str) -> str:
     settings = Settings.load(env={}, dsn=dsn)
     with Orchestrator(settings, test_registry()) as orch:
         schema.install_workflows(orch.store, orch.registry)
+        demo.load_reference(orch.store)
     return name
 
 
 def unique_name(prefix: str = "orch_test") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def place_order(sql: Any, ref: str, *, customer_id: int = 1, restaurant_id: int = 1,
+                items: list[tuple[int, int]] = ((1, 2),), total_cents: int | None = None) -> int:
+    """Insert an order of the demo's reference data: ``items`` are (menu item id, qty)."""
+    import json
+    prices = dict(sql("SELECT id, price_cents FROM menu_items"))
+    lines = [{"menu_item_id": i, "qty": q, "price_cents": prices[i]} for i, q in items]
+    total = sum(line["qty"] * line["price_cents"] for line in lines)
+    return int(sql(
+        "INSERT INTO orders (ref, customer_id, restaurant_id, items, total_cents)"
+        " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+        (ref, customer_id, restaurant_id, json.dumps(lines),
+         total if total_cents is None else total_cents))[0][0])

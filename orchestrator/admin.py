@@ -1,0 +1,158 @@
+"""What operators ask of a running system: counts, events, a row's history, redrives, manual
+transitions and the state diagram. Plain data in, plain data out; the CLI formats it.
+
+Everything here works from the workflow definitions installed in the database, so an operator
+needs no handler code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from orchestrator.errors import IllegalTransition, OrchestratorError, StoreError
+from orchestrator.store import Store
+from orchestrator.workflow import Workflow
+
+EVENT_STATUSES = ("pending", "running", "done", "dead")
+
+
+class UnknownRow(OrchestratorError):
+    """No such row."""
+
+
+def workflows(store: Store) -> dict[str, Workflow]:
+    return {wf.name: wf for wf in store.installed_workflows()}
+
+
+def pick_workflow(store: Store, name: str | None) -> Workflow:
+    """The named workflow, or the only one installed. Raises OrchestratorError otherwise."""
+    known = workflows(store)
+    if name is None and len(known) == 1:
+        return next(iter(known.values()))
+    if name in known:
+        return known[name]
+    choices = ", ".join(sorted(known)) or "none installed"
+    what = f"unknown workflow {name!r}" if name else "several workflows: pick one with --workflow"
+    raise OrchestratorError(f"{what} (installed: {choices})")
+
+
+def status(store: Store) -> dict[str, Any]:
+    """Rows per state and open/dead events per workflow; the shape `status --json` prints."""
+    counts = {row["workflow"]: row for row in store.rows("event_counts")}
+    out = []
+    for wf in workflows(store).values():
+        states = store.state_counts(wf)
+        ev = counts.get(wf.name, {})
+        out.append({
+            "name": wf.name, "table": wf.qualified_table,
+            "states": {s: states.get(s, 0) for s in wf.states},
+            "events": {"pending": ev.get("pending", 0), "running": ev.get("running", 0),
+                       "dead": ev.get("dead", 0),
+                       "oldest_pending_age_s": ev.get("oldest_pending_age_s")},
+        })
+    return {"workflows": out}
+
+
+def events(store: Store, *, status: str | None = None, workflow: str | None = None,
+           row: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Events, newest first, filtered by status, workflow and row key."""
+    if status is not None and status not in EVENT_STATUSES:
+        raise OrchestratorError(f"unknown event status {status!r} "
+                                f"(one of {', '.join(EVENT_STATUSES)})")
+    if limit < 1:
+        raise OrchestratorError("--limit must be at least 1")
+    rows = store.rows("list_events", {"status": status, "workflow": workflow, "row_key": row,
+                                      "limit": limit})
+    return [_plain(r) for r in rows]
+
+
+def history(store: Store, wf: Workflow, key: str) -> dict[str, Any]:
+    """One row's timeline: every event with its failed attempts. UnknownRow if no such row."""
+    current = _row_state(store, wf, key)
+    params = {"workflow": wf.name, "row_key": key}
+    errors: dict[int, list[dict[str, Any]]] = {}
+    for err in store.rows("row_errors", params):
+        errors.setdefault(err["event_id"], []).append(
+            {"attempt": err["attempt"], "error": err["error"], "at": _iso(err["at"])})
+    timeline = [_plain(e) | {"errors": errors.get(e["id"], [])}
+                for e in store.rows("row_history", params)]
+    return {"workflow": wf.name, "key": key, "state": current, "events": timeline}
+
+
+def redrive(store: Store, *, ids: Sequence[int] = (), all_dead: bool = False,
+            handler: str | None = None, workflow: str | None = None,
+            dry_run: bool = False) -> list[dict[str, Any]]:
+    """Requeue dead events: the given ids (every one must be dead, else nothing is done), or
+    with ``all_dead`` every dead event matching the filters."""
+    if ids:
+        found = {r["id"]: r["status"] for r in store.rows("event_statuses", {"ids": list(ids)})}
+        problems = [f"{i} ({found[i]})" if i in found else f"{i} (no such event)"
+                    for i in ids if found.get(i) != "dead"]
+        if problems:
+            raise OrchestratorError(f"not dead, nothing redriven: event {', '.join(problems)}")
+    elif not all_dead:
+        raise OrchestratorError("name event ids, or use --dead to redrive dead events")
+    chosen = store.redrive(workflows(store), ids=ids, all_dead=all_dead, handler=handler,
+                           workflow=workflow, dry_run=dry_run)
+    return [{"id": r["id"], "workflow": r["workflow"], "key": r["row_key"],
+             "handler": r["handler"], "error": r["last_error"]} for r in chosen]
+
+
+def fire(store: Store, wf: Workflow, key: str, target: str) -> dict[str, str]:
+    """Move a row by hand to a state (or by a trigger name such as ``cancel``), checked
+    against the workflow. Raises UnknownRow, IllegalTransition or OrchestratorError."""
+    current = _row_state(store, wf, key)
+    dest = target if target in wf.states else wf.trigger_target(current, target)
+    if dest is None:
+        if not any(t.trigger == target for t in wf.transitions):
+            raise OrchestratorError(f"{target!r} is neither a state nor a trigger of "
+                                    f"workflow {wf.name!r}")
+        raise IllegalTransition(wf.name, current, target)
+    wf.check(current, dest)
+    if not store.move(wf, key, current, dest):
+        raise OrchestratorError(f"{wf.name} {key} changed while firing; look again and retry")
+    return {"workflow": wf.name, "key": key, "from": current, "to": dest}
+
+
+def graph(wf: Workflow, *, fmt: str = "mermaid",
+          counts: Mapping[str, int] | None = None) -> str:
+    """The state diagram as Mermaid or Graphviz dot text, optionally with rows per state."""
+    def label(state: str) -> str:
+        return f"{state} ({counts.get(state, 0)})" if counts is not None else state
+
+    if fmt == "mermaid":
+        lines = ["stateDiagram-v2", f"    [*] --> {wf.initial}"]
+        lines += [f'    {s} : {label(s)}' for s in wf.states]
+        lines += [f"    {t.source} --> {t.dest} : {t.trigger}" for t in wf.transitions]
+        lines += [f"    {s} --> [*]" for s in wf.states if s in wf.terminal]
+        return "\n".join(lines)
+    if fmt == "dot":
+        lines = [f'digraph "{wf.name}" {{', "    rankdir=LR;",
+                 '    "__start" [shape=point];', f'    "__start" -> "{wf.initial}";']
+        for s in wf.states:
+            shape = "doublecircle" if s in wf.terminal else "circle"
+            lines.append(f'    "{s}" [shape={shape}, label="{label(s)}"];')
+        lines += [f'    "{t.source}" -> "{t.dest}" [label="{t.trigger}"];'
+                  for t in wf.transitions]
+        return "\n".join([*lines, "}"])
+    raise OrchestratorError(f"unknown graph format {fmt!r} (mermaid or dot)")
+
+
+def _row_state(store: Store, wf: Workflow, key: str) -> str:
+    try:
+        state = store.row_state(wf, key)
+    except StoreError as exc:
+        raise UnknownRow(f"{wf.name} has no row {key!r} ({exc})") from None
+    if state is None:
+        raise UnknownRow(f"{wf.name} has no row {key!r} in {wf.qualified_table}")
+    return state
+
+
+def _plain(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _iso(v) for k, v in row.items()}
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value

@@ -1,0 +1,106 @@
+"""What every command shares: the typer app, the common options, settings and error handling.
+
+Errors a user can fix (bad DSN, unmigrated database, broken handler module) print one line and
+exit 1; usage errors exit 2; nothing prints a stack trace unless --debug is given.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from orchestrator.config import Settings, help_for
+from orchestrator.db import redact
+from orchestrator.errors import OrchestratorError
+from orchestrator.registry import Registry, load_registry
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    help="A Postgres-driven workflow orchestrator: row changes drive handlers through a durable "
+         "event log.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Manage the embedded PostgreSQL server (used when no DSN is given).",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+_debug = False
+
+
+def setting_option(name: str) -> Any:
+    """A flag for setting ``name``: its documented meaning, default and env variable."""
+    return typer.Option(f"--{name.replace('_', '-')}", show_default=False, help=help_for(name))
+
+
+Dsn = Annotated[str | None, typer.Option(
+    "--dsn", help="PostgreSQL connection string. Default: the embedded server. "
+                  "Env: ORCHESTRATOR_DSN, then DATABASE_URL.", show_default=False)]
+Handlers = Annotated[str | None, setting_option("handlers")]
+DataDir = Annotated[Path | None, setting_option("data_dir")]
+
+
+def friendly(fn: F) -> F:
+    """Turn OrchestratorError into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OrchestratorError as exc:
+            if _debug:
+                raise
+            err.print(f"[red]error:[/red] {escape(redact(str(exc)))}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main_options(
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    debug: Annotated[bool, typer.Option(help="Show stack traces for errors.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The pool's own reconnect chatter repeats what the dispatcher reports once.
+    logging.getLogger("psycopg.pool").setLevel(max(level, logging.ERROR))
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
+
+
+def settings_from(**overrides: Any) -> Settings:
+    return Settings.load(**overrides)
+
+
+def registry_from(settings: Settings) -> Registry:
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a handler package next to the user, like `python -m`
+    return load_registry(settings.handlers)
+
+
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout, one document, keys in a stable order."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON (a stable, documented shape).")]
+Workflow = Annotated[str | None, typer.Option(
+    help="Workflow name (default: the only one installed).", show_default=False)]

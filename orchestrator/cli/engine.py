@@ -1,0 +1,121 @@
+"""Commands that set up and run the engine: migrate, run, db url|start|stop."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Annotated
+
+import typer
+
+from orchestrator import schema
+from orchestrator.app import Orchestrator
+from orchestrator.cli.common import (
+    DataDir,
+    Dsn,
+    Handlers,
+    app,
+    db_app,
+    err,
+    friendly,
+    out,
+    registry_from,
+    setting_option,
+    settings_from,
+)
+from orchestrator.dispatcher import Dispatcher
+from orchestrator.embedded import EmbeddedServer
+
+
+@app.command()
+@friendly
+def migrate(
+    dsn: Dsn = None,
+    handlers: Handlers = None,
+    data_dir: DataDir = None,
+    downgrade: Annotated[str | None, typer.Option(
+        help="Revert to this revision instead (`base` removes the orchestrator schema).",
+        show_default=False)] = None,
+) -> None:
+    """Create or upgrade the orchestrator schema, then install each workflow's triggers."""
+    settings = settings_from(dsn=dsn, handlers=handlers, data_dir=data_dir)
+    if downgrade is not None:
+        target = settings.dsn or EmbeddedServer(settings.data_dir / "pgdata").start()
+        schema.downgrade(target, downgrade)
+        out.print(f"downgraded to {downgrade}")
+        return
+    with Orchestrator(settings, registry_from(settings)) as orch:
+        names = orch.migrate()
+    out.print(f"schema at {schema.head_revision()}; workflows installed: {', '.join(names)}")
+
+
+@app.command()
+@friendly
+def run(
+    dsn: Dsn = None,
+    listen_dsn: Annotated[str | None, setting_option("listen_dsn")] = None,
+    handlers: Handlers = None,
+    data_dir: DataDir = None,
+    concurrency: Annotated[int | None, setting_option("concurrency")] = None,
+    batch_size: Annotated[int | None, setting_option("batch_size")] = None,
+    pool_size: Annotated[int | None, setting_option("pool_size")] = None,
+    lease_s: Annotated[float | None, setting_option("lease_s")] = None,
+    poll_interval_s: Annotated[float | None, setting_option("poll_interval_s")] = None,
+    handler_timeout_s: Annotated[float | None, setting_option("handler_timeout_s")] = None,
+    max_attempts: Annotated[int | None, setting_option("max_attempts")] = None,
+    retry_base_s: Annotated[float | None, setting_option("retry_base_s")] = None,
+    retry_max_s: Annotated[float | None, setting_option("retry_max_s")] = None,
+    shutdown_grace_s: Annotated[float | None, setting_option("shutdown_grace_s")] = None,
+    until_idle: Annotated[bool, typer.Option(
+        help="Exit once no event is pending or running (for scripts and tests).")] = False,
+) -> None:
+    """Dispatch events to handlers until stopped (Ctrl-C or SIGTERM stop gracefully)."""
+    settings = settings_from(**{k: v for k, v in locals().items() if k != "until_idle"})
+    with Orchestrator(settings, registry_from(settings)) as orch:
+        dispatcher = orch.dispatcher(until_idle=until_idle)
+        _stop_on_signals(dispatcher)
+        started = time.monotonic()
+        stats = dispatcher.run()
+    elapsed = time.monotonic() - started
+    summary = ", ".join(f"{k} {v}" for k, v in stats.as_dict().items() if v)
+    err.print(f"dispatcher stopped after {elapsed:.1f}s: {summary or 'nothing to do'}")
+
+
+def _stop_on_signals(dispatcher: Dispatcher) -> None:
+    """First SIGINT/SIGTERM: stop gracefully. A second SIGINT: stop now (claims are released
+    or expire; nothing is lost)."""
+    def on_signal(signum: int, _frame: object) -> None:
+        if signum == signal.SIGINT and dispatcher_stopping[0]:
+            raise KeyboardInterrupt
+        dispatcher_stopping[0] = True
+        err.print("stopping: finishing the handlers in hand (Ctrl-C again to quit now)")
+        dispatcher.stop()
+
+    dispatcher_stopping = [False]
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+@db_app.command("url")
+@friendly
+def db_url(data_dir: DataDir = None) -> None:
+    """Print the embedded server's URI (starting it if needed), e.g. for `psql "$(...)"`."""
+    out.print(EmbeddedServer(settings_from(data_dir=data_dir).data_dir / "pgdata").start(),
+              soft_wrap=True)
+
+
+@db_app.command("start")
+@friendly
+def db_start(data_dir: DataDir = None) -> None:
+    """Start the embedded server (it keeps running until `orchestrator db stop`)."""
+    server = EmbeddedServer(settings_from(data_dir=data_dir).data_dir / "pgdata")
+    out.print(f"embedded PostgreSQL running: {server.start()}", soft_wrap=True)
+
+
+@db_app.command("stop")
+@friendly
+def db_stop(data_dir: DataDir = None) -> None:
+    """Stop the embedded server."""
+    server = EmbeddedServer(settings_from(data_dir=data_dir).data_dir / "pgdata")
+    server.stop()
+    out.print("embedded PostgreSQL stopped")

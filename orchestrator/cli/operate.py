@@ -1,0 +1,174 @@
+"""Operator commands: status, events, history, retry, fire, graph.
+
+They read the workflow definitions installed in the database, so they need no handler code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from orchestrator import admin
+from orchestrator.app import Orchestrator
+from orchestrator.cli.common import (
+    DataDir,
+    Dsn,
+    Json,
+    Workflow,
+    app,
+    friendly,
+    out,
+    print_json,
+    settings_from,
+)
+
+
+@contextmanager
+def opened(dsn: str | None, data_dir: Any) -> Iterator[Orchestrator]:
+    with Orchestrator(settings_from(dsn=dsn, data_dir=data_dir, pool_size=1)) as orch:
+        yield orch
+
+
+@app.command()
+@friendly
+def status(dsn: Dsn = None, data_dir: DataDir = None, json: Json = False) -> None:
+    """Rows per state for each workflow; pending, running and dead events; oldest pending age."""
+    with opened(dsn, data_dir) as orch:
+        report = admin.status(orch.store)
+    if json:
+        print_json(report)
+        return
+    for wf in report["workflows"]:
+        table = Table(title=f"{wf['name']} ({wf['table']})", title_justify="left")
+        table.add_column("state")
+        table.add_column("rows", justify="right")
+        for state, count in wf["states"].items():
+            table.add_row(state, str(count))
+        out.print(table)
+        ev = wf["events"]
+        age = ev["oldest_pending_age_s"]
+        out.print(f"events: {ev['pending']} pending, {ev['running']} running, {ev['dead']} dead"
+                  + (f"; oldest pending {age:.1f}s" if age is not None else ""))
+
+
+@app.command()
+@friendly
+def events(
+    dsn: Dsn = None, data_dir: DataDir = None, json: Json = False,
+    status: Annotated[str | None, typer.Option(
+        help="pending, running, done or dead.", show_default=False)] = None,
+    order: Annotated[str | None, typer.Option(
+        help="Only this row (an order id).", show_default=False)] = None,
+    workflow: Workflow = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+) -> None:
+    """List events, newest first."""
+    with opened(dsn, data_dir) as orch:
+        rows = admin.events(orch.store, status=status, workflow=workflow, row=order, limit=limit)
+    if json:
+        print_json(rows)
+        return
+    table = Table()
+    for col in ("id", "workflow", "row", "change", "status", "outcome", "attempts", "error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["id"]), r["workflow"], r["row_key"], _change(r), r["status"],
+                      r["outcome"] or "", str(r["attempts"]), r["last_error"] or "")
+    out.print(table)
+
+
+@app.command()
+@friendly
+def history(
+    order_id: Annotated[str, typer.Argument(help="The row's key (an order id).")],
+    dsn: Dsn = None, data_dir: DataDir = None, json: Json = False, workflow: Workflow = None,
+) -> None:
+    """The timeline of one row: each change, its handler, attempts, errors and times."""
+    with opened(dsn, data_dir) as orch:
+        report = admin.history(orch.store, admin.pick_workflow(orch.store, workflow), order_id)
+    if json:
+        print_json(report)
+        return
+    out.print(f"{report['workflow']} {report['key']}: now [bold]{report['state']}[/bold]")
+    table = Table()
+    for col in ("event", "change", "handler", "status", "outcome", "attempts", "created",
+                "finished", "errors"):
+        table.add_column(col, overflow="fold")
+    for e in report["events"]:
+        errors = "; ".join(f"#{x['attempt']}: {x['error']}" for x in e["errors"])
+        table.add_row(str(e["id"]), _change(e), (e["handler"] or "").rsplit(".", 1)[-1],
+                      e["status"], e["outcome"] or "", str(e["attempts"]),
+                      _time(e["created_at"]), _time(e["finished_at"]), errors)
+    out.print(table)
+
+
+@app.command()
+@friendly
+def retry(
+    event_ids: Annotated[list[int] | None, typer.Argument(
+        help="Dead events to run again.", show_default=False)] = None,
+    dead: Annotated[bool, typer.Option("--dead", help="Every dead event (with filters).")] = False,
+    handler: Annotated[str | None, typer.Option(
+        help="Only dead events of this handler (full or last dotted name).",
+        show_default=False)] = None,
+    workflow: Workflow = None,
+    dry_run: Annotated[bool, typer.Option(help="Show what would be redriven.")] = False,
+    dsn: Dsn = None, data_dir: DataDir = None, json: Json = False,
+) -> None:
+    """Redrive dead events: they go back to the queue with fresh attempts, and a row their
+    death moved to the failure state returns to the state the event saw."""
+    with opened(dsn, data_dir) as orch:
+        chosen = admin.redrive(orch.store, ids=event_ids or (), all_dead=dead, handler=handler,
+                               workflow=workflow, dry_run=dry_run)
+    if json:
+        print_json({"dry_run": dry_run, "events": chosen})
+        return
+    verb = "would redrive" if dry_run else "redriven"
+    out.print(f"{verb}: {len(chosen)} event(s)")
+    for e in chosen:
+        out.print(f"  {e['id']}  {e['workflow']} {e['key']}  {e['error'] or ''}", soft_wrap=True)
+
+
+@app.command()
+@friendly
+def fire(
+    order_id: Annotated[str, typer.Argument(help="The row's key (an order id).")],
+    target: Annotated[str, typer.Argument(help="A state, or a trigger such as `cancel`.")],
+    dsn: Dsn = None, data_dir: DataDir = None, json: Json = False, workflow: Workflow = None,
+) -> None:
+    """Request a transition by hand (e.g. cancel an order), checked against the workflow."""
+    with opened(dsn, data_dir) as orch:
+        moved = admin.fire(orch.store, admin.pick_workflow(orch.store, workflow), order_id,
+                           target)
+    if json:
+        print_json(moved)
+        return
+    out.print(f"{moved['workflow']} {moved['key']}: {moved['from']} -> {moved['to']}")
+
+
+@app.command()
+@friendly
+def graph(
+    fmt: Annotated[str, typer.Option("--format", help="mermaid or dot.")] = "mermaid",
+    counts: Annotated[bool, typer.Option("--counts", help="Label states with live row counts.")]
+        = False,
+    dsn: Dsn = None, data_dir: DataDir = None, workflow: Workflow = None,
+) -> None:
+    """The state diagram from the workflow definition, as Mermaid or Graphviz dot text."""
+    with opened(dsn, data_dir) as orch:
+        wf = admin.pick_workflow(orch.store, workflow)
+        live = orch.store.state_counts(wf) if counts else None
+    out.print(admin.graph(wf, fmt=fmt, counts=live), soft_wrap=True, markup=False)
+
+
+def _change(e: dict[str, Any]) -> str:
+    old = e["old_value"] if e["old_value"] is not None else "∅"
+    return f"{e['column_name']}: {old} → {e['new_value']}"
+
+
+def _time(value: str | None) -> str:
+    return value[11:23] if value else ""
