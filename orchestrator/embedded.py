@@ -109,6 +109,12 @@ class EmbeddedServer:
         return done
 
 
+def binary(name: str) -> Path:
+    """A program shipped with the embedded server (``pgbench``, ``psql``...); the clients work
+    with any server version."""
+    return Path(POSTGRES_BIN_PATH) / name
+
+
 def _is_root() -> bool:
     return platform.system() != "Windows" and os.geteuid() == 0
 

@@ -1,0 +1,38 @@
+"""Backlog drain: events created while no dispatcher runs, then drained by one.
+
+The backlog's handler returns nothing, so draining is claiming and finishing alone; the clock
+runs from the first claim to the last write (the events' own started/finished times).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bench.case import monitor, open_events, reset, wait_until
+from bench.db import Session
+from bench.dispatchers import Dispatchers, DispatcherSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    events: int
+    seconds: float
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"events": self.events, "seconds": round(self.seconds, 3),
+                "events_per_s": round(self.events_per_s, 1)}
+
+
+def drain(session: Session, dsn: str, settings: DispatcherSettings, *, events: int) -> Backlog:
+    """Create ``events`` pending events, then start a dispatcher and time the drain."""
+    reset(session)
+    session.run("insert_backlog", {"count": events})
+    with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
+        wait_until(lambda: (-open_events(mon), 0), what="backlog drain")
+    row = session.run("drain")[0]
+    return Backlog(int(row["events"]), float(row["seconds"] or 0.0))

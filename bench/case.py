@@ -1,0 +1,53 @@
+"""What every case shares: a clean slate, a monitor session, and waiting for the engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from bench.db import BenchError, Session
+
+MONITOR = "orchestrator-bench-monitor"
+POLL_S = 0.05
+
+
+def reset(session: Session) -> None:
+    """Remove the previous case's events and rows, and vacuum, so each case starts alike."""
+    session.run("reset")
+    session.run("vacuum")
+
+
+@contextmanager
+def monitor(dsn: str, session: Session) -> Iterator[Session]:
+    """A session of its own for the work a case does while measuring; on exit it is closed
+    and gone from the server, so the commit counter includes (exactly) its transactions."""
+    mon = Session(dsn, name=MONITOR)
+    try:
+        yield mon
+    finally:
+        mon.close()
+        deadline = time.monotonic() + 10
+        while session.value("sessions_named", {"name": MONITOR}) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def wait_until(progress: Callable[[], tuple[int, int]], *, what: str,
+               stall_s: float = 30.0, poll_s: float = POLL_S) -> None:
+    """Poll ``progress`` (done, wanted) until done reaches wanted. Raises BenchError when it
+    stops moving for ``stall_s`` seconds."""
+    last, moved_at = -1, time.monotonic()
+    while True:
+        done, wanted = progress()
+        if done >= wanted:
+            return
+        now = time.monotonic()
+        if done != last:
+            last, moved_at = done, now
+        elif now - moved_at > stall_s:
+            raise BenchError(f"{what}: stuck at {done} of {wanted} for {stall_s:.0f}s")
+        time.sleep(poll_s)
+
+
+def open_events(mon: Session) -> int:
+    return int(mon.value("open_events"))

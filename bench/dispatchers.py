@@ -1,0 +1,172 @@
+"""Dispatcher processes for a case: `orchestrator run` serving bench.workflow, as a user runs it.
+
+Each process connects with its own application_name (``bench-dispatcher-<n>``), so the bench can
+tell when it is listening and count the connections it holds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.db import BenchError, Session, with_application_name
+
+HANDLERS = "bench.workflow"
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherSettings:
+    """The engine settings every dispatcher of the bench runs with."""
+
+    concurrency: int
+    pool_size: int
+    batch_size: int
+
+
+class Dispatchers:
+    """``count`` dispatcher processes, started on enter (once each is listening) and stopped
+    gracefully on exit. Raises BenchError, with the log's tail, when one fails."""
+
+    def __init__(self, dsn: str, count: int, settings: DispatcherSettings,
+                 monitor: Session) -> None:
+        self._dsn = dsn
+        self._count = count
+        self._settings = settings
+        self._monitor = monitor
+        self._logs = tempfile.TemporaryDirectory(prefix="orchestrator-bench-")
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._stopped = False
+        self.peak_connections: dict[str, int] = {}
+
+    def __enter__(self) -> Dispatchers:
+        for n in range(self._count):
+            self._procs.append(self._spawn(n))
+        try:
+            self._wait_listening()
+        except BaseException:
+            self._kill()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self._kill()
+            self._logs.cleanup()
+
+    def _spawn(self, n: int) -> subprocess.Popen[bytes]:
+        s = self._settings
+        dsn = with_application_name(self._dsn, f"bench-dispatcher-{n}")
+        argv = [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", "run",
+                "--handlers", HANDLERS, "--concurrency", str(s.concurrency),
+                "--pool-size", str(s.pool_size), "--batch-size", str(s.batch_size)]
+        env = os.environ | {"ORCHESTRATOR_DSN": dsn}
+        env.pop("ORCHESTRATOR_LISTEN_DSN", None)
+        log = open(self._log_path(n), "wb")  # noqa: SIM115 - the child owns it from here
+        with log:
+            return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT)
+
+    def _log_path(self, n: int) -> Path:
+        return Path(self._logs.name) / f"dispatcher-{n}.log"
+
+    def _wait_listening(self) -> None:
+        """A dispatcher opens its pool (one connection), then its LISTEN connection."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            self._check_alive()
+            counts = self.sample_connections()
+            if len(counts) == self._count and min(counts.values()) >= 2:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"dispatchers not listening after {READY_TIMEOUT_S:.0f}s"
+                                 f"{self._tail(0)}")
+            time.sleep(0.05)
+
+    def sample_connections(self) -> dict[str, int]:
+        """The sessions each dispatcher holds now; the peak per process is kept."""
+        counts = {r["application_name"]: int(r["connections"])
+                  for r in self._monitor.run("dispatcher_connections")}
+        for name, n in counts.items():
+            self.peak_connections[name] = max(n, self.peak_connections.get(name, 0))
+        return counts
+
+    def peak_rss_mb(self) -> float | None:
+        """The largest peak resident set (VmHWM) of the processes, in MB (None off Linux)."""
+        peaks = [_vm_hwm_kb(p.pid) for p in self._procs if p.poll() is None]
+        known = [kb for kb in peaks if kb is not None]
+        return max(known) / 1024 if known else None
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds (user + system) the running processes have used so far (None off
+        Linux)."""
+        times = [_cpu_s(p.pid) for p in self._procs if p.poll() is None]
+        known = [t for t in times if t is not None]
+        return sum(known) if known else None
+
+    def stop(self) -> None:
+        """SIGTERM (graceful: finish or release), wait, then wait for their sessions to end so
+        the server's statistics include everything they did."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for n, proc in enumerate(self._procs):
+            try:
+                code = proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"dispatcher {n} did not stop{self._tail(n)}") from None
+            if code != 0:
+                raise BenchError(f"dispatcher {n} exited with {code}{self._tail(n)}")
+        deadline = time.monotonic() + 10
+        while self.sample_connections() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _check_alive(self) -> None:
+        for n, proc in enumerate(self._procs):
+            if proc.poll() is not None:
+                raise BenchError(f"dispatcher {n} exited with {proc.returncode}{self._tail(n)}")
+
+    def _kill(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def _tail(self, n: int) -> str:
+        try:
+            lines = self._log_path(n).read_text(errors="replace").strip().splitlines()[-5:]
+        except OSError:
+            return ""
+        return (": " + " / ".join(lines)) if lines else ""
+
+
+def _vm_hwm_kb(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+def _cpu_s(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -1,0 +1,90 @@
+"""Latency: from the commit that creates an event to its handler starting.
+
+The bench places an order in a transaction of its own and notes the time its commit returned;
+the order's first handler notes (in the row) when it started. Both are wall-clock times on the
+same machine. Unloaded: one order at a time, each run to the end before the next. Paced: orders
+placed on a fixed schedule (open loop: a late insert does not delay the next) at a chosen
+fraction of the sustained rate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.case import monitor, open_events, reset, wait_until
+from bench.db import BenchError, Session
+from bench.dispatchers import Dispatchers, DispatcherSettings
+from bench.workflow import TRANSITIONS_PER_ORDER
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Latencies of one case in milliseconds, and the load it ran under (transitions/s)."""
+
+    samples_ms: list[float] = field(repr=False)
+    load_transitions_per_s: float
+
+    def percentile_ms(self, q: float) -> float:
+        """Nearest-rank percentile (q in 0..100)."""
+        ordered = sorted(self.samples_ms)
+        if not ordered:
+            return 0.0
+        rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+        return ordered[rank - 1]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "p50_ms": round(self.percentile_ms(50), 2),
+            "p95_ms": round(self.percentile_ms(95), 2),
+            "p99_ms": round(self.percentile_ms(99), 2),
+            "max_ms": round(max(self.samples_ms, default=0.0), 2),
+            "samples": len(self.samples_ms),
+            "load_transitions_per_s": round(self.load_transitions_per_s, 1),
+        }
+
+
+def unloaded(session: Session, dsn: str, settings: DispatcherSettings, *,
+             orders: int) -> Latency:
+    """``orders`` orders one at a time, each delivered before the next is placed."""
+    reset(session)
+    committed: dict[int, float] = {}
+    with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
+        started = time.monotonic()
+        for _ in range(orders):
+            order = int(mon.value("insert_order"))
+            committed[order] = time.time()
+            while mon.value("order_status", {"id": order}) != "delivered":
+                time.sleep(0.0005)
+        elapsed = time.monotonic() - started
+    return _latency(session, committed, len(committed) * TRANSITIONS_PER_ORDER / elapsed)
+
+
+def paced(session: Session, dsn: str, settings: DispatcherSettings, *,
+          transitions_per_s: float, seconds: float) -> Latency:
+    """Orders placed for ``seconds`` at a pace that asks for ``transitions_per_s``."""
+    reset(session)
+    interval_s = TRANSITIONS_PER_ORDER / max(transitions_per_s, 1.0)
+    committed: dict[int, float] = {}
+    with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
+        begin = time.monotonic()
+        n = 0
+        while (due := begin + n * interval_s) < begin + seconds:
+            if (wait_s := due - time.monotonic()) > 0:
+                time.sleep(wait_s)
+            order = int(mon.value("insert_order"))
+            committed[order] = time.time()
+            n += 1
+        wait_until(lambda: (int(mon.value("delivered")), n), what="paced run")
+        wait_until(lambda: (-open_events(mon), 0), what="paced run's last events")
+    return _latency(session, committed, n * TRANSITIONS_PER_ORDER / seconds)
+
+
+def _latency(session: Session, committed: dict[int, float], load: float) -> Latency:
+    rows = session.run("handler_starts", {"ids": list(committed)})
+    starts = {int(r["id"]): r["handler_started_s"] for r in rows}
+    if len(starts) != len(committed) or None in starts.values():
+        raise BenchError("latency: some orders have no recorded handler start")
+    samples = [(starts[order] - at) * 1000 for order, at in committed.items()]
+    return Latency(samples, load)

@@ -1,0 +1,38 @@
+"""The bench's figures as one table (the same figures `--json` prints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def table(r: dict[str, Any]) -> Table:
+    env, costs = r["environment"], r["costs"]
+    out = Table(title=f"orchestrator bench - PostgreSQL {env['server_version']}, "
+                      f"{env['cores']} cores, {env['date']}",
+                title_justify="left", show_header=False)
+    out.add_column("figure")
+    out.add_column("value", justify="right")
+    conns = r["ceiling_connections"]
+    out.add_row(f"ceiling: 1-row UPDATE tx/s ({conns} conns)", f"{r['ceiling_updates_per_s']:.0f}")
+    out.add_row("  the same with pg_notify", f"{r['ceiling_notify_updates_per_s']:.0f}")
+    s = r["sustained"]
+    out.add_row(f"sustained transitions/s ({s['orders']} orders)", f"{r['transitions_per_s']:.0f}")
+    out.add_row("  ratio to ceiling", f"{r['ratio_to_ceiling']:.2f}")
+    for name, case in r["latency"].items():
+        out.add_row(f"latency {name.replace('_', ' ')} p50/p95/p99 ms "
+                    f"(at {case['load_transitions_per_s']:.0f} t/s)",
+                    f"{case['p50_ms']:.1f} / {case['p95_ms']:.1f} / {case['p99_ms']:.1f}")
+    out.add_row(f"backlog drain events/s ({r['backlog']['events']} events)",
+                f"{r['backlog_events_per_s']:.0f}")
+    for run in r["scaling"]:
+        out.add_row(f"scaling: {run['dispatchers']} dispatcher(s) transitions/s",
+                    f"{run['transitions_per_s']:.0f} ({run['ratio_to_ceiling']:.2f}x)")
+    out.add_row("NOTIFYs per transition", f"{costs['notifies_per_transition']:.3f}")
+    out.add_row("commits per transition", f"{costs['commits_per_transition']:.3f}")
+    out.add_row("WAL bytes per transition", f"{costs['wal_bytes_per_transition']:.0f}")
+    out.add_row(f"connections per dispatcher (pool {costs['pool_size']} + LISTEN)",
+                str(costs["connections_per_dispatcher"]))
+    out.add_row("dispatcher peak RSS MB", f"{costs['dispatcher_peak_rss_mb']:.0f}")
+    return out

@@ -1,0 +1,137 @@
+"""One bench run: prepare the database, measure each case in turn, return every figure.
+
+The order matters: the ceiling first (the yardstick), then sustained throughput with 1, 2, 4...
+dispatchers, then latency at fractions of the one-dispatcher rate, then the backlog drain.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bench import backlog, ceiling, latency, throughput
+from bench.db import Session
+from bench.dispatchers import DispatcherSettings
+from orchestrator.app import Orchestrator
+from orchestrator.config import Settings
+from orchestrator.registry import load_registry
+
+SERVER_SETTINGS = [
+    "max_connections", "shared_buffers", "synchronous_commit", "fsync", "wal_sync_method",
+    "wal_level", "full_page_writes", "checkpoint_timeout", "max_wal_size", "autovacuum",
+    "autovacuum_naptime", "work_mem", "jit",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """How big each case is, and the engine settings of every dispatcher."""
+
+    orders: int = 3000
+    """Orders per sustained run (six transitions each)."""
+    backlog_events: int = 100_000
+    """Pending events created before the drain starts."""
+    unloaded_orders: int = 200
+    """Orders placed one at a time for the unloaded latency."""
+    paced_s: float = 5.0
+    """Seconds each paced latency case places orders for."""
+    load_fractions: tuple[float, ...] = (0.5, 0.8)
+    """Paced latency cases, as fractions of the one-dispatcher sustained rate."""
+    dispatcher_counts: tuple[int, ...] = (1, 2, 4)
+    """Dispatcher processes per sustained run (the scaling case); the first is the reference."""
+    ceiling_s: float = 5.0
+    """Seconds each pgbench run lasts."""
+    concurrency: int = 8
+    pool_size: int = 4
+    batch_size: int = 64
+
+    @property
+    def dispatcher(self) -> DispatcherSettings:
+        return DispatcherSettings(self.concurrency, self.pool_size, self.batch_size)
+
+
+def prepare(dsn: str) -> None:
+    """Create the bench's tables, migrate, and install the bench workflows."""
+    with Session(dsn) as session:
+        session.run("create_tables")
+    with Orchestrator(Settings.load(env={}, dsn=dsn), load_registry("bench.workflow")) as orch:
+        orch.migrate()
+
+
+def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """Every case of the bench on the database at ``dsn``; the figures (see the README)."""
+    prepare(dsn)
+    settings = config.dispatcher
+    with Session(dsn) as session:
+        env = environment(session)
+        say(f"ceiling: pgbench, {config.pool_size} connections, {config.ceiling_s:g}s x 2")
+        top = ceiling.measure(session, dsn, connections=config.pool_size,
+                              seconds=config.ceiling_s)
+        runs = []
+        for count in config.dispatcher_counts:
+            say(f"sustained: {config.orders} orders, {count} dispatcher(s)")
+            runs.append(throughput.sustained(session, dsn, settings, orders=config.orders,
+                                             dispatchers=count))
+        say(f"latency: {config.unloaded_orders} orders one at a time")
+        cases = {"unloaded": latency.unloaded(session, dsn, settings,
+                                              orders=config.unloaded_orders)}
+        for fraction in config.load_fractions:
+            say(f"latency: {config.paced_s:g}s at {fraction:.0%} of the sustained rate")
+            cases[_load_name(fraction)] = latency.paced(
+                session, dsn, settings, seconds=config.paced_s,
+                transitions_per_s=fraction * runs[0].transitions_per_s)
+        say(f"backlog: {config.backlog_events} events, then one dispatcher")
+        drained = backlog.drain(session, dsn, settings, events=config.backlog_events)
+    return results(config, env, top, runs, cases, drained)
+
+
+def results(config: BenchConfig, env: dict[str, Any], top: ceiling.Ceiling,
+            runs: list[throughput.Throughput], cases: dict[str, latency.Latency],
+            drained: backlog.Backlog) -> dict[str, Any]:
+    """The JSON document: the headline keys at the top level, then each case's details."""
+    ref = runs[0]
+    return {
+        "ceiling_updates_per_s": round(top.updates_per_s, 1),
+        "ceiling_notify_updates_per_s": round(top.notify_updates_per_s, 1),
+        "ceiling_connections": top.connections,
+        "transitions_per_s": round(ref.transitions_per_s, 1),
+        "ratio_to_ceiling": round(ref.transitions_per_s / top.updates_per_s, 3),
+        "sustained": throughput.as_dict(ref, top.updates_per_s),
+        "latency": {name: case.as_dict() for name, case in cases.items()},
+        "backlog": drained.as_dict(),
+        "backlog_events_per_s": round(drained.events_per_s, 1),
+        "scaling": [throughput.as_dict(r, top.updates_per_s) for r in runs],
+        "costs": {
+            "notifies_per_transition": round(ref.per_transition(ref.notifies), 4),
+            "commits_per_transition": round(ref.per_transition(ref.commits), 4),
+            "wal_bytes_per_transition": round(ref.per_transition(ref.wal_bytes)),
+            "connections_per_dispatcher": ref.connections_per_dispatcher,
+            "pool_size": config.pool_size,
+            "dispatcher_peak_rss_mb": round(max(
+                (r.peak_rss_mb for r in runs if r.peak_rss_mb is not None), default=0.0), 1),
+        },
+        "settings": {"concurrency": config.concurrency, "pool_size": config.pool_size,
+                     "batch_size": config.batch_size, "orders": config.orders},
+        "environment": env,
+    }
+
+
+def environment(session: Session) -> dict[str, Any]:
+    """The server's version and settings, the machine's cores, and the date."""
+    server = session.run("server")[0]
+    settings = {r["name"]: r["setting"] + (r["unit"] or "")
+                for r in session.run("settings", {"names": SERVER_SETTINGS})}
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cores": os.cpu_count(), "machine": platform.machine(), "os": platform.platform(),
+        "python": platform.python_version(), "server_version": server["version"],
+        "server": server["full_version"], "server_settings": settings,
+    }
+
+
+def _load_name(fraction: float) -> str:
+    return "half_load" if fraction == 0.5 else f"load_{round(fraction * 100)}"

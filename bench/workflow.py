@@ -1,0 +1,57 @@
+"""The bench's workflows and their handlers, which do no work of their own.
+
+``bench_order`` walks the food-order happy path (six transitions per order); its first handler
+notes when it started, so the bench can measure the time from the commit that created an order
+to its handler starting. ``bench_drain`` has one handler that returns nothing: a backlog of its
+events measures claiming and finishing alone. The bench creates both tables itself
+(``bench/queries.sql``), so no migration of the project knows about them.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import pairwise
+
+from orchestrator import Event, Next, Workflow
+
+PATH = ["placed", "validated", "paid", "approved", "agent_assigned", "picked_up", "delivered"]
+NEXT = dict(pairwise(PATH))
+TRANSITIONS_PER_ORDER = len(PATH) - 1
+
+bench_order = Workflow(
+    "bench_order",
+    table="public.bench_orders",
+    states=PATH,
+    initial="placed",
+    terminal=["delivered"],
+    transitions=[(f"to_{dest}", source, dest) for source, dest in NEXT.items()],
+)
+
+bench_drain = Workflow(
+    "bench_drain",
+    table="public.bench_drain",
+    states=["queued", "drained"],
+    initial="queued",
+    terminal=["drained"],
+    transitions=[("drain", "queued", "drained")],
+)
+
+
+@bench_order.on_enter("placed")
+def validate(event: Event) -> Next:
+    """The first step: records the wall-clock time it started (for the latency cases)."""
+    return Next("validated", {"handler_started_s": time.time()})
+
+
+def advance(event: Event) -> str:
+    """Every later step: on to the next state, nothing else."""
+    return NEXT[str(event.new_value)]
+
+
+for _state in PATH[1:-1]:
+    bench_order.on_enter(_state)(advance)
+
+
+@bench_drain.on_enter("queued")
+def drain(event: Event) -> None:
+    """A backlog event: nothing to do, nothing to write."""

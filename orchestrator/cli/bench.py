@@ -1,0 +1,65 @@
+"""The `orchestrator bench` command: a thin call into the top-level ``bench`` package."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from orchestrator.cli.common import DataDir, Dsn, Json, app, err, friendly, out, print_json
+from orchestrator.config import Settings
+from orchestrator.embedded import EmbeddedServer
+from orchestrator.errors import ConfigError
+
+BENCH_DATABASE = "orchestrator_bench"
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--dispatchers takes counts like 1,2,4, not {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"--dispatchers takes counts of at least 1, not {text!r}")
+    return counts
+
+
+@app.command()
+@friendly
+def bench(
+    dsn: Dsn = None,
+    data_dir: DataDir = None,
+    orders: Annotated[int, typer.Option(help="Orders per sustained run.")] = 3000,
+    backlog: Annotated[int, typer.Option(help="Events in the backlog drain.")] = 100_000,
+    unloaded_orders: Annotated[int, typer.Option(
+        help="Orders placed one at a time for the unloaded latency.")] = 200,
+    paced_s: Annotated[float, typer.Option(help="Seconds of each paced latency case.")] = 5.0,
+    dispatchers: Annotated[str, typer.Option(
+        help="Dispatcher processes per sustained run, comma-separated.")] = "1,2,4",
+    ceiling_s: Annotated[float, typer.Option(help="Seconds of each pgbench run.")] = 5.0,
+    concurrency: Annotated[int, typer.Option(help="Handlers a dispatcher runs at once.")] = 8,
+    pool_size: Annotated[int, typer.Option(
+        help="Pooled connections per dispatcher (and the ceiling's connections).")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Most events one claim takes.")] = 64,
+    json: Json = False,
+) -> None:
+    """Measure throughput, latency and costs against the server's own UPDATE ceiling.
+
+    With no DSN it uses the embedded PostgreSQL's `orchestrator_bench` database. A benchmark,
+    not a test: the figures depend on the machine and on whatever else runs on it.
+    """
+    # Imported here: the bench package is not needed by any other command.
+    from bench import report
+    from bench.run import BenchConfig, run
+
+    config = BenchConfig(
+        orders=orders, backlog_events=backlog, unloaded_orders=unloaded_orders, paced_s=paced_s,
+        dispatcher_counts=_counts(dispatchers), ceiling_s=ceiling_s, concurrency=concurrency,
+        pool_size=pool_size, batch_size=batch_size)
+    settings = Settings.load(dsn=dsn, data_dir=data_dir)
+    target = settings.dsn or EmbeddedServer(settings.data_dir / "pgdata").start(BENCH_DATABASE)
+    results = run(config, target, say=lambda line: err.print(line, soft_wrap=True))
+    if json:
+        print_json(results)
+    else:
+        out.print(report.table(results))

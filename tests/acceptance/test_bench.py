@@ -1,0 +1,48 @@
+"""A smoke run of `orchestrator bench`: tiny sizes, every case, the documented JSON keys.
+
+It checks that the bench keeps working, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+
+from bench import report
+from tests.acceptance.test_cli import cli
+
+TINY = ["--orders", "20", "--backlog", "50", "--unloaded-orders", "3", "--paced-s", "0.5",
+        "--dispatchers", "1,2", "--ceiling-s", "1"]
+
+
+def test_a_tiny_bench_run_reports_every_figure(dsn: str) -> None:
+    done = cli("bench", *TINY, "--json", "--dsn", dsn, timeout=240)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for key in ("ceiling_updates_per_s", "ceiling_notify_updates_per_s", "transitions_per_s",
+                "ratio_to_ceiling", "backlog_events_per_s"):
+        assert isinstance(result[key], int | float), key
+    assert set(result["latency"]) == {"unloaded", "half_load", "load_80"}
+    for case in result["latency"].values():
+        assert {"p50_ms", "p95_ms", "p99_ms"} <= set(case)
+    assert result["sustained"]["transitions"] == 20 * 6
+    assert [run["dispatchers"] for run in result["scaling"]] == [1, 2]
+    assert result["backlog"]["events"] == 50
+    assert {"notifies_per_transition", "commits_per_transition", "wal_bytes_per_transition",
+            "connections_per_dispatcher", "dispatcher_peak_rss_mb"} <= set(result["costs"])
+    env = result["environment"]
+    assert env["cores"] and env["server_version"] and env["date"]
+    assert "shared_buffers" in env["server_settings"]
+    _assert_table_names_each_figure(result)
+
+
+def _assert_table_names_each_figure(result: dict[str, Any]) -> None:
+    console = Console(width=120, record=True)
+    console.print(report.table(result))
+    text = console.export_text()
+    for label in ("ceiling", "sustained transitions/s", "latency unloaded", "latency half load",
+                  "backlog drain", "scaling: 2 dispatcher", "NOTIFYs per transition",
+                  "dispatcher peak RSS"):
+        assert label in text
