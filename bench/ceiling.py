@@ -2,7 +2,8 @@
 
 pgbench (shipped with the embedded server, so no extra install) runs a custom script against
 ``bench_ceiling``, a table of the same shape as the bench's orders, with as many connections
-as the dispatcher may use; once plain, once with a pg_notify in each transaction.
+as a dispatcher used in the sustained run (its pool's connections in use, and LISTEN); once
+plain, once with a pg_notify in each transaction; and plain again with the pool's full size.
 """
 
 from __future__ import annotations
@@ -35,15 +36,19 @@ _TPS = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
 
 @dataclass(frozen=True, slots=True)
 class Ceiling:
-    """Committed single-row UPDATE transactions per second, without and with a NOTIFY each."""
+    """Committed single-row UPDATE transactions per second on ``connections`` connections,
+    without and with a NOTIFY each; and without on ``pool_connections`` (the pool's size)."""
 
     connections: int
     updates_per_s: float
     notify_updates_per_s: float
+    pool_connections: int
+    pool_updates_per_s: float
 
 
-def measure(session: Session, dsn: str, *, connections: int, seconds: float) -> Ceiling:
-    """Run both pgbench scripts for ``seconds`` each on ``connections`` connections."""
+def measure(session: Session, dsn: str, *, connections: int, pool_connections: int,
+            seconds: float) -> Ceiling:
+    """Run the pgbench scripts for ``seconds`` each."""
     session.run("create_ceiling")
     session.run("fill_ceiling", {"rows": ROWS})
     session.run("vacuum_ceiling")
@@ -51,9 +56,11 @@ def measure(session: Session, dsn: str, *, connections: int, seconds: float) -> 
         with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
             plain = _pgbench(dsn, Path(tmp), UPDATE, connections, seconds)
             notify = _pgbench(dsn, Path(tmp), UPDATE_NOTIFY, connections, seconds)
+            pool = (plain if pool_connections == connections
+                    else _pgbench(dsn, Path(tmp), UPDATE, pool_connections, seconds))
     finally:
         session.run("drop_ceiling")
-    return Ceiling(connections, plain, notify)
+    return Ceiling(connections, plain, notify, pool_connections, pool)
 
 
 def _pgbench(dsn: str, tmp: Path, script: str, connections: int, seconds: float) -> float:

@@ -17,6 +17,8 @@ def table(r: dict[str, Any]) -> Table:
     conns = r["ceiling_connections"]
     out.add_row(f"ceiling: 1-row UPDATE tx/s ({conns} conns)", f"{r['ceiling_updates_per_s']:.0f}")
     out.add_row("  the same with pg_notify", f"{r['ceiling_notify_updates_per_s']:.0f}")
+    out.add_row(f"  the same on the pool's {r['costs']['pool_size']} conns",
+                f"{r['ceiling_updates_per_s_at_pool_size']:.0f}")
     s = r["sustained"]
     out.add_row(f"sustained transitions/s ({s['orders']} orders)", f"{r['transitions_per_s']:.0f}")
     out.add_row("  ratio to ceiling", f"{r['ratio_to_ceiling']:.2f}")
@@ -34,5 +36,6 @@ def table(r: dict[str, Any]) -> Table:
     out.add_row("WAL bytes per transition", f"{costs['wal_bytes_per_transition']:.0f}")
     out.add_row(f"connections per dispatcher (pool {costs['pool_size']} + LISTEN)",
                 str(costs["connections_per_dispatcher"]))
+    out.add_row("dispatcher CPU us per transition", f"{costs['dispatcher_cpu_us_per_transition']}")
     out.add_row("dispatcher peak RSS MB", f"{costs['dispatcher_peak_rss_mb']:.0f}")
     return out

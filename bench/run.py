@@ -1,7 +1,8 @@
 """One bench run: prepare the database, measure each case in turn, return every figure.
 
-The order matters: the ceiling first (the yardstick), then sustained throughput with 1, 2, 4...
-dispatchers, then latency at fractions of the one-dispatcher rate, then the backlog drain.
+The order matters: sustained throughput with 1, 2, 4... dispatchers first, then the ceiling with
+as many connections as one dispatcher used, then latency at fractions of the one-dispatcher
+rate, then the backlog drain.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class BenchConfig:
     """Dispatcher processes per sustained run (the scaling case); the first is the reference."""
     ceiling_s: float = 5.0
     """Seconds each pgbench run lasts."""
-    concurrency: int = 8
+    concurrency: int = 64
+    """Handlers a dispatcher runs at once: with handlers that return at once, also the most
+    results one group commit writes and the most events one claim takes."""
     pool_size: int = 4
     batch_size: int = 64
 
@@ -68,14 +71,16 @@ def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, 
     settings = config.dispatcher
     with Session(dsn) as session:
         env = environment(session)
-        say(f"ceiling: pgbench, {config.pool_size} connections, {config.ceiling_s:g}s x 2")
-        top = ceiling.measure(session, dsn, connections=config.pool_size,
-                              seconds=config.ceiling_s)
         runs = []
         for count in config.dispatcher_counts:
             say(f"sustained: {config.orders} orders, {count} dispatcher(s)")
             runs.append(throughput.sustained(session, dsn, settings, orders=config.orders,
                                              dispatchers=count))
+        used = runs[0].connections_per_dispatcher or config.pool_size + 1
+        say(f"ceiling: pgbench, {used} and {config.pool_size} connections, "
+            f"{config.ceiling_s:g}s each")
+        top = ceiling.measure(session, dsn, connections=used, pool_connections=config.pool_size,
+                              seconds=config.ceiling_s)
         say(f"latency: {config.unloaded_orders} orders one at a time")
         cases = {"unloaded": latency.unloaded(session, dsn, settings,
                                               orders=config.unloaded_orders)}
@@ -98,6 +103,7 @@ def results(config: BenchConfig, env: dict[str, Any], top: ceiling.Ceiling,
         "ceiling_updates_per_s": round(top.updates_per_s, 1),
         "ceiling_notify_updates_per_s": round(top.notify_updates_per_s, 1),
         "ceiling_connections": top.connections,
+        "ceiling_updates_per_s_at_pool_size": round(top.pool_updates_per_s, 1),
         "transitions_per_s": round(ref.transitions_per_s, 1),
         "ratio_to_ceiling": round(ref.transitions_per_s / top.updates_per_s, 3),
         "sustained": throughput.as_dict(ref, top.updates_per_s),
@@ -110,6 +116,7 @@ def results(config: BenchConfig, env: dict[str, Any], top: ceiling.Ceiling,
             "commits_per_transition": round(ref.per_transition(ref.commits), 4),
             "wal_bytes_per_transition": round(ref.per_transition(ref.wal_bytes)),
             "connections_per_dispatcher": ref.connections_per_dispatcher,
+            "dispatcher_cpu_us_per_transition": round(ref.per_transition(ref.cpu_s or 0.0) * 1e6),
             "pool_size": config.pool_size,
             "dispatcher_peak_rss_mb": round(max(
                 (r.peak_rss_mb for r in runs if r.peak_rss_mb is not None), default=0.0), 1),

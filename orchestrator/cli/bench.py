@@ -37,9 +37,8 @@ def bench(
     dispatchers: Annotated[str, typer.Option(
         help="Dispatcher processes per sustained run, comma-separated.")] = "1,2,4",
     ceiling_s: Annotated[float, typer.Option(help="Seconds of each pgbench run.")] = 5.0,
-    concurrency: Annotated[int, typer.Option(help="Handlers a dispatcher runs at once.")] = 8,
-    pool_size: Annotated[int, typer.Option(
-        help="Pooled connections per dispatcher (and the ceiling's connections).")] = 4,
+    concurrency: Annotated[int, typer.Option(help="Handlers a dispatcher runs at once.")] = 64,
+    pool_size: Annotated[int, typer.Option(help="Pooled connections per dispatcher.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Most events one claim takes.")] = 64,
     json: Json = False,
 ) -> None:

@@ -21,7 +21,8 @@ def test_a_tiny_bench_run_reports_every_figure(dsn: str) -> None:
     done = cli("bench", *TINY, "--json", "--dsn", dsn, timeout=240)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    for key in ("ceiling_updates_per_s", "ceiling_notify_updates_per_s", "transitions_per_s",
+    for key in ("ceiling_updates_per_s", "ceiling_notify_updates_per_s",
+                "ceiling_updates_per_s_at_pool_size", "transitions_per_s",
                 "ratio_to_ceiling", "backlog_events_per_s"):
         assert isinstance(result[key], int | float), key
     assert set(result["latency"]) == {"unloaded", "half_load", "load_80"}
