@@ -110,7 +110,10 @@ class Store:
 
     def _events(self, query: str, params: Mapping[str, Any]) -> list[Event]:
         with self._conn() as conn:
-            rows = conn.execute(query, params).fetchall()
+            with conn.pipeline():
+                conn.execute(QUERIES["index_plans"])
+                cur = conn.execute(query, params)
+            rows = cur.fetchall()
         return [event_from_row(row) for row in rows]
 
     # -- dispatching -------------------------------------------------------------------------
@@ -162,6 +165,7 @@ class Store:
         # round trip; statements still run in order inside one transaction.
         finished = [r.event for r in results if r.kind != "retry"]
         with conn.pipeline():
+            conn.execute(QUERIES["index_plans"])
             if quiet:
                 conn.execute(QUERIES["quiet"])
             cursors = [conn.execute(*self._statement(r, conn)) for r in results]

@@ -100,6 +100,14 @@ VALUES (%(id)s, %(attempt)s, %(error)s);
 -- This transaction's new events are handed over directly: their triggers need not NOTIFY.
 SELECT set_config('orchestrator.quiet', 'on', true);
 
+-- name: index_plans
+-- The engine's own statements reach their rows through indexes; say so to the planner for this
+-- transaction. psycopg prepares them, and PostgreSQL keeps a generic plan: one made while a
+-- table looked nearly empty (a fresh install, after a purge, right after ANALYZE of a quiet
+-- table) stays a sequential scan as the table grows, and every write-back then reads the whole
+-- events table. LOCAL: a handler's own queries are never affected.
+SELECT set_config('enable_seqscan', 'off', true);
+
 -- name: extend_leases
 -- The heartbeat: a dispatcher keeps the events it is still working on.
 UPDATE orchestrator.events
