@@ -56,7 +56,7 @@ def unloaded(session: Session, dsn: str, settings: DispatcherSettings, *,
             order = int(mon.value("insert_order"))
             committed[order] = time.time()
             while mon.value("order_status", {"id": order}) != "delivered":
-                time.sleep(0.0005)
+                time.sleep(0.002)
         elapsed = time.monotonic() - started
     return _latency(session, committed, len(committed) * TRANSITIONS_PER_ORDER / elapsed)
 
