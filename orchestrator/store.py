@@ -168,7 +168,7 @@ class Store:
             conn.execute(QUERIES["index_plans"])
             if quiet:
                 conn.execute(QUERIES["quiet"])
-            cursors = [conn.execute(*self._statement(r, conn)) for r in results]
+            sent = self._send_statements(conn, results)
             for r in results:
                 if r.error is not None:
                     conn.execute(QUERIES["record_error"], {
@@ -178,9 +178,23 @@ class Store:
                 "workflows": [e.workflow for e in finished], "keys": [e.key for e in finished],
             })
             conn.commit()
-        outcomes = {r.event.id: row[0] for r, cur in zip(results, cursors, strict=True)
-                    if (row := cur.fetchone()) is not None}
-        return FinishReport(outcomes, [event_from_row(row) for row in handoff.fetchall()])
+        return FinishReport(_outcomes(sent), [event_from_row(row) for row in handoff.fetchall()])
+
+    def _send_statements(
+        self, conn: psycopg.Connection[Any], results: Sequence[Result]
+    ) -> list[tuple[psycopg.Cursor[Any], list[Result]]]:
+        """Send each result's statement; those sharing a statement go out in one executemany,
+        which costs psycopg about a third of the CPU of separate executes."""
+        groups: dict[Any, list[tuple[Result, dict[str, Any]]]] = {}
+        for r in results:
+            query, params = self._statement(r, conn)
+            groups.setdefault(query, []).append((r, params))
+        sent = []
+        for query, members in groups.items():
+            cur = conn.cursor()
+            cur.executemany(query, [params for _, params in members], returning=True)
+            sent.append((cur, [r for r, _ in members]))
+        return sent
 
     def _statement(self, r: Result, conn: psycopg.Connection[Any]) -> tuple[Any, dict[str, Any]]:
         e = r.event
@@ -400,6 +414,19 @@ def _adapt(value: Any) -> Any:
 
 def _adapt_all(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _adapt(v) for k, v in row.items()}
+
+
+def _outcomes(sent: list[tuple[psycopg.Cursor[Any], list[Result]]]) -> dict[int, str]:
+    """Each written event's outcome, from the result sets of _send_statements (one per
+    result, in order); an event with no row was no longer ours."""
+    outcomes: dict[int, str] = {}
+    for cur, members in sent:
+        for i, r in enumerate(members):
+            if i:
+                cur.nextset()
+            if (row := cur.fetchone()) is not None:
+                outcomes[r.event.id] = row[0]
+    return outcomes
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:
