@@ -2,8 +2,8 @@
 
 pgbench (shipped with the embedded server, so no extra install) runs a custom script against
 ``bench_ceiling``, a table of the same shape as the bench's orders, with as many connections
-as a dispatcher used in the sustained run (its pool's connections in use, and LISTEN); once
-plain, once with a pg_notify in each transaction; and plain again with the pool's full size.
+as a dispatcher used in the sustained run (its pool's connections in use, and LISTEN), plain
+or with a pg_notify in each transaction.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.db import BenchError, Session
@@ -34,33 +35,24 @@ COMMIT;
 _TPS = re.compile(r"^tps = ([0-9.]+)", re.MULTILINE)
 
 
-@dataclass(frozen=True, slots=True)
-class Ceiling:
-    """Committed single-row UPDATE transactions per second on ``connections`` connections,
-    without and with a NOTIFY each; and without on ``pool_connections`` (the pool's size)."""
-
-    connections: int
-    updates_per_s: float
-    notify_updates_per_s: float
-    pool_connections: int
-    pool_updates_per_s: float
-
-
-def measure(session: Session, dsn: str, *, connections: int, pool_connections: int,
-            seconds: float) -> Ceiling:
-    """Run the pgbench scripts for ``seconds`` each."""
+@contextmanager
+def table(session: Session) -> Iterator[None]:
+    """The ceiling's table, filled and vacuumed, for the duration of the block."""
     session.run("create_ceiling")
-    session.run("fill_ceiling", {"rows": ROWS})
-    session.run("vacuum_ceiling")
     try:
-        with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
-            plain = _pgbench(dsn, Path(tmp), UPDATE, connections, seconds)
-            notify = _pgbench(dsn, Path(tmp), UPDATE_NOTIFY, connections, seconds)
-            pool = (plain if pool_connections == connections
-                    else _pgbench(dsn, Path(tmp), UPDATE, pool_connections, seconds))
+        session.run("fill_ceiling", {"rows": ROWS})
+        session.run("vacuum_ceiling")
+        yield
     finally:
         session.run("drop_ceiling")
-    return Ceiling(connections, plain, notify, pool_connections, pool)
+
+
+def updates_per_s(dsn: str, *, connections: int, seconds: float, notify: bool = False) -> float:
+    """Committed single-row UPDATE transactions per second over ``seconds`` on
+    ``connections`` connections (with ``notify``, a pg_notify in each). Needs ``table``."""
+    with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
+        return _pgbench(dsn, Path(tmp), UPDATE_NOTIFY if notify else UPDATE, connections,
+                        seconds)
 
 
 def _pgbench(dsn: str, tmp: Path, script: str, connections: int, seconds: float) -> float:

@@ -15,12 +15,14 @@ def table(r: dict[str, Any]) -> Table:
     out.add_column("figure")
     out.add_column("value", justify="right")
     conns = r["ceiling_connections"]
-    out.add_row(f"ceiling: 1-row UPDATE tx/s ({conns} conns)", f"{r['ceiling_updates_per_s']:.0f}")
+    out.add_row(f"ceiling: 1-row UPDATE tx/s ({conns} conns, median)",
+                f"{r['ceiling_updates_per_s']:.0f}")
     out.add_row("  the same with pg_notify", f"{r['ceiling_notify_updates_per_s']:.0f}")
     out.add_row(f"  the same on the pool's {r['costs']['pool_size']} conns",
                 f"{r['ceiling_updates_per_s_at_pool_size']:.0f}")
     s = r["sustained"]
-    out.add_row(f"sustained transitions/s ({s['orders']} orders)", f"{r['transitions_per_s']:.0f}")
+    out.add_row(f"sustained transitions/s ({s['orders']} orders, median)",
+                f"{r['transitions_per_s']:.0f}")
     out.add_row("  ratio to ceiling", f"{r['ratio_to_ceiling']:.2f}")
     for name, case in r["latency"].items():
         out.add_row(f"latency {name.replace('_', ' ')} p50/p95/p99 ms "

@@ -1,14 +1,15 @@
 """One bench run: prepare the database, measure each case in turn, return every figure.
 
-The order matters: sustained throughput with 1, 2, 4... dispatchers first, then the ceiling with
-as many connections as one dispatcher used, then latency at fractions of the one-dispatcher
-rate, then the backlog drain.
+The order matters: rounds of sustained throughput with 1, 2, 4... dispatchers, each followed by
+the ceiling on as many connections as one dispatcher used; then latency at fractions of the
+one-dispatcher rate; then the backlog drain.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +47,8 @@ class BenchConfig:
     """Dispatcher processes per sustained run (the scaling case); the first is the reference."""
     ceiling_s: float = 5.0
     """Seconds each pgbench run lasts."""
+    repeat: int = 3
+    """Rounds of sustained runs and ceiling (figures are their medians)."""
     concurrency: int = 64
     """Handlers a dispatcher runs at once: with handlers that return at once, also the most
     results one group commit writes and the most events one claim takes."""
@@ -65,22 +68,29 @@ def prepare(dsn: str) -> None:
         orch.migrate()
 
 
+@dataclass(frozen=True, slots=True)
+class Ceiling:
+    """The yardstick: pgbench's single-row UPDATE transactions/s, one figure per round."""
+
+    connections: int
+    rounds: list[float]
+    notify_updates_per_s: float
+    pool_connections: int
+    pool_updates_per_s: float
+
+    @property
+    def updates_per_s(self) -> float:
+        return statistics.median(self.rounds)
+
+
 def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, Any]:
     """Every case of the bench on the database at ``dsn``; the figures (see the README)."""
     prepare(dsn)
     settings = config.dispatcher
-    with Session(dsn) as session:
+    with Session(dsn) as session, ceiling.table(session):
         env = environment(session)
-        runs = []
-        for count in config.dispatcher_counts:
-            say(f"sustained: {config.orders} orders, {count} dispatcher(s)")
-            runs.append(throughput.sustained(session, dsn, settings, orders=config.orders,
-                                             dispatchers=count))
-        used = runs[0].connections_per_dispatcher or config.pool_size + 1
-        say(f"ceiling: pgbench, {used} and {config.pool_size} connections, "
-            f"{config.ceiling_s:g}s each")
-        top = ceiling.measure(session, dsn, connections=used, pool_connections=config.pool_size,
-                              seconds=config.ceiling_s)
+        runs, top = _throughput_rounds(config, session, dsn, say)
+        reference = _median_run(runs[config.dispatcher_counts[0]])
         say(f"latency: {config.unloaded_orders} orders one at a time")
         cases = {"unloaded": latency.unloaded(session, dsn, settings,
                                               orders=config.unloaded_orders)}
@@ -88,43 +98,79 @@ def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, 
             say(f"latency: {config.paced_s:g}s at {fraction:.0%} of the sustained rate")
             cases[_load_name(fraction)] = latency.paced(
                 session, dsn, settings, seconds=config.paced_s,
-                transitions_per_s=fraction * runs[0].transitions_per_s)
+                transitions_per_s=fraction * reference.transitions_per_s)
         say(f"backlog: {config.backlog_events} events, then one dispatcher")
         drained = backlog.drain(session, dsn, settings, events=config.backlog_events)
     return results(config, env, top, runs, cases, drained)
 
 
-def results(config: BenchConfig, env: dict[str, Any], top: ceiling.Ceiling,
-            runs: list[throughput.Throughput], cases: dict[str, latency.Latency],
+def _throughput_rounds(
+    config: BenchConfig, session: Session, dsn: str, say: Callable[[str], None]
+) -> tuple[dict[int, list[throughput.Throughput]], Ceiling]:
+    """``repeat`` rounds, each a sustained run per dispatcher count and a ceiling run right
+    after, so background load on a shared machine weighs on both alike; then the ceiling with
+    NOTIFY and on the pool's size, once."""
+    runs: dict[int, list[throughput.Throughput]] = {n: [] for n in config.dispatcher_counts}
+    rounds: list[float] = []
+    used = config.pool_size + 1
+    for round_ in range(1, config.repeat + 1):
+        for count in config.dispatcher_counts:
+            say(f"round {round_}: sustained, {config.orders} orders, {count} dispatcher(s)")
+            runs[count].append(throughput.sustained(
+                session, dsn, config.dispatcher, orders=config.orders, dispatchers=count))
+        used = runs[config.dispatcher_counts[0]][0].connections_per_dispatcher or used
+        say(f"round {round_}: ceiling, pgbench on {used} connections")
+        rounds.append(ceiling.updates_per_s(dsn, connections=used, seconds=config.ceiling_s))
+    say(f"ceiling with pg_notify, and on the pool's {config.pool_size} connections")
+    notify = ceiling.updates_per_s(dsn, connections=used, seconds=config.ceiling_s, notify=True)
+    pool = ceiling.updates_per_s(dsn, connections=config.pool_size, seconds=config.ceiling_s)
+    return runs, Ceiling(used, rounds, notify, config.pool_size, pool)
+
+
+def _median_run(runs: list[throughput.Throughput]) -> throughput.Throughput:
+    return sorted(runs, key=lambda r: r.transitions_per_s)[len(runs) // 2]
+
+
+def results(config: BenchConfig, env: dict[str, Any], top: Ceiling,
+            runs: dict[int, list[throughput.Throughput]], cases: dict[str, latency.Latency],
             drained: backlog.Backlog) -> dict[str, Any]:
-    """The JSON document: the headline keys at the top level, then each case's details."""
-    ref = runs[0]
+    """The JSON document: the headline keys at the top level, then each case's details.
+    Throughput figures are the median of the rounds (each round's figure is listed too)."""
+    ref = _median_run(runs[config.dispatcher_counts[0]])
+    everyone = [r for series in runs.values() for r in series]
     return {
         "ceiling_updates_per_s": round(top.updates_per_s, 1),
         "ceiling_notify_updates_per_s": round(top.notify_updates_per_s, 1),
         "ceiling_connections": top.connections,
         "ceiling_updates_per_s_at_pool_size": round(top.pool_updates_per_s, 1),
+        "ceiling_rounds": [round(x, 1) for x in top.rounds],
         "transitions_per_s": round(ref.transitions_per_s, 1),
         "ratio_to_ceiling": round(ref.transitions_per_s / top.updates_per_s, 3),
         "sustained": throughput.as_dict(ref, top.updates_per_s),
         "latency": {name: case.as_dict() for name, case in cases.items()},
         "backlog": drained.as_dict(),
         "backlog_events_per_s": round(drained.events_per_s, 1),
-        "scaling": [throughput.as_dict(r, top.updates_per_s) for r in runs],
+        "scaling": [_scaling(series, top) for series in runs.values()],
         "costs": {
             "notifies_per_transition": round(ref.per_transition(ref.notifies), 4),
             "commits_per_transition": round(ref.per_transition(ref.commits), 4),
             "wal_bytes_per_transition": round(ref.per_transition(ref.wal_bytes)),
-            "connections_per_dispatcher": ref.connections_per_dispatcher,
+            "connections_per_dispatcher": max(r.connections_per_dispatcher for r in everyone),
             "dispatcher_cpu_us_per_transition": round(ref.per_transition(ref.cpu_s or 0.0) * 1e6),
             "pool_size": config.pool_size,
             "dispatcher_peak_rss_mb": round(max(
-                (r.peak_rss_mb for r in runs if r.peak_rss_mb is not None), default=0.0), 1),
+                (r.peak_rss_mb for r in everyone if r.peak_rss_mb is not None), default=0.0), 1),
         },
         "settings": {"concurrency": config.concurrency, "pool_size": config.pool_size,
-                     "batch_size": config.batch_size, "orders": config.orders},
+                     "batch_size": config.batch_size, "orders": config.orders,
+                     "repeat": config.repeat},
         "environment": env,
     }
+
+
+def _scaling(series: list[throughput.Throughput], top: Ceiling) -> dict[str, Any]:
+    return throughput.as_dict(_median_run(series), top.updates_per_s) | {
+        "rounds_transitions_per_s": [round(r.transitions_per_s, 1) for r in series]}
 
 
 def environment(session: Session) -> dict[str, Any]:

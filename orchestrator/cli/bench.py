@@ -37,6 +37,8 @@ def bench(
     dispatchers: Annotated[str, typer.Option(
         help="Dispatcher processes per sustained run, comma-separated.")] = "1,2,4",
     ceiling_s: Annotated[float, typer.Option(help="Seconds of each pgbench run.")] = 5.0,
+    repeat: Annotated[int, typer.Option(
+        help="Rounds of sustained runs and ceiling; figures are their medians.")] = 3,
     concurrency: Annotated[int, typer.Option(help="Handlers a dispatcher runs at once.")] = 64,
     pool_size: Annotated[int, typer.Option(help="Pooled connections per dispatcher.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Most events one claim takes.")] = 64,
@@ -53,7 +55,8 @@ def bench(
 
     config = BenchConfig(
         orders=orders, backlog_events=backlog, unloaded_orders=unloaded_orders, paced_s=paced_s,
-        dispatcher_counts=_counts(dispatchers), ceiling_s=ceiling_s, concurrency=concurrency,
+        dispatcher_counts=_counts(dispatchers), ceiling_s=ceiling_s, repeat=repeat,
+        concurrency=concurrency,
         pool_size=pool_size, batch_size=batch_size)
     settings = Settings.load(dsn=dsn, data_dir=data_dir)
     target = settings.dsn or EmbeddedServer(settings.data_dir / "pgdata").start(BENCH_DATABASE)

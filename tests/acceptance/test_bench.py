@@ -13,8 +13,8 @@ from rich.console import Console
 from bench import report
 from tests.acceptance.test_cli import cli
 
-TINY = ["--orders", "20", "--backlog", "50", "--unloaded-orders", "3", "--paced-s", "0.5",
-        "--dispatchers", "1,2", "--ceiling-s", "1"]
+TINY = ["--orders", "20", "--repeat", "1", "--backlog", "50", "--unloaded-orders", "3",
+        "--paced-s", "0.5", "--dispatchers", "1,2", "--ceiling-s", "1"]
 
 
 def test_a_tiny_bench_run_reports_every_figure(dsn: str) -> None:
