@@ -34,17 +34,22 @@ RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_v
 -- Hands the next event of rows whose event this transaction just finished straight to the same
 -- dispatcher, with no NOTIFY round trip. Same per-row rule as claim: nothing runs for a row
 -- while another of its events is running (a row whose event another dispatcher took over).
+-- The ids are computed first (one index lookup per finished row) and the update finds them
+-- by id: written as a join, a plan made while the table looked empty drove it from the
+-- pending events and re-ran the per-row lookups for each of them (54 ms a call at 3000
+-- pending events).
 UPDATE orchestrator.events e
 SET status = 'running', attempts = e.attempts + 1, claimed_by = %(dispatcher)s,
     lease_until = now() + make_interval(secs => %(lease_s)s), started_at = now()
-WHERE e.id IN (
-    SELECT min(p.id)
-    FROM orchestrator.events p
-    JOIN unnest(%(workflows)s::text[], %(keys)s::text[]) AS r (workflow, row_key)
-      ON p.workflow = r.workflow AND p.row_key = r.row_key
-    WHERE p.status IN ('pending', 'running')
-    GROUP BY p.workflow, p.row_key
-    HAVING bool_and(p.status = 'pending'))
+WHERE e.id = ANY (ARRAY(
+        SELECT n.id
+        FROM unnest(%(workflows)s::text[], %(keys)s::text[]) AS r (workflow, row_key)
+        CROSS JOIN LATERAL (
+            SELECT min(p.id) AS id, bool_and(p.status = 'pending') AS free
+            FROM orchestrator.events p
+            WHERE p.workflow = r.workflow AND p.row_key = r.row_key
+              AND p.status IN ('pending', 'running')) AS n
+        WHERE n.free))
   AND e.status = 'pending'
   AND e.run_after <= now()
 RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_value,
