@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.case import monitor, open_events, reset, wait_until
+from bench.case import monitor, open_events, settle, wait_until
 from bench.db import Session
 from bench.dispatchers import Dispatchers, DispatcherSettings
 
@@ -30,9 +30,9 @@ class Backlog:
 
 def drain(session: Session, dsn: str, settings: DispatcherSettings, *, events: int) -> Backlog:
     """Create ``events`` pending events, then start a dispatcher and time the drain."""
-    reset(session)
+    mark = settle(session)
     session.run("insert_backlog", {"count": events})
     with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
         wait_until(lambda: (-open_events(mon), 0), what="backlog drain")
-    row = session.run("drain")[0]
+    row = session.run("drain", mark)[0]
     return Backlog(int(row["events"]), float(row["seconds"] or 0.0))

@@ -12,10 +12,11 @@ MONITOR = "orchestrator-bench-monitor"
 POLL_S = 0.05
 
 
-def reset(session: Session) -> None:
-    """Remove the previous case's events and rows, and vacuum, so each case starts alike."""
-    session.run("reset")
+def settle(session: Session) -> dict[str, int]:
+    """Vacuum and analyze (as autovacuum would in a quiet moment) so each case starts alike;
+    the watermark: the case counts only events and orders with larger ids."""
     session.run("vacuum")
+    return {k: int(v) for k, v in session.run("watermark")[0].items()}
 
 
 @contextmanager

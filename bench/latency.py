@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.case import monitor, open_events, reset, wait_until
+from bench.case import monitor, open_events, settle, wait_until
 from bench.db import BenchError, Session
 from bench.dispatchers import Dispatchers, DispatcherSettings
 from bench.workflow import TRANSITIONS_PER_ORDER
@@ -48,7 +48,7 @@ class Latency:
 def unloaded(session: Session, dsn: str, settings: DispatcherSettings, *,
              orders: int) -> Latency:
     """``orders`` orders one at a time, each delivered before the next is placed."""
-    reset(session)
+    settle(session)
     committed: dict[int, float] = {}
     with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
         started = time.monotonic()
@@ -64,7 +64,7 @@ def unloaded(session: Session, dsn: str, settings: DispatcherSettings, *,
 def paced(session: Session, dsn: str, settings: DispatcherSettings, *,
           transitions_per_s: float, seconds: float) -> Latency:
     """Orders placed for ``seconds`` at a pace that asks for ``transitions_per_s``."""
-    reset(session)
+    mark = settle(session)
     interval_s = TRANSITIONS_PER_ORDER / max(transitions_per_s, 1.0)
     committed: dict[int, float] = {}
     with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
@@ -76,7 +76,7 @@ def paced(session: Session, dsn: str, settings: DispatcherSettings, *,
             order = int(mon.value("insert_order"))
             committed[order] = time.time()
             n += 1
-        wait_until(lambda: (int(mon.value("delivered")), n), what="paced run")
+        wait_until(lambda: (int(mon.value("delivered", mark)), n), what="paced run")
         wait_until(lambda: (-open_events(mon), 0), what="paced run's last events")
     return _latency(session, committed, n * TRANSITIONS_PER_ORDER / seconds)
 

@@ -16,13 +16,14 @@ CREATE TABLE IF NOT EXISTS public.bench_drain (
     status text NOT NULL DEFAULT 'queued'
 );
 
--- name: reset
--- Forget the previous case: its events and rows (only the bench's own workflows).
-DELETE FROM orchestrator.events WHERE workflow IN ('bench_order', 'bench_drain');
-TRUNCATE public.bench_orders, public.bench_drain;
-
 -- name: vacuum
 VACUUM ANALYZE orchestrator.events, public.bench_orders, public.bench_drain;
+
+-- name: watermark
+-- Where a case starts: it counts only events and orders with larger ids. Earlier cases' rows
+-- stay, as history does in a database that has been running for a while.
+SELECT (SELECT coalesce(max(id), 0) FROM orchestrator.events) AS events,
+       (SELECT coalesce(max(id), 0) FROM public.bench_orders) AS orders;
 
 -- name: create_ceiling
 -- The ceiling's table: the same shape as bench_orders (columns, defaults, indexes), no triggers.
@@ -56,7 +57,7 @@ SELECT clock_timestamp();
 SELECT status FROM public.bench_orders WHERE id = %(id)s;
 
 -- name: delivered
-SELECT count(*) FROM public.bench_orders WHERE status = 'delivered';
+SELECT count(*) FROM public.bench_orders WHERE id > %(orders)s AND status = 'delivered';
 
 -- name: open_events
 -- Events of the bench's workflows still pending or running (each status has a partial index).
@@ -75,14 +76,14 @@ SELECT count(*) FILTER (WHERE outcome = 'applied') AS transitions,
        extract(epoch FROM max(created_at) FILTER (WHERE new_value = 'delivered')
                           - %(start)s::timestamptz)::float8 AS seconds
 FROM orchestrator.events
-WHERE workflow = 'bench_order';
+WHERE workflow = 'bench_order' AND id > %(events)s;
 
 -- name: drain
 -- Backlog events finished, and the time from the first claim to the last write.
 SELECT count(*) AS events,
        extract(epoch FROM max(finished_at) - min(started_at))::float8 AS seconds
 FROM orchestrator.events
-WHERE workflow = 'bench_drain' AND status = 'done';
+WHERE workflow = 'bench_drain' AND status = 'done' AND id > %(events)s;
 
 -- name: counters
 -- Server-wide WAL position and this database's commits, read before and after a case.

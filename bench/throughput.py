@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.case import monitor, open_events, reset, wait_until
+from bench.case import monitor, open_events, settle, wait_until
 from bench.db import NotifyCounter, Session
 from bench.dispatchers import Dispatchers, DispatcherSettings
 
@@ -52,7 +52,7 @@ class Counters:
 def sustained(session: Session, dsn: str, settings: DispatcherSettings, *, orders: int,
               dispatchers: int) -> Throughput:
     """Run ``orders`` orders through ``dispatchers`` processes; the figures."""
-    reset(session)
+    mark = settle(session)
     with monitor(dsn, session) as mon:
         with Dispatchers(dsn, dispatchers, settings, mon) as procs, \
                 NotifyCounter(dsn) as notifications:
@@ -64,7 +64,7 @@ def sustained(session: Session, dsn: str, settings: DispatcherSettings, *, order
 
             def delivered() -> tuple[int, int]:
                 procs.sample_connections()
-                return int(mon.value("delivered")), orders
+                return int(mon.value("delivered", mark)), orders
 
             wait_until(delivered, what="sustained run")
             wait_until(lambda: (-open_events(mon), 0), what="sustained run's last events")
@@ -74,7 +74,7 @@ def sustained(session: Session, dsn: str, settings: DispatcherSettings, *, order
             notifies = notifications.count
         own = mon.transactions
     after = Counters.read(session)
-    row = session.run("throughput", {"start": start})[0]
+    row = session.run("throughput", {"start": start, **mark})[0]
     return Throughput(
         dispatchers=dispatchers, orders=orders, transitions=int(row["transitions"]),
         seconds=float(row["seconds"] or 0.0), commits=after.commits - before.commits - own,
