@@ -110,9 +110,10 @@ class Store:
 
     def _events(self, query: str, params: Mapping[str, Any]) -> list[Event]:
         with self._conn() as conn:
-            with conn.pipeline():
+            with conn.pipeline():  # the statements and the commit: one round trip
                 conn.execute(QUERIES["index_plans"])
                 cur = conn.execute(query, params)
+                conn.commit()
             rows = cur.fetchall()
         return [event_from_row(row) for row in rows]
 
