@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.case import monitor, open_events, settle, wait_until
+from bench.case import drained, monitor, settle, wait_until
 from bench.db import Session
 from bench.dispatchers import Dispatchers, DispatcherSettings
 
@@ -33,6 +33,6 @@ def drain(session: Session, dsn: str, settings: DispatcherSettings, *, events: i
     mark = settle(session)
     session.run("insert_backlog", {"count": events})
     with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
-        wait_until(lambda: (-open_events(mon), 0), what="backlog drain")
+        wait_until(lambda: drained(mon), what="backlog drain")
     row = session.run("drain", mark)[0]
     return Backlog(int(row["events"]), float(row["seconds"] or 0.0))

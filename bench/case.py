@@ -33,22 +33,32 @@ def monitor(dsn: str, session: Session) -> Iterator[Session]:
             time.sleep(0.01)
 
 
-def wait_until(progress: Callable[[], tuple[int, int]], *, what: str,
+def wait_until(progress: Callable[[], tuple[bool, object]], *, what: str,
                stall_s: float = 30.0, poll_s: float = POLL_S) -> None:
-    """Poll ``progress`` (done, wanted) until done reaches wanted. Raises BenchError when it
-    stops moving for ``stall_s`` seconds."""
-    last, moved_at = -1, time.monotonic()
+    """Poll ``progress`` (finished, where it stands) until finished. Raises BenchError when
+    where it stands does not change for ``stall_s`` seconds."""
+    last, moved_at = None, time.monotonic()
     while True:
-        done, wanted = progress()
-        if done >= wanted:
+        finished, marker = progress()
+        if finished:
             return
         now = time.monotonic()
-        if done != last:
-            last, moved_at = done, now
+        if marker != last:
+            last, moved_at = marker, now
         elif now - moved_at > stall_s:
-            raise BenchError(f"{what}: stuck at {done} of {wanted} for {stall_s:.0f}s")
+            raise BenchError(f"{what}: stuck at {marker} for {stall_s:.0f}s")
         time.sleep(poll_s)
 
 
-def open_events(mon: Session) -> int:
-    return int(mon.value("open_events"))
+def reached(count: Callable[[], int], wanted: int) -> Callable[[], tuple[bool, object]]:
+    """Progress for wait_until: ``count()`` reaching ``wanted``."""
+    def progress() -> tuple[bool, object]:
+        n = count()
+        return n >= wanted, f"{n} of {wanted}"
+    return progress
+
+
+def drained(mon: Session) -> tuple[bool, object]:
+    """Progress for wait_until: no event of the bench pending or running."""
+    row = mon.run("open_events")[0]
+    return row["pending"] is None and not row["running"], (row["pending"], row["running"])

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.case import monitor, open_events, settle, wait_until
+from bench.case import drained, monitor, reached, settle, wait_until
 from bench.db import BenchError, Session
 from bench.dispatchers import Dispatchers, DispatcherSettings
 from bench.workflow import TRANSITIONS_PER_ORDER
@@ -76,8 +76,8 @@ def paced(session: Session, dsn: str, settings: DispatcherSettings, *,
             order = int(mon.value("insert_order"))
             committed[order] = time.time()
             n += 1
-        wait_until(lambda: (int(mon.value("delivered", mark)), n), what="paced run")
-        wait_until(lambda: (-open_events(mon), 0), what="paced run's last events")
+        wait_until(reached(lambda: int(mon.value("delivered", mark)), n), what="paced run")
+        wait_until(lambda: drained(mon), what="paced run's last events")
     return _latency(session, committed, n * TRANSITIONS_PER_ORDER / seconds)
 
 

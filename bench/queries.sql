@@ -60,11 +60,14 @@ SELECT status FROM public.bench_orders WHERE id = %(id)s;
 SELECT count(*) FROM public.bench_orders WHERE id > %(orders)s AND status = 'delivered';
 
 -- name: open_events
--- Events of the bench's workflows still pending or running (each status has a partial index).
-SELECT (SELECT count(*) FROM orchestrator.events
-        WHERE status = 'pending' AND workflow IN ('bench_order', 'bench_drain'))
-     + (SELECT count(*) FROM orchestrator.events
-        WHERE status = 'running' AND workflow IN ('bench_order', 'bench_drain'));
+-- The oldest pending event of the bench's workflows, and whether any is running: what waiting
+-- for the engine needs. Counting instead took 100 ms a poll (up to 3 s) with a backlog of
+-- 100,000 pending events, a third of the server's time during the drain.
+SELECT (SELECT min(id) FROM orchestrator.events
+        WHERE status = 'pending' AND workflow IN ('bench_order', 'bench_drain')) AS pending,
+       EXISTS (SELECT FROM orchestrator.events
+               WHERE status = 'running' AND workflow IN ('bench_order', 'bench_drain'))
+           AS running;
 
 -- name: handler_starts
 SELECT id, handler_started_s FROM public.bench_orders WHERE id = ANY(%(ids)s);

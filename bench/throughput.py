@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.case import monitor, open_events, settle, wait_until
+from bench.case import drained, monitor, reached, settle, wait_until
 from bench.db import NotifyCounter, Session
 from bench.dispatchers import Dispatchers, DispatcherSettings
 
@@ -62,12 +62,12 @@ def sustained(session: Session, dsn: str, settings: DispatcherSettings, *, order
             mon.run("insert_orders", {"count": orders})
             start = mon.value("clock")
 
-            def delivered() -> tuple[int, int]:
+            def delivered() -> int:
                 procs.sample_connections()
-                return int(mon.value("delivered", mark)), orders
+                return int(mon.value("delivered", mark))
 
-            wait_until(delivered, what="sustained run")
-            wait_until(lambda: (-open_events(mon), 0), what="sustained run's last events")
+            wait_until(reached(delivered, orders), what="sustained run")
+            wait_until(lambda: drained(mon), what="sustained run's last events")
             peak_rss_mb = procs.peak_rss_mb()
             cpu_s = _difference(procs.cpu_s(), cpu_before)
             procs.stop()
