@@ -15,7 +15,7 @@ def table(r: dict[str, Any]) -> Table:
     out.add_column("figure")
     out.add_column("value", justify="right")
     conns = r["ceiling_connections"]
-    out.add_row(f"ceiling: 1-row UPDATE tx/s ({conns} conns, median)",
+    out.add_row(f"ceiling: 1-row UPDATE tx/s ({conns} conns, best round)",
                 f"{r['ceiling_updates_per_s']:.0f}")
     out.add_row("  the same with pg_notify", f"{r['ceiling_notify_updates_per_s']:.0f}")
     out.add_row(f"  the same on the pool's {r['costs']['pool_size']} conns",

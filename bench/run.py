@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,7 +69,9 @@ def prepare(dsn: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Ceiling:
-    """The yardstick: pgbench's single-row UPDATE transactions/s, one figure per round."""
+    """The yardstick: pgbench's single-row UPDATE transactions/s, one figure per round. The
+    ceiling is the best round: other load on the machine only ever lowers it, and a high
+    ceiling is the conservative choice for the ratio."""
 
     connections: int
     rounds: list[float]
@@ -80,7 +81,7 @@ class Ceiling:
 
     @property
     def updates_per_s(self) -> float:
-        return statistics.median(self.rounds)
+        return max(self.rounds)
 
 
 def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, Any]:
@@ -135,7 +136,8 @@ def results(config: BenchConfig, env: dict[str, Any], top: Ceiling,
             runs: dict[int, list[throughput.Throughput]], cases: dict[str, latency.Latency],
             drained: backlog.Backlog) -> dict[str, Any]:
     """The JSON document: the headline keys at the top level, then each case's details.
-    Throughput figures are the median of the rounds (each round's figure is listed too)."""
+    Throughput figures are the median of the rounds, the ceiling the best round (each
+    round's figure is listed too)."""
     ref = _median_run(runs[config.dispatcher_counts[0]])
     everyone = [r for series in runs.values() for r in series]
     return {

@@ -38,7 +38,7 @@ def bench(
         help="Dispatcher processes per sustained run, comma-separated.")] = "1,2,4",
     ceiling_s: Annotated[float, typer.Option(help="Seconds of each pgbench run.")] = 5.0,
     repeat: Annotated[int, typer.Option(
-        help="Rounds of sustained runs and ceiling; figures are their medians.")] = 3,
+        help="Rounds of sustained runs and ceiling (median throughput, best ceiling).")] = 3,
     concurrency: Annotated[int, typer.Option(help="Handlers a dispatcher runs at once.")] = 64,
     pool_size: Annotated[int, typer.Option(help="Pooled connections per dispatcher.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Most events one claim takes.")] = 64,
