@@ -31,6 +31,10 @@ from orchestrator.store import FinishReport, Result, Store
 log = logging.getLogger(__name__)
 
 WAKE = ("wake", None, None)
+# How often a running dispatcher checks that `migrate` did not install other definitions or
+# handlers since it started (a rolling deploy): if so it stops, and its supervisor restarts it
+# with the new code.
+DEFINITION_CHECK_S = 15.0
 
 
 def dispatcher_name() -> str:
@@ -84,7 +88,8 @@ class Dispatcher:
         self.stats = Stats()
         self._inbox: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
         self._runner = Runner(registry, store, settings, self._inbox.put)
-        self._listener = Listener(listen_dsn, self.wake) if listen_dsn else None
+        self._listener = (Listener(listen_dsn, self.wake, ping_s=settings.listen_ping_s)
+                          if listen_dsn else None)
         self._in_flight: dict[int, Job] = {}
         self._unwritten: list[Result] = []
         self._stopping = threading.Event()
@@ -97,6 +102,7 @@ class Dispatcher:
             self._poll,
             Chore(settings.lease_s / 3, self._heartbeat),
             Chore(min(settings.lease_s / 2, 5.0), self.store.requeue_expired),
+            Chore(DEFINITION_CHECK_S, self._verify_definitions),
         ]
 
     # -- control, from any thread ------------------------------------------------------------
@@ -256,6 +262,9 @@ class Dispatcher:
                 log.warning("event %s: handler %s timed out after %gs", job.event.id,
                             job.spec.name, job.timeout_s)
                 self._unwritten.append(result)
+
+    def _verify_definitions(self) -> None:
+        self.store.verify_workflows(list(self.registry.workflows.values()))
 
     def _heartbeat(self) -> None:
         ids = list(self._in_flight) + [r.event.id for r in self._unwritten]

@@ -96,9 +96,12 @@ RETURNING 'retry';
 INSERT INTO orchestrator.event_errors (event_id, attempt, error)
 VALUES (%(id)s, %(attempt)s, %(error)s);
 
--- name: quiet
--- This transaction's new events are handed over directly: their triggers need not NOTIFY.
-SELECT set_config('orchestrator.quiet', 'on', true);
+-- name: write_settings
+-- For a dispatcher's write-back transaction: a row lock held elsewhere (a long transaction)
+-- fails the write after a short wait instead of stalling every result in the batch; with quiet
+-- 'on', new events are handed over directly and their triggers need not NOTIFY.
+SELECT set_config('orchestrator.quiet', %(quiet)s, true),
+       set_config('lock_timeout', %(lock_timeout)s, true);
 
 -- name: extend_leases
 -- The heartbeat: a dispatcher keeps the events it is still working on.
