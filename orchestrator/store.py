@@ -117,12 +117,13 @@ class Store:
 
     # -- dispatching -------------------------------------------------------------------------
 
-    def claim(self, limit: int) -> list[Event]:
+    def claim(self, limit: int, *, suspect: bool = False) -> list[Event]:
         """Claim up to ``limit`` runnable events of the workflows given to use_workflows (oldest
-        first, per-row order kept). A dispatcher never takes another workflow's events."""
+        first, per-row order kept). A dispatcher never takes another workflow's events.
+        ``suspect``: claim among the events whose dispatcher died instead."""
         return self._events(QUERIES["claim"], {
             "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s,
-            "workflows": list(self._workflows)})
+            "workflows": list(self._workflows), "suspect": suspect})
 
     def finish(
         self, results: Sequence[Result], *, conn: psycopg.Connection[Any] | None = None,
