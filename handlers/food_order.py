@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from orchestrator import Context, Event, Next, Retry, Workflow
+from orchestrator import Context, Deadline, Event, Next, Retry, Workflow
 
 STATES = ["placed", "validated", "paid", "approved", "agent_assigned", "picked_up",
           "delivered", "rejected", "cancelled", "failed"]
@@ -38,6 +38,8 @@ food_order = Workflow(
         {"trigger": "reject", "source": ["placed", "validated", "paid"], "dest": "rejected"},
         {"trigger": "cancel", "source": ACTIVE, "dest": "cancelled"},
     ],
+    # An order nobody could validate within 15 minutes is rejected.
+    deadlines=[Deadline("placed", after_s=15 * 60, to="rejected")],
 )
 
 
