@@ -15,7 +15,7 @@ WITH picked AS (
       AND e.op <> 'TIMER'
       AND e.run_after <= now()
       AND e.workflow = ANY(%(workflows)s)
-      AND e.suspect = %(suspect)s
+      AND {suspect_filter}
       AND NOT EXISTS (
           SELECT 1 FROM orchestrator.events p
           WHERE p.workflow = e.workflow AND p.row_key = e.row_key AND p.id < e.id
@@ -53,6 +53,12 @@ WHERE NOT e.suspect AND e.id IN (
   AND e.run_after <= now()
 RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_value,
           e.old_row, e.new_row, e.attempts, e.created_at;
+
+-- name: has_suspects
+SELECT EXISTS (
+    SELECT 1 FROM orchestrator.events
+    WHERE status = 'pending' AND suspect AND run_after <= now()
+      AND workflow = ANY(%(workflows)s));
 
 -- name: claim_timers
 -- Deadlines that came due, soonest first. Like any event, one waits while an earlier event of

@@ -326,3 +326,22 @@ def test_a_running_dispatcher_stops_when_another_definition_is_installed(
     assert not thread.is_alive()
     assert len(failure) == 1 and isinstance(failure[0], DefinitionError)
     assert "not installed: note" in str(failure[0])
+
+
+def test_a_stale_outcome_rolls_back_the_handlers_own_writes(
+        settings: Settings, registry: Registry, sql: Any) -> None:
+    job = insert_job(sql, sleep_s=0.5)
+    with Orchestrator(settings, registry) as orch:
+        dispatcher = orch.dispatcher(until_idle=True)
+        thread = threading.Thread(target=dispatcher.run)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while sql("SELECT status FROM orchestrator.events WHERE op = 'INSERT'"
+                  " AND workflow = 'jobs'")[0][0] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # While the handler sleeps, the row moves on; its write and its outcome must not land.
+        sql("UPDATE jobs SET status = 'working' WHERE id = %s", (job,))
+        thread.join(timeout=60)
+    assert events(sql, job)[0][3:5] == ("done", "stale")
+    assert sql("SELECT count(*) FROM job_effects") == [(0,)]
