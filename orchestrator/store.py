@@ -268,9 +268,11 @@ class Store:
         return len(rows)
 
     def has_open_events(self) -> bool:
-        """Whether any event is pending (due or not) or running, by any dispatcher."""
+        """Whether any event of these workflows is pending (due or not) or running, by any
+        dispatcher."""
         with self._conn() as conn:
-            row = conn.execute(QUERIES["has_open_events"]).fetchone()
+            row = conn.execute(QUERIES["has_open_events"],
+                               {"workflows": list(self._workflows)}).fetchone()
         return bool(row and row[0])
 
     def terminate_backend(self, pid: int) -> None:

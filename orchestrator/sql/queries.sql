@@ -182,8 +182,10 @@ WHERE claimed_by = %(dispatcher)s AND status = 'running'
 RETURNING id;
 
 -- name: has_open_events
-SELECT EXISTS (SELECT 1 FROM orchestrator.events WHERE status = 'pending')
-    OR EXISTS (SELECT 1 FROM orchestrator.events WHERE status = 'running');
+SELECT EXISTS (SELECT 1 FROM orchestrator.events
+               WHERE status = 'pending' AND workflow = ANY(%(workflows)s))
+    OR EXISTS (SELECT 1 FROM orchestrator.events
+               WHERE status = 'running' AND workflow = ANY(%(workflows)s));
 
 -- name: schema_present
 SELECT to_regclass('orchestrator.events') IS NOT NULL;

@@ -328,6 +328,18 @@ def test_a_running_dispatcher_stops_when_another_definition_is_installed(
     assert "not installed: note" in str(failure[0])
 
 
+def test_a_dispatcher_takes_only_the_workflows_it_serves(
+        settings: Settings, sql: Any) -> None:
+    order = place_order(sql, "W-1")
+    job = insert_job(sql)
+    with Orchestrator(settings, Registry([jobs])) as orch:
+        orch.dispatcher(until_idle=True).run()  # idle: nothing of *its* workflows is open
+    assert status(sql, job) == "finished"
+    assert sql("SELECT status FROM orders WHERE id = %s", (order,)) == [("placed",)]
+    assert sql("SELECT status FROM orchestrator.events WHERE workflow = 'food_order'"
+               " AND op = 'INSERT'") == [("pending",)]
+
+
 def test_a_stale_outcome_rolls_back_the_handlers_own_writes(
         settings: Settings, registry: Registry, sql: Any) -> None:
     job = insert_job(sql, sleep_s=0.5)
