@@ -27,6 +27,11 @@ from orchestrator.workflow import Workflow
 log = logging.getLogger(__name__)
 
 ResultKind = Literal["done", "retry", "dead"]
+CLAIM_KINDS = {  # the claim query's variants: which pending events, in which order
+    "plain": ("e.op <> 'TIMER' AND NOT e.suspect", "e.id"),
+    "suspect": ("e.op <> 'TIMER' AND e.suspect", "e.id"),
+    "timer": ("e.op = 'TIMER'", "e.run_after"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +109,9 @@ class Store:
         self._workflows: dict[str, Workflow] = {}
         self._columns: dict[str, frozenset[str]] = {}
         self._write_back: dict[tuple[str, tuple[str, ...]], sql.Composed] = {}
-        # Suspect events are claimed apart: two plain statements, so each uses its own index.
-        self._claim = {suspect: sql.SQL(QUERIES["claim"]).format(
-            suspect_filter=sql.SQL("e.suspect" if suspect else "NOT e.suspect"))
-            for suspect in (False, True)}
+        self._claim = {kind: sql.SQL(QUERIES["claim"]).format(kind=sql.SQL(where),
+                                                              order=sql.SQL(order))
+                       for kind, (where, order) in CLAIM_KINDS.items()}
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
@@ -122,8 +126,8 @@ class Store:
     # -- dispatching -------------------------------------------------------------------------
 
     def claim_timers(self, limit: int) -> list[Event]:
-        """Claim up to ``limit`` deadline timers that came due."""
-        return self._events(QUERIES["claim_timers"], {
+        """Claim up to ``limit`` deadline timers that came due, soonest first."""
+        return self._events(self._claim["timer"], {
             "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s,
             "workflows": list(self._workflows)})
 
@@ -131,7 +135,7 @@ class Store:
         """Claim up to ``limit`` runnable events of the workflows given to use_workflows (oldest
         first, per-row order kept). A dispatcher never takes another workflow's events.
         ``suspect``: claim among the events whose dispatcher died instead."""
-        return self._events(self._claim[suspect], {
+        return self._events(self._claim["suspect" if suspect else "plain"], {
             "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s,
             "workflows": list(self._workflows)})
 
