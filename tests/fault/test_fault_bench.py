@@ -16,5 +16,5 @@ def test_a_small_load_survives_every_kind_of_fault() -> None:
     assert report.not_terminal == 0
     assert report.applied_twice == 0
     assert report.charged_twice == 0
-    assert len(report.recovery_s) == 2  # one fast, one immediate restart
+    assert len(report.recovery_s) >= 2  # at least one fast and one immediate restart
     assert report.transitions > 150
