@@ -1,7 +1,5 @@
-"""`orchestrator bench`: how close the engine comes to the rate PostgreSQL commits row updates.
+"""Benchmarks: figures, not pass/fail tests. Run them with `make` targets or `python -m`.
 
-One run against one server measures the ceiling (pgbench, single-row UPDATEs), sustained
-throughput of a no-op workflow, latency unloaded and under paced load, a backlog drain,
-scaling over dispatcher processes, and what each transition costs (commits, NOTIFYs, WAL).
-It is a benchmark, not a test: figures depend on the machine and on what else runs there.
+``bench.faults`` (with ``bench.chaos``) injects faults under load; the other modules are
+`orchestrator bench`: throughput, latency and costs against the server's own UPDATE ceiling.
 """

@@ -1,7 +1,8 @@
 """Dispatcher processes for a case: `orchestrator run` serving bench.workflow, as a user runs it.
 
-Each process connects with its own application_name (``bench-dispatcher-<n>``), so the bench can
-tell when it is listening and count the connections it holds.
+Each process's pool connects with its own application_name (``bench-dispatcher-<n>``); LISTEN
+connections all carry the engine's listen name. So the bench can tell when every process is
+listening and count the connections each holds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.db import BenchError, Session, with_application_name
+from orchestrator.db import LISTEN_APPLICATION_NAME
 
 HANDLERS = "bench.workflow"
 READY_TIMEOUT_S = 60.0
@@ -44,9 +46,12 @@ class Dispatchers:
         self._logs = tempfile.TemporaryDirectory(prefix="orchestrator-bench-")
         self._procs: list[subprocess.Popen[bytes]] = []
         self._stopped = False
-        self.peak_connections: dict[str, int] = {}
+        self.peak_pool: dict[str, int] = {}
+        self.peak_listen = 0
+        self._listen_before = 0
 
     def __enter__(self) -> Dispatchers:
+        self._listen_before = self._sessions()[1]
         for n in range(self._count):
             self._procs.append(self._spawn(n))
         try:
@@ -84,21 +89,33 @@ class Dispatchers:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             self._check_alive()
-            counts = self.sample_connections()
-            if len(counts) == self._count and min(counts.values()) >= 2:
+            pool, listen = self.sample_connections()
+            if len(pool) == self._count and listen - self._listen_before >= self._count:
                 return
             if time.monotonic() > deadline:
                 raise BenchError(f"dispatchers not listening after {READY_TIMEOUT_S:.0f}s"
                                  f"{self._tail(0)}")
             time.sleep(0.05)
 
-    def sample_connections(self) -> dict[str, int]:
-        """The sessions each dispatcher holds now; the peak per process is kept."""
-        counts = {r["application_name"]: int(r["connections"])
-                  for r in self._monitor.run("dispatcher_connections")}
-        for name, n in counts.items():
-            self.peak_connections[name] = max(n, self.peak_connections.get(name, 0))
-        return counts
+    def sample_connections(self) -> tuple[dict[str, int], int]:
+        """The pool sessions of each dispatcher and the LISTEN sessions now; peaks are kept."""
+        pool, listen = self._sessions()
+        for name, n in pool.items():
+            self.peak_pool[name] = max(n, self.peak_pool.get(name, 0))
+        self.peak_listen = max(self.peak_listen, listen - self._listen_before)
+        return pool, listen
+
+    @property
+    def connections_per_dispatcher(self) -> int:
+        """The most sessions one process held: its pool's peak and its share of LISTEN."""
+        listen = -(-self.peak_listen // self._count)
+        return max(self.peak_pool.values(), default=0) + listen
+
+    def _sessions(self) -> tuple[dict[str, int], int]:
+        rows = self._monitor.run("dispatcher_connections", {"listen": LISTEN_APPLICATION_NAME})
+        counts = {r["application_name"]: int(r["connections"]) for r in rows}
+        listen = counts.pop(LISTEN_APPLICATION_NAME, 0)
+        return counts, listen
 
     def peak_rss_mb(self) -> float | None:
         """The largest peak resident set (VmHWM) of the processes, in MB (None off Linux)."""
@@ -130,7 +147,10 @@ class Dispatchers:
             if code != 0:
                 raise BenchError(f"dispatcher {n} exited with {code}{self._tail(n)}")
         deadline = time.monotonic() + 10
-        while self.sample_connections() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            pool, listen = self.sample_connections()
+            if not pool and listen <= self._listen_before:
+                return
             time.sleep(0.02)
 
     def _check_alive(self) -> None:

@@ -94,10 +94,12 @@ SELECT pg_current_wal_lsn()::text AS lsn,
        (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS commits;
 
 -- name: dispatcher_connections
--- Sessions per dispatcher process (each connects with its own application_name).
+-- Sessions of the bench's dispatchers: pool connections carry each process's own
+-- application_name, LISTEN connections the engine's listen name.
 SELECT application_name, count(*) AS connections
 FROM pg_stat_activity
-WHERE datname = current_database() AND starts_with(application_name, 'bench-dispatcher-')
+WHERE datname = current_database()
+  AND (starts_with(application_name, 'bench-dispatcher-') OR application_name = %(listen)s)
 GROUP BY application_name;
 
 -- name: server

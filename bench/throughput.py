@@ -79,7 +79,7 @@ def sustained(session: Session, dsn: str, settings: DispatcherSettings, *, order
         dispatchers=dispatchers, orders=orders, transitions=int(row["transitions"]),
         seconds=float(row["seconds"] or 0.0), commits=after.commits - before.commits - own,
         notifies=notifies, wal_bytes=after.wal_lsn - before.wal_lsn,
-        connections_per_dispatcher=max(procs.peak_connections.values(), default=0),
+        connections_per_dispatcher=procs.connections_per_dispatcher,
         peak_rss_mb=peak_rss_mb, cpu_s=cpu_s)
 
 

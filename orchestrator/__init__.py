@@ -11,10 +11,11 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.events import Event, Next, Retry
 from orchestrator.registry import Registry, load_registry
 from orchestrator.runner import Context
-from orchestrator.workflow import Workflow
+from orchestrator.workflow import Deadline, Workflow
 
 __all__ = [
     "Context",
+    "Deadline",
     "Event",
     "Next",
     "Orchestrator",

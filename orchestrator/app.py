@@ -33,7 +33,8 @@ class Orchestrator:
         self.registry = registry or Registry([])
         self.dsn = resolve_dsn(settings)
         self.pool = db.make_pool(self.dsn, max_size=settings.pool_size)
-        self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s)
+        self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s,
+                           lock_timeout_s=settings.lock_timeout_s)
 
     def __enter__(self) -> Orchestrator:
         db.open_pool(self.pool, self.dsn)

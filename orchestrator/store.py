@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import psycopg
@@ -27,6 +27,11 @@ from orchestrator.workflow import Workflow
 log = logging.getLogger(__name__)
 
 ResultKind = Literal["done", "retry", "dead"]
+CLAIM_KINDS = {  # the claim query's variants: which pending events, in which order
+    "plain": ("e.op <> 'TIMER' AND NOT e.suspect", "e.id"),
+    "suspect": ("e.op <> 'TIMER' AND e.suspect", "e.id"),
+    "timer": ("e.op = 'TIMER'", "e.run_after"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,20 +100,25 @@ def _first_line(exc: BaseException) -> str:
 class Store:
     """The engine's database verbs for one dispatcher (``dispatcher`` names it in claims)."""
 
-    def __init__(self, pool: ConnectionPool, *, dispatcher: str, lease_s: float) -> None:
+    def __init__(self, pool: ConnectionPool, *, dispatcher: str, lease_s: float,
+                 lock_timeout_s: float = 2.0) -> None:
         self.pool = pool
         self.dispatcher = dispatcher
         self.lease_s = lease_s
+        self._write_settings = {"lock_timeout": f"{int(lock_timeout_s * 1000)}ms"}
         self._workflows: dict[str, Workflow] = {}
         self._columns: dict[str, frozenset[str]] = {}
         self._write_back: dict[tuple[str, tuple[str, ...]], bytes] = {}
+        self._claim = {kind: sql.SQL(QUERIES["claim"]).format(kind=sql.SQL(where),
+                                                              order=sql.SQL(order))
+                       for kind, (where, order) in CLAIM_KINDS.items()}
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
         with borrowed(self.pool) as conn, translated(conn):
             yield conn
 
-    def _events(self, query: str, params: Mapping[str, Any]) -> list[Event]:
+    def _events(self, query: str | sql.Composed, params: Mapping[str, Any]) -> list[Event]:
         with self._conn() as conn:
             with conn.pipeline():  # the statements and the commit: one round trip
                 conn.execute(QUERIES["index_plans"])
@@ -119,12 +129,26 @@ class Store:
 
     # -- dispatching -------------------------------------------------------------------------
 
-    def claim(self, limit: int) -> list[Event]:
-        """Claim up to ``limit`` runnable events of the workflows given to use_workflows (oldest
-        first, per-row order kept). A dispatcher never takes another workflow's events."""
-        return self._events(QUERIES["claim"], {
+    def claim_timers(self, limit: int) -> list[Event]:
+        """Claim up to ``limit`` deadline timers that came due, soonest first."""
+        return self._events(self._claim["timer"], {
             "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s,
             "workflows": list(self._workflows)})
+
+    def claim(self, limit: int, *, suspect: bool = False) -> list[Event]:
+        """Claim up to ``limit`` runnable events of the workflows given to use_workflows (oldest
+        first, per-row order kept). A dispatcher never takes another workflow's events.
+        ``suspect``: claim among the events whose dispatcher died instead."""
+        return self._events(self._claim["suspect" if suspect else "plain"], {
+            "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s,
+            "workflows": list(self._workflows)})
+
+    def has_suspects(self) -> bool:
+        """Whether any due event of these workflows waits to be run alone."""
+        with self._conn() as conn:
+            row = conn.execute(QUERIES["has_suspects"],
+                               {"workflows": list(self._workflows)}).fetchone()
+        return bool(row and row[0])
 
     def finish(
         self, results: Sequence[Result], *, conn: psycopg.Connection[Any] | None = None,
@@ -132,22 +156,32 @@ class Store:
     ) -> FinishReport:
         """Write ``results`` in one transaction and claim the next event of each finished row.
 
-        With ``conn`` (a handler's own open transaction) the writes join that transaction.
+        With ``conn`` (a handler's own open transaction) the writes join that transaction, which
+        commits only if the outcome applies: when the row moved on (stale), the handler's own
+        writes roll back with it and the event is finished as stale on its own.
         ``quiet``: the new events need no NOTIFY (they are handed over, or this dispatcher claims
         them next). When one result cannot be written (say a constraint refuses the handler's
         values), each is tried on its own and the failures come back in ``rejected``.
         Raises DatabaseUnavailable when the connection is lost.
         """
-        if conn is not None:
-            return self._finish_or_split(conn, results, quiet)
-        with borrowed(self.pool) as own:
-            return self._finish_or_split(own, results, quiet)
+        if conn is None:
+            with borrowed(self.pool) as own:
+                return self._finish_or_split(own, results, quiet)
+        report = self._finish_or_split(conn, results, quiet, commit=False)
+        if not any(report.outcomes.get(r.event.id) == "stale" for r in results):
+            with translated(conn):
+                conn.commit()
+            return report
+        _rollback(conn)
+        return self.finish([replace(r, next=None, outcome="stale") for r in results],
+                           quiet=quiet)
 
     def _finish_or_split(
-        self, conn: psycopg.Connection[Any], results: Sequence[Result], quiet: bool
+        self, conn: psycopg.Connection[Any], results: Sequence[Result], quiet: bool,
+        commit: bool = True,
     ) -> FinishReport:
         try:
-            return self._finish(conn, results, quiet)
+            return self._finish(conn, results, quiet, commit)
         except psycopg.Error as exc:
             _rollback(conn)
             if is_connection_error(exc, conn):
@@ -156,19 +190,20 @@ class Store:
                 return FinishReport(rejected=[(results[0], _first_line(exc))])
         report = FinishReport()
         for result in results:
-            report.merge(self._finish_or_split(conn, [result], quiet))
+            report.merge(self._finish_or_split(conn, [result], quiet, commit))
         return report
 
     def _finish(
-        self, conn: psycopg.Connection[Any], results: Sequence[Result], quiet: bool
+        self, conn: psycopg.Connection[Any], results: Sequence[Result], quiet: bool,
+        commit: bool,
     ) -> FinishReport:
         # Pipeline mode: every statement, the hand-over claim and the commit go out in one
         # round trip; statements still run in order inside one transaction.
         finished = [r.event for r in results if r.kind != "retry"]
         with conn.pipeline():
             conn.execute(QUERIES["index_plans"])
-            if quiet:
-                conn.execute(QUERIES["quiet"])
+            conn.execute(QUERIES["write_settings"],
+                         self._write_settings | {"quiet": "on" if quiet else "off"})
             sent = self._send_statements(conn, results)
             for r in results:
                 if r.error is not None:
@@ -178,7 +213,8 @@ class Store:
                 "dispatcher": self.dispatcher, "lease_s": self.lease_s,
                 "workflows": [e.workflow for e in finished], "keys": [e.key for e in finished],
             })
-            conn.commit()
+            if commit:
+                conn.commit()
         return FinishReport(_outcomes(sent), [event_from_row(row) for row in handoff.fetchall()])
 
     def _send_statements(
@@ -258,9 +294,11 @@ class Store:
         return len(rows)
 
     def has_open_events(self) -> bool:
-        """Whether any event is pending (due or not) or running, by any dispatcher."""
+        """Whether any event of these workflows is pending (due or not) or running, by any
+        dispatcher."""
         with self._conn() as conn:
-            row = conn.execute(QUERIES["has_open_events"]).fetchone()
+            row = conn.execute(QUERIES["has_open_events"],
+                               {"workflows": list(self._workflows)}).fetchone()
         return bool(row and row[0])
 
     def terminate_backend(self, pid: int) -> None:
@@ -358,19 +396,29 @@ class Store:
         database holds a different definition (another version of the handlers migrated last).
         """
         with self._conn() as conn:
-            if not conn.execute(QUERIES["schema_present"]).fetchone()[0]:  # type: ignore[index]
-                raise NotMigrated()
-            installed = dict(conn.execute(QUERIES["installed_workflows"]).fetchall())
+            self._verify(conn, workflows)
             for wf in workflows:
-                if wf.name not in installed:
-                    raise NotMigrated(f"workflow {wf.name!r} is not installed in the database: "
-                                      "run `orchestrator migrate`")
-                if installed[wf.name] != wf.definition():
-                    raise DefinitionError(
-                        f"workflow {wf.name!r} in the database differs from the one in the "
-                        "handler module: run `orchestrator migrate` with the current handlers")
                 self._columns[wf.name] = self._table_columns(conn, wf)
                 self._workflows[wf.name] = wf
+
+    def verify_workflows(self, workflows: Sequence[Workflow]) -> None:
+        """Raise as use_workflows does when the installed definitions changed since."""
+        with self._conn() as conn:
+            self._verify(conn, workflows)
+
+    @staticmethod
+    def _verify(conn: psycopg.Connection[Any], workflows: Sequence[Workflow]) -> None:
+        if not conn.execute(QUERIES["schema_present"]).fetchone()[0]:  # type: ignore[index]
+            raise NotMigrated()
+        installed = dict(conn.execute(QUERIES["installed_workflows"]).fetchall())
+        for wf in workflows:
+            if wf.name not in installed:
+                raise NotMigrated(f"workflow {wf.name!r} is not installed in the database: "
+                                  "run `orchestrator migrate`")
+            if (problem := _difference(installed[wf.name], wf.definition())) is not None:
+                raise DefinitionError(
+                    f"workflow {wf.name!r}: {problem}; every dispatcher must run the handlers "
+                    "that `orchestrator migrate` installed last")
 
     def columns(self, workflow: str) -> frozenset[str]:
         """The columns of a workflow's table, as read by use_workflows."""
@@ -400,12 +448,31 @@ class Store:
                 "column": wf.column, "initial": wf.initial, "definition": Jsonb(wf.definition()),
             })
             conn.execute(QUERIES["delete_transitions"], {"name": wf.name})
+            conn.execute(QUERIES["delete_deadlines"], {"name": wf.name})
             with conn.cursor() as cur:
                 cur.executemany(QUERIES["insert_transition"], [
                     {"name": wf.name, "source": t.source, "dest": t.dest, "trigger": t.trigger}
                     for t in wf.transitions])
+                cur.executemany(QUERIES["insert_deadline"], [
+                    {"name": wf.name, "state": d.state, "after_s": d.after_s, "dest": d.to}
+                    for d in wf.deadlines])
             for statement in _trigger_ddl(wf, conn):
                 conn.execute(statement)
+
+
+def _difference(installed: Mapping[str, Any], mine: Mapping[str, Any]) -> str | None:
+    """What differs between the installed definition and this dispatcher's, or None."""
+    if installed == mine:
+        return None
+    if {k: v for k, v in installed.items() if k != "handlers"} != \
+            {k: v for k, v in mine.items() if k != "handlers"}:
+        return "the states or transitions in the database differ from this dispatcher's"
+    theirs, ours = installed.get("handlers", {}), mine["handlers"]
+    parts = [f"{what}: {', '.join(sorted(routes))}" for what, routes in (
+        ("missing here", set(theirs) - set(ours)), ("not installed", set(ours) - set(theirs)),
+        ("other handler", {r for r in set(ours) & set(theirs) if ours[r] != theirs[r]}))
+        if routes]
+    return "this dispatcher's handlers differ from the installed ones (" + "; ".join(parts) + ")"
 
 
 def _adapt(value: Any) -> Any:
@@ -459,20 +526,23 @@ def _trigger_ddl(wf: Workflow, conn: psycopg.Connection[Any]) -> list[sql.Compos
                 sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=col))
 
     state_event, state_changed = update_of(wf.column)
+    # The state column's captures also keep the row's deadline timers.
+    timers = [sql.Literal("deadlines")] if wf.deadlines else []
     wanted = {
         "guard_insert": trigger("guard_insert", "BEFORE", sql.SQL("INSERT"),
                                 "orchestrator.guard_v1", [name, state]),
         "guard_update": trigger("guard_update", "BEFORE", state_event, "orchestrator.guard_v1",
                                 [name, state], state_changed),
         "capture_insert": trigger("capture_insert", "AFTER", sql.SQL("INSERT"),
-                                  "orchestrator.capture_v1", [name, key, state]),
+                                  "orchestrator.capture_v1", [name, key, state, *timers]),
     }
     # Triggers of one timing fire in name order: the state column's capture comes first.
     for rank, column in enumerate((wf.column, *wf.watch)):
         event, changed = update_of(column)
         suffix = f"capture_{rank}_{column}"
+        extra = timers if column == wf.column else []
         wanted[suffix] = trigger(suffix, "AFTER", event, "orchestrator.capture_v1",
-                                 [name, key, sql.Literal(column)], changed)
+                                 [name, key, sql.Literal(column), *extra], changed)
     existing = conn.execute(QUERIES["capture_triggers"], {
         "table": wf.qualified_table, "prefix": _trigger_name(wf, "") + "%"}).fetchall()
     keep = {_trigger_name(wf, suffix) for suffix in wanted}

@@ -5,20 +5,25 @@
 -- name: claim
 -- The oldest runnable events of the workflows this dispatcher serves, at most one per row, and
 -- only where no earlier event of the same row is still open: a row's events run one at a time
--- and in order. FOR UPDATE SKIP LOCKED lets
--- concurrent dispatchers pass over events another one is claiming instead of waiting on them;
--- each claimed event comes back with status, fencing token (attempts, claimed_by) and lease.
+-- and in order (a deadline timer that is not yet running holds nothing up). FOR UPDATE SKIP
+-- LOCKED lets concurrent dispatchers pass over events another one is claiming instead of
+-- waiting on them; each claimed event comes back with status, fencing token (attempts,
+-- claimed_by) and lease. {kind} picks plain events, suspect ones (their dispatcher died: they
+-- are claimed apart, one at a time) or due deadline timers, and {order} their order; the store
+-- composes the three variants once, so that each plans against its own partial index.
 WITH picked AS (
     SELECT e.id
     FROM orchestrator.events e
     WHERE e.status = 'pending'
+      AND {kind}
       AND e.run_after <= now()
       AND e.workflow = ANY(%(workflows)s)
       AND NOT EXISTS (
           SELECT 1 FROM orchestrator.events p
           WHERE p.workflow = e.workflow AND p.row_key = e.row_key AND p.id < e.id
-            AND p.status IN ('pending', 'running'))
-    ORDER BY e.id
+            AND p.status IN ('pending', 'running')
+            AND (p.op <> 'TIMER' OR p.status = 'running'))
+    ORDER BY {order}
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -41,19 +46,26 @@ RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_v
 UPDATE orchestrator.events e
 SET status = 'running', attempts = e.attempts + 1, claimed_by = %(dispatcher)s,
     lease_until = now() + make_interval(secs => %(lease_s)s), started_at = now()
-WHERE e.id = ANY (ARRAY(
+WHERE NOT e.suspect AND e.id = ANY (ARRAY(
         SELECT n.id
         FROM unnest(%(workflows)s::text[], %(keys)s::text[]) AS r (workflow, row_key)
         CROSS JOIN LATERAL (
             SELECT min(p.id) AS id, bool_and(p.status = 'pending') AS free
             FROM orchestrator.events p
             WHERE p.workflow = r.workflow AND p.row_key = r.row_key
-              AND p.status IN ('pending', 'running')) AS n
+              AND p.status IN ('pending', 'running')
+              AND (p.op <> 'TIMER' OR p.status = 'running')) AS n
         WHERE n.free))
   AND e.status = 'pending'
   AND e.run_after <= now()
 RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_value,
           e.old_row, e.new_row, e.attempts, e.created_at;
+
+-- name: has_suspects
+SELECT EXISTS (
+    SELECT 1 FROM orchestrator.events
+    WHERE status = 'pending' AND suspect AND run_after <= now()
+      AND workflow = ANY(%(workflows)s));
 
 -- name: write_back
 -- Finishes one event and writes the handler's outcome to its row in one statement. The row is
@@ -74,7 +86,7 @@ UPDATE orchestrator.events e
 SET status = %(status)s,
     outcome = CASE WHEN EXISTS (SELECT FROM moved) THEN %(outcome)s ELSE %(stale_outcome)s END,
     handler = %(handler)s, next_state = %(next_state)s, last_error = %(error)s,
-    finished_at = now(), lease_until = NULL
+    finished_at = now(), lease_until = NULL, suspect = false
 FROM fenced
 WHERE e.id = fenced.id
 RETURNING e.outcome;
@@ -83,7 +95,7 @@ RETURNING e.outcome;
 -- Finishes one event that writes nothing to its row (no handler, nothing returned, dead).
 UPDATE orchestrator.events
 SET status = %(status)s, outcome = %(outcome)s, handler = %(handler)s, last_error = %(error)s,
-    finished_at = now(), lease_until = NULL
+    finished_at = now(), lease_until = NULL, suspect = false
 WHERE id = %(id)s AND attempts = %(attempt)s AND claimed_by = %(dispatcher)s
   AND status = 'running'
 RETURNING outcome;
@@ -92,7 +104,8 @@ RETURNING outcome;
 -- Puts a failed event back in the queue for a later attempt; the row stays blocked meanwhile.
 UPDATE orchestrator.events
 SET status = 'pending', run_after = now() + make_interval(secs => %(delay_s)s),
-    handler = %(handler)s, last_error = %(error)s, claimed_by = NULL, lease_until = NULL
+    handler = %(handler)s, last_error = %(error)s, claimed_by = NULL, lease_until = NULL,
+    suspect = false
 WHERE id = %(id)s AND attempts = %(attempt)s AND claimed_by = %(dispatcher)s
   AND status = 'running'
 RETURNING 'retry';
@@ -101,9 +114,12 @@ RETURNING 'retry';
 INSERT INTO orchestrator.event_errors (event_id, attempt, error)
 VALUES (%(id)s, %(attempt)s, %(error)s);
 
--- name: quiet
--- This transaction's new events are handed over directly: their triggers need not NOTIFY.
-SELECT set_config('orchestrator.quiet', 'on', true);
+-- name: write_settings
+-- For a dispatcher's write-back transaction: a row lock held elsewhere (a long transaction)
+-- fails the write after a short wait instead of stalling every result in the batch; with quiet
+-- 'on', new events are handed over directly and their triggers need not NOTIFY.
+SELECT set_config('orchestrator.quiet', %(quiet)s, true),
+       set_config('lock_timeout', %(lock_timeout)s, true);
 
 -- name: index_plans
 -- The engine's own statements reach their rows through indexes; say so to the planner for this
@@ -120,8 +136,9 @@ SET lease_until = now() + make_interval(secs => %(lease_s)s)
 WHERE id = ANY(%(ids)s) AND claimed_by = %(dispatcher)s AND status = 'running';
 
 -- name: requeue_expired
--- Events whose dispatcher stopped renewing the lease (killed, partitioned) go back to the queue.
--- The attempt stays counted, so an event that kills its dispatcher every time ends up dead.
+-- Events whose dispatcher stopped renewing the lease (killed, partitioned) go back to the queue,
+-- marked suspect. The attempt stays counted, so an event that kills its dispatcher every time
+-- ends up dead; run alone, it no longer takes others' attempts with it.
 -- SKIP LOCKED: a live dispatcher finishing one of them right now wins.
 WITH expired AS (
     SELECT id FROM orchestrator.events
@@ -136,7 +153,7 @@ WITH expired AS (
     FROM orchestrator.events e JOIN expired USING (id)
 )
 UPDATE orchestrator.events e
-SET status = 'pending', claimed_by = NULL, lease_until = NULL,
+SET status = 'pending', claimed_by = NULL, lease_until = NULL, suspect = true,
     last_error = 'lease expired: dispatcher ' || coalesce(e.claimed_by, '?')
                  || ' stopped renewing it'
 FROM expired
@@ -155,8 +172,10 @@ WHERE claimed_by = %(dispatcher)s AND status = 'running'
 RETURNING id;
 
 -- name: has_open_events
-SELECT EXISTS (SELECT 1 FROM orchestrator.events WHERE status = 'pending')
-    OR EXISTS (SELECT 1 FROM orchestrator.events WHERE status = 'running');
+SELECT EXISTS (SELECT 1 FROM orchestrator.events
+               WHERE status = 'pending' AND workflow = ANY(%(workflows)s))
+    OR EXISTS (SELECT 1 FROM orchestrator.events
+               WHERE status = 'running' AND workflow = ANY(%(workflows)s));
 
 -- name: schema_present
 SELECT to_regclass('orchestrator.events') IS NOT NULL;
@@ -175,6 +194,13 @@ SET table_name = EXCLUDED.table_name, key_column = EXCLUDED.key_column,
 
 -- name: delete_transitions
 DELETE FROM orchestrator.transitions WHERE workflow = %(name)s;
+
+-- name: delete_deadlines
+DELETE FROM orchestrator.deadlines WHERE workflow = %(name)s;
+
+-- name: insert_deadline
+INSERT INTO orchestrator.deadlines (workflow, state, after_s, to_state)
+VALUES (%(name)s, %(state)s, %(after_s)s, %(dest)s);
 
 -- name: insert_transition
 INSERT INTO orchestrator.transitions (workflow, from_state, to_state, trigger)
@@ -211,7 +237,7 @@ WHERE status IN ('pending', 'running', 'dead')
 GROUP BY workflow;
 
 -- name: list_events
-SELECT id, workflow, row_key, column_name, old_value, new_value, status, outcome, attempts,
+SELECT id, workflow, row_key, op, column_name, old_value, new_value, status, outcome, attempts,
        handler, next_state, last_error, created_at, started_at, finished_at, run_after
 FROM orchestrator.events
 WHERE (%(status)s::text IS NULL OR status = %(status)s)
@@ -221,7 +247,7 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: row_history
-SELECT id, workflow, row_key, column_name, old_value, new_value, status, outcome, attempts,
+SELECT id, workflow, row_key, op, column_name, old_value, new_value, status, outcome, attempts,
        handler, next_state, last_error, created_at, started_at, finished_at, run_after
 FROM orchestrator.events
 WHERE workflow = %(workflow)s AND row_key = %(row_key)s
