@@ -1,5 +1,5 @@
 """Benchmarks: figures, not pass/fail tests. Run them with `make` targets or `python -m`.
 
-``bench.faults`` (with ``bench.chaos``) injects faults under load; the other modules are
+``bench.faults`` (with ``bench.chaos``) injects faults under load; ``bench.perf`` is
 `orchestrator bench`: throughput, latency and costs against the server's own UPDATE ceiling.
 """

@@ -1,4 +1,4 @@
-"""The `orchestrator bench` command: a thin call into the top-level ``bench`` package."""
+"""The `orchestrator bench` command: a thin call into the ``bench.perf`` package."""
 
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ def bench(
     not a test: the figures depend on the machine and on whatever else runs on it.
     """
     # Imported here: the bench package is not needed by any other command.
-    from bench import report
-    from bench.run import BenchConfig, run
+    from bench.perf import report
+    from bench.perf.run import BenchConfig, run
 
     config = BenchConfig(
         orders=orders, backlog_events=backlog, unloaded_orders=unloaded_orders, paced_s=paced_s,

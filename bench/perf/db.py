@@ -19,7 +19,7 @@ from orchestrator.db import CHANNEL, connect_kwargs, one_line
 from orchestrator.errors import OrchestratorError
 from orchestrator.sql import load_queries
 
-QUERIES = load_queries("bench")
+QUERIES = load_queries("bench.perf")
 BENCH_APP = "orchestrator-bench"
 
 

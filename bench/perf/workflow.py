@@ -4,7 +4,7 @@
 notes when it started, so the bench can measure the time from the commit that created an order
 to its handler starting. ``bench_drain`` has one handler that returns nothing: a backlog of its
 events measures claiming and finishing alone. The bench creates both tables itself
-(``bench/queries.sql``), so no migration of the project knows about them.
+(``bench/perf/queries.sql``), so no migration of the project knows about them.
 """
 
 from __future__ import annotations

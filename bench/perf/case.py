@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from bench.db import BenchError, Session
+from bench.perf.db import BenchError, Session
 
 MONITOR = "orchestrator-bench-monitor"
 POLL_S = 0.05
