@@ -17,12 +17,14 @@ def table(r: dict[str, Any]) -> Table:
     conns = r["ceiling_connections"]
     out.add_row(f"ceiling: 1-row UPDATE tx/s ({conns} conns, best round)",
                 f"{r['ceiling_updates_per_s']:.0f}")
+    out.add_row("  each round", _rounds(r["ceiling_rounds"]))
     out.add_row("  the same with pg_notify", f"{r['ceiling_notify_updates_per_s']:.0f}")
     out.add_row(f"  the same on the pool's {r['costs']['pool_size']} conns",
                 f"{r['ceiling_updates_per_s_at_pool_size']:.0f}")
     s = r["sustained"]
     out.add_row(f"sustained transitions/s ({s['orders']} orders, median)",
                 f"{r['transitions_per_s']:.0f}")
+    out.add_row("  each round", _rounds(r["scaling"][0]["rounds_transitions_per_s"]))
     out.add_row("  ratio to ceiling", f"{r['ratio_to_ceiling']:.2f}")
     for name, case in r["latency"].items():
         out.add_row(f"latency {name.replace('_', ' ')} p50/p95/p99 ms "
@@ -41,3 +43,7 @@ def table(r: dict[str, Any]) -> Table:
     out.add_row("dispatcher CPU us per transition", f"{costs['dispatcher_cpu_us_per_transition']}")
     out.add_row("dispatcher peak RSS MB", f"{costs['dispatcher_peak_rss_mb']:.0f}")
     return out
+
+
+def _rounds(values: list[float]) -> str:
+    return " / ".join(f"{v:.0f}" for v in values)
