@@ -9,6 +9,11 @@ from contextlib import contextmanager
 from bench.perf.db import BenchError, Session
 
 MONITOR = "orchestrator-bench-monitor"
+# The monitor's queries are all index lookups. With the statistics of a table that just grew
+# (100,000 backlog events inserted after the ANALYZE), a poll for the oldest pending event was
+# planned as a parallel sequential scan of the whole events table, 70-230 ms every 50 ms, on
+# cores the engine needs.
+MONITOR_OPTIONS = "-c enable_seqscan=off -c max_parallel_workers_per_gather=0"
 POLL_S = 0.05
 
 
@@ -23,7 +28,7 @@ def settle(session: Session) -> dict[str, int]:
 def monitor(dsn: str, session: Session) -> Iterator[Session]:
     """A session of its own for the work a case does while measuring; on exit it is closed
     and gone from the server, so the commit counter includes (exactly) its transactions."""
-    mon = Session(dsn, name=MONITOR)
+    mon = Session(dsn, name=MONITOR, options=MONITOR_OPTIONS)
     try:
         yield mon
     finally:

@@ -43,9 +43,10 @@ def translated() -> Iterator[None]:
 class Session:
     """One autocommit connection of the bench; ``transactions`` counts what it ran."""
 
-    def __init__(self, dsn: str, *, name: str = BENCH_APP) -> None:
+    def __init__(self, dsn: str, *, name: str = BENCH_APP, options: str | None = None) -> None:
+        extra = {"options": options} if options else {}
         with translated():
-            self._conn = psycopg.connect(**connect_kwargs(dsn, application_name=name),
+            self._conn = psycopg.connect(**connect_kwargs(dsn, application_name=name, **extra),
                                          autocommit=True)
         self.transactions = 0
 
