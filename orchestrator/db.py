@@ -127,13 +127,17 @@ def open_pool(pool: ConnectionPool, dsn: str, *, timeout_s: float = 15.0) -> Non
 @contextmanager
 def borrowed(pool: ConnectionPool, timeout_s: float = LOOP_POOL_TIMEOUT_S
              ) -> Iterator[psycopg.Connection[Any]]:
-    """A pooled connection; raises DatabaseUnavailable when none comes within ``timeout_s``."""
+    """A pooled connection, committed on leaving (rolled back on an error). Raises
+    DatabaseUnavailable when none comes within ``timeout_s`` or the commit loses the server."""
     try:
         with pool.connection(timeout=timeout_s) as conn:
             yield conn
     except PoolTimeout:
         raise DatabaseUnavailable(
             f"no database connection available within {timeout_s:g}s") from None
+    except psycopg.OperationalError as exc:
+        # The COMMIT (or ROLLBACK) on leaving the pool's block met a server that went away.
+        raise DatabaseUnavailable(f"database error: {one_line(exc)}") from exc
 
 
 class Transaction:
