@@ -6,20 +6,26 @@ subclasses whose messages never contain a password.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from orchestrator.backoff import reconnect_delay_s
-from orchestrator.errors import ConfigError, DatabaseUnavailable
+from orchestrator.errors import ConfigError, CredentialsError, DatabaseUnavailable
+from orchestrator.sql import QUERIES
+
+if TYPE_CHECKING:
+    from orchestrator.credentials import PasswordProvider
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +46,12 @@ def redact(text: str) -> str:
     return _PASSWORD_PARAM.sub(r"\1***", text)
 
 
-def connect_kwargs(dsn: str, **extra: Any) -> dict[str, Any]:
-    """Connection parameters for ``dsn``: the DSN's own, our defaults where it has none.
+def connect_kwargs(dsn: str, *, password: PasswordProvider | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """Connection parameters for ``dsn``: the DSN's own, our defaults where it has none, and
+    the password ``password`` gives now (asked on every call, so per new connection).
 
-    Raises ConfigError for a DSN that does not parse.
+    Raises ConfigError for a DSN that does not parse, CredentialsError when the provider fails.
     """
     try:
         params: dict[str, Any] = conninfo.conninfo_to_dict(dsn)
@@ -54,14 +62,18 @@ def connect_kwargs(dsn: str, **extra: Any) -> dict[str, Any]:
     if not str(params.get("host", "")).startswith("/"):
         for key, value in KEEPALIVES.items():
             params.setdefault(key, value)
+    if password is not None:
+        params["password"] = password(MappingProxyType(
+            {k: v for k, v in params.items() if k != "password"}))
     params.update(extra)
     return params
 
 
-def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+def connect(dsn: str, *, autocommit: bool = False,
+            password: PasswordProvider | None = None) -> psycopg.Connection[Any]:
     """One connection. Raises DatabaseUnavailable (password redacted) when it cannot connect."""
     try:
-        return psycopg.connect(**connect_kwargs(dsn), autocommit=autocommit)
+        return psycopg.connect(**connect_kwargs(dsn, password=password), autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(_unavailable(dsn, exc)) from None
 
@@ -89,19 +101,28 @@ def describe(dsn: str) -> str:
     return f"database {p.get('dbname') or p.get('user') or '?'!s} at {where}"
 
 
-def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator") -> ConnectionPool:
-    """A closed pool of work connections; open it with ``open(wait=True)``."""
+def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
+              password: PasswordProvider | None = None, prepare: bool = True) -> ConnectionPool:
+    """A closed pool of work connections; open it with ``open(wait=True)``.
+
+    With ``password``, each new connection asks it for its password. ``prepare=False`` turns
+    off server-side prepared statements, which a transaction-mode pooler cannot keep.
+    """
+    extra = {} if prepare else {"prepare_threshold": None}
+    kwargs: Any = (functools.partial(connect_kwargs, dsn, password=password, **extra)
+                   if password else connect_kwargs(dsn, **extra))
     return ConnectionPool(
-        kwargs=connect_kwargs(dsn), min_size=1, max_size=max_size, open=False, name=name,
+        kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
         check=ConnectionPool.check_connection, timeout=30,
     )
 
 
-def open_pool(pool: ConnectionPool, dsn: str, *, timeout_s: float = 15.0) -> None:
+def open_pool(pool: ConnectionPool, dsn: str, *, timeout_s: float = 15.0,
+              password: PasswordProvider | None = None) -> None:
     """Open ``pool`` and wait for its first connection. Raises DatabaseUnavailable at once
     when the database cannot be reached (one direct attempt gives the real reason: refused,
     bad password, no such database) rather than retrying in the background."""
-    connect(dsn).close()
+    connect(dsn, password=password).close()
     try:
         pool.open(wait=True, timeout=timeout_s)
     except PoolTimeout:
@@ -123,11 +144,14 @@ class Transaction:
     """A pooled connection taken only when first used, for a handler's own writes.
 
     ``connection`` begins the transaction; ``close(commit)`` ends it and returns the connection.
-    ``pid`` is the server process, so a hung handler's session can be terminated.
+    ``pid`` is the server process, so a hung handler's session can be terminated. ``pooled``:
+    the connection goes through a transaction-mode pooler, whose reported pid is not the
+    server's; the server is asked (which pins one server connection for the transaction).
     """
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, pooled: bool = False) -> None:
         self._pool = pool
+        self._pooled = pooled
         self._conn: psycopg.Connection[Any] | None = None
         self.pid: int | None = None
 
@@ -142,8 +166,14 @@ class Transaction:
                 self._conn = self._pool.getconn()
             except PoolTimeout as exc:
                 raise DatabaseUnavailable(f"no database connection available: {exc}") from None
-            self.pid = self._conn.info.backend_pid
+            self.pid = self._server_pid(self._conn)
         return self._conn
+
+    def _server_pid(self, conn: psycopg.Connection[Any]) -> int:
+        if not self._pooled:
+            return conn.info.backend_pid
+        row = conn.execute(QUERIES["backend_pid"]).fetchone()
+        return int(row[0]) if row else 0
 
     def close(self, *, commit: bool = False) -> None:
         """Commit or roll back, and return the connection to the pool (a broken one is
@@ -170,8 +200,10 @@ class Listener:
     Reconnects with backoff; ``up`` tells whether it is listening now.
     """
 
-    def __init__(self, dsn: str, wake: Callable[[], None], *, check_every_s: float = 5.0) -> None:
+    def __init__(self, dsn: str, wake: Callable[[], None], *, check_every_s: float = 5.0,
+                 password: PasswordProvider | None = None) -> None:
         self._dsn = dsn
+        self._password = password
         self._wake = wake
         self._check_every_s = check_every_s
         self._stop = threading.Event()
@@ -190,12 +222,13 @@ class Listener:
         failures = 0
         while not self._stop.is_set():
             try:
-                with psycopg.connect(**connect_kwargs(self._dsn), autocommit=True) as conn:
+                params = connect_kwargs(self._dsn, password=self._password)
+                with psycopg.connect(**params, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.up, failures = True, 0
                     self._wake()
                     self._listen(conn)
-            except psycopg.Error as exc:
+            except (psycopg.Error, CredentialsError) as exc:
                 if self._stop.is_set():
                     break
                 failures += 1

@@ -66,3 +66,7 @@ class HandlerTimeout(OrchestratorError):
 
 class EmbeddedServerError(OrchestratorError):
     """The embedded PostgreSQL server failed."""
+
+
+class CredentialsError(OrchestratorError):
+    """The database password could not be obtained."""

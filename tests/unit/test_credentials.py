@@ -1,0 +1,52 @@
+from types import MappingProxyType
+
+import pytest
+
+from orchestrator import credentials
+from orchestrator.config import Settings
+from orchestrator.errors import ConfigError, CredentialsError
+
+PARAMS = MappingProxyType({"host": "db.example", "port": "5432", "user": "app",
+                           "dbname": "shop"})
+
+
+def test_a_password_command_prints_the_password_and_sees_the_connection() -> None:
+    command = credentials.PasswordCommand('printf "  tok-%s-%s-%s \\n" "$PGHOST" "$PGUSER" '
+                                          '"$PGDATABASE"')
+    assert command(PARAMS) == "tok-db.example-app-shop"
+
+
+def test_a_failing_command_says_why_without_its_output() -> None:
+    command = credentials.PasswordCommand("echo tok-SECRET; echo expired >&2; exit 3")
+    with pytest.raises(CredentialsError) as caught:
+        command(PARAMS)
+    assert str(caught.value) == "password command failed (exit 3): expired"
+
+
+def test_a_command_that_prints_nothing_or_hangs_fails() -> None:
+    with pytest.raises(CredentialsError, match="printed no password"):
+        credentials.PasswordCommand("true")(PARAMS)
+    with pytest.raises(CredentialsError, match="timed out"):
+        credentials.PasswordCommand("sleep 5", timeout_s=0.1)(PARAMS)
+
+
+def provider(params: object) -> str:
+    return "from-provider"
+
+
+def test_settings_name_the_provider() -> None:
+    assert credentials.from_settings(Settings.load({})) is None
+    command = credentials.from_settings(Settings.load({}, password_command="echo x"))
+    assert isinstance(command, credentials.PasswordCommand)
+    chosen = credentials.from_settings(
+        Settings.load({}, password_provider=f"{__name__}:provider"))
+    assert chosen is not None and chosen(PARAMS) == "from-provider"
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("no_colon", "must look like"), ("no_such_module:x", "cannot load"),
+    (f"{__name__}:nothing_here", "cannot load"), (f"{__name__}:PARAMS", "not callable"),
+])
+def test_a_bad_provider_name_is_a_config_error(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        credentials.load_provider(spec)
