@@ -1,0 +1,56 @@
+"""The migration's dispatcher role: enough to dispatch, nothing to change the schema with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from orchestrator.app import Orchestrator
+from orchestrator.config import Settings
+from orchestrator.errors import StoreError
+from orchestrator.registry import Registry
+from tests.conftest import FAST
+from tests.support import database, roles
+
+
+def test_a_dispatcher_works_as_the_least_privilege_role(
+        dsn: str, sql: Any, registry: Registry) -> None:
+    sql("INSERT INTO jobs (fail_times) SELECT n % 2 FROM generate_series(1, 20) n")
+    order = database.place_order(sql, "least-1")
+    with roles.dispatcher_role(dsn) as role_dsn:
+        settings = Settings.load(env={}, dsn=role_dsn, **FAST)
+        with Orchestrator(settings, registry) as orch:
+            stats = orch.dispatcher(until_idle=True).run()
+    assert stats.applied >= 40
+    assert sql("SELECT status, count(*) FROM jobs GROUP BY 1") == [("finished", 20)]
+    assert sql("SELECT status FROM orders WHERE id = %s", (order,))[0][0] in (
+        "delivered", "rejected", "failed")
+    assert sql("SELECT count(*) FROM orchestrator.events WHERE status IN ('pending', 'running')"
+               ) == [(0,)]
+
+
+@pytest.mark.parametrize("statement", [
+    "ALTER TABLE orchestrator.events ADD COLUMN x integer",
+    "CREATE TABLE orchestrator.x (id integer)",
+    "CREATE TABLE public.x (id integer)",
+    "DROP TABLE orders",
+    "TRUNCATE orchestrator.events",
+    "DELETE FROM orchestrator.events",
+    "CREATE OR REPLACE FUNCTION orchestrator.capture_v1() RETURNS trigger"
+    " LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
+    "DROP TRIGGER orchestrator_jobs_guard_update ON jobs",
+    "UPDATE orchestrator.workflows SET initial_state = 'x'",
+])
+def test_the_role_cannot_change_the_schema(dsn: str, statement: str) -> None:
+    with roles.dispatcher_role(dsn) as role_dsn, psycopg.connect(role_dsn) as conn, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(statement)  # type: ignore[arg-type]
+
+
+def test_the_role_cannot_migrate(dsn: str, registry: Registry) -> None:
+    with roles.dispatcher_role(dsn) as role_dsn, \
+            Orchestrator(Settings.load(env={}, dsn=role_dsn), registry) as orch, \
+            pytest.raises(StoreError, match="permission denied"):
+        orch.store.install_workflow(registry.workflow("jobs"))
