@@ -70,3 +70,11 @@ class EmbeddedServerError(OrchestratorError):
 
 class CredentialsError(OrchestratorError):
     """The database password could not be obtained."""
+
+
+class RemoteHandlerError(OrchestratorError):
+    """A remote handler did not answer with an outcome."""
+
+
+class SignatureError(OrchestratorError):
+    """The request signature is missing, stale or wrong."""

@@ -89,6 +89,9 @@ def main_options(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The pool's own reconnect chatter repeats what the dispatcher reports once.
     logging.getLogger("psycopg.pool").setLevel(max(level, logging.ERROR))
+    # httpx logs each request's full URL at INFO: a function key in its query would leak.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
 
