@@ -6,7 +6,7 @@ a request when some ``v1`` matches one of its own secrets and ``t`` is recent (a
 replayed is refused). Either side may hold two secrets at once, so a secret is rotated without
 downtime: add the new one where requests are verified, then sign with it, then retire the old.
 
-Only the standard library is used, so a function can verify with ``verify`` alone.
+Functions verify with ``verify`` or ``verify_headers``; only the standard library is used.
 """
 
 from __future__ import annotations

@@ -6,8 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import conninfo
 
+from orchestrator.app import Orchestrator
+from orchestrator.config import Settings
+from orchestrator.db import Transaction
 from tests.acceptance.test_cli import cli
 from tests.support import servers
 
@@ -47,3 +51,21 @@ def pgbouncer_transactions(pooled_dsn: str) -> int:
         names = [c.name for c in cur.description or []]
         rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
     return sum(int(r["total_xact_count"]) for r in rows if r["database"] == params["dbname"])
+
+
+def test_a_handlers_server_session_is_found_through_pgbouncer(
+        dsn: str, sql: Any, tmp_path: Path) -> None:
+    """A timed-out handler's session is terminated by its server pid, which a transaction
+    pooler does not tell at connect time: the pooled transaction asks the server."""
+    with servers.pgbouncer(dsn, tmp_path / "pgbouncer") as pooled:
+        settings = Settings.load(env={}, dsn=pooled, transaction_pooling=True, listen=False)
+        with Orchestrator(settings) as orch:
+            tx = Transaction(orch.pool, pooled=True)
+            conn = tx.connection
+            assert tx.pid != conn.info.backend_pid, "PgBouncer told the server's pid"
+            assert sql("SELECT state FROM pg_stat_activity WHERE pid = %s", (tx.pid,)) == [
+                ("idle in transaction",)]
+            orch.store.terminate_backend(tx.pid)
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")
+            tx.close()

@@ -25,7 +25,7 @@ def assert_no_secret(done: subprocess.CompletedProcess[str]) -> None:
 
 
 def test_help_shows_no_secret_from_the_environment() -> None:
-    for args in (["--help"], ["run", "--help"], ["migrate", "--help"], ["status", "--help"]):
+    for args in (["run", "--help"], ["migrate", "--help"]):
         done = cli(*args, env=ENV)
         assert done.returncode == 0
         assert_no_secret(done)
@@ -34,7 +34,12 @@ def test_help_shows_no_secret_from_the_environment() -> None:
 def test_a_dispatcher_logging_everything_shows_no_secret(
         scram_server: servers.PostgresServer) -> None:
     scram_server.sql("CREATE DATABASE vault")
-    assert cli("migrate", "--dsn", scram_server.admin_dsn("vault")).returncode == 0
+    scram_server.sql("ALTER ROLE postgres PASSWORD 'admin-SECRET'")
+    owner = scram_server.tcp_dsn("vault")
+    done = cli("--log-level", "DEBUG", "migrate", "--dsn", owner, "--password-command",
+               "echo admin-SECRET")
+    assert done.returncode == 0, done.stderr
+    assert_no_secret(done)
     assert cli("seed", "--orders", "10", "--dsn", scram_server.admin_dsn("vault")).returncode == 0
     scram_server.sql("ALTER ROLE rotating PASSWORD 'dsn-SECRET'")
     port = scram_server.port
@@ -55,10 +60,12 @@ def test_a_dispatcher_logging_everything_shows_no_secret(
     assert scram_server.sql("SELECT count(*) FROM orchestrator.event_errors"
                             " WHERE error LIKE '%%SECRET%%'", "vault") == [(0,)]
     without_password = conninfo.make_conninfo(scram_server.tcp_dsn("vault", user="rotating"))
-    done = cli("--log-level", "DEBUG", "status", "--dsn", without_password,
-               env={"ORCHESTRATOR_PASSWORD_COMMAND": "echo dsn-SECRET"})
-    assert done.returncode == 0, done.stderr
-    assert_no_secret(done)
+    for env in ({"ORCHESTRATOR_PASSWORD_COMMAND": "echo dsn-SECRET"},
+                {"ORCHESTRATOR_PASSWORD_PROVIDER": "tests.support.tokens:from_env",
+                 "ORCHESTRATOR_TEST_TOKEN": "dsn-SECRET"}):
+        done = cli("--log-level", "DEBUG", "status", "--dsn", without_password, env=env)
+        assert done.returncode == 0, done.stderr
+        assert_no_secret(done)
 
 
 def failing_function() -> Starlette:

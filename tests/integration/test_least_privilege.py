@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import conninfo
 
 from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
@@ -54,3 +55,23 @@ def test_the_role_cannot_migrate(dsn: str, registry: Registry) -> None:
             Orchestrator(Settings.load(env={}, dsn=role_dsn), registry) as orch, \
             pytest.raises(StoreError, match="permission denied"):
         orch.store.install_workflow(registry.workflow("jobs"))
+
+
+def test_a_role_writing_a_workflow_table_needs_the_event_log_too(dsn: str, sql: Any) -> None:
+    name = database.unique_name("orch_writer")
+    sql(f"CREATE ROLE {name} LOGIN")
+    sql(f"GRANT INSERT, SELECT ON jobs TO {name}")
+    writer = conninfo.make_conninfo(dsn, user=name)
+    try:
+        with psycopg.connect(writer) as conn, pytest.raises(
+                psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO jobs DEFAULT VALUES")
+        sql(f"GRANT USAGE ON SCHEMA orchestrator TO {name}")
+        sql(f"GRANT INSERT ON orchestrator.events TO {name}")
+        sql(f"GRANT SELECT ON orchestrator.workflows, orchestrator.transitions TO {name}")
+        with psycopg.connect(writer) as conn:
+            conn.execute("INSERT INTO jobs DEFAULT VALUES")
+        assert sql("SELECT count(*) FROM orchestrator.events WHERE workflow = 'jobs'") == [(1,)]
+    finally:
+        sql(f"DROP OWNED BY {name}")
+        sql(f"DROP ROLE {name}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -60,6 +62,8 @@ class Endpoint:
             await asyncio.sleep(1.0)
         if behaviour == "overlap":
             await asyncio.sleep(0.02)
+        if behaviour == "illegal":
+            return JSONResponse({"outcome": "next", "state": "new"})
         return JSONResponse({"version": 1, "outcome": "next", "state": "working",
                              "values": {"note": f"seen by {behaviour}"}})
 
@@ -92,12 +96,19 @@ def run_remote(dsn: str, sql: Any, handler: Remote, rows: int = 1, **options: An
 def test_a_signed_request_with_the_documented_event_moves_the_row(
         dsn: str, sql: Any, endpoint: tuple[Endpoint, str]) -> None:
     far, url = endpoint
-    run_remote(dsn, sql, Remote("calls", f"{url}/next?code=fn-key", secrets=[SECRET]))
+    run_remote(dsn, sql, Remote("calls", f"{url}/next?code=fn-key", secrets=[SECRET],
+                                headers={"x-functions-key": "fn-key"}))
     assert sql("SELECT status, note FROM calls") == [("working", "seen by next")]
     assert sql("SELECT handler, outcome FROM orchestrator.events WHERE op = 'INSERT'") == [
         ("remote.calls", "applied")]
     [(headers, body)] = far.requests
+    assert (headers["content-type"], headers["x-functions-key"]) == ("application/json", "fn-key")
     signing.verify_headers(body, headers, [SECRET])
+    # The documented scheme, computed here independently of orchestrator.signing.
+    stamp, signature = (part.split("=", 1)[1] for part in headers["orchestrator-signature"]
+                        .split(","))
+    assert signature == hmac.new(SECRET.encode(), f"{stamp}.".encode() + body,
+                                 hashlib.sha256).hexdigest()
     event = json.loads(body)
     assert set(event) == DOCUMENTED_KEYS
     assert event["transition"] == {"column": "status", "op": "INSERT", "from": None,
@@ -136,6 +147,17 @@ def test_failures_are_retried_then_dead_like_a_failing_local_handler(
     errors = [e for (e,) in sql("SELECT error FROM orchestrator.event_errors ORDER BY id")]
     assert len(errors) == 2
     assert all(any(m in e for m in message.split("|")) for e in errors), errors
+
+
+def test_an_illegal_answer_is_dead_at_once_like_a_local_handlers(
+        dsn: str, sql: Any, endpoint: tuple[Endpoint, str]) -> None:
+    _, url = endpoint
+    stats = run_remote(dsn, sql, Remote("calls", f"{url}/illegal", secrets=[SECRET]),
+                       max_attempts=3)
+    assert (stats.retried, stats.dead) == (0, 1)
+    assert sql("SELECT status FROM calls") == [("failed",)]
+    assert "does not allow 'new' -> 'new'" in sql(
+        "SELECT last_error FROM orchestrator.events WHERE status = 'dead'")[0][0]
 
 
 def test_calls_to_one_endpoint_are_bounded_and_reuse_connections(

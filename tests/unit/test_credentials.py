@@ -11,9 +11,9 @@ PARAMS = MappingProxyType({"host": "db.example", "port": "5432", "user": "app",
 
 
 def test_a_password_command_prints_the_password_and_sees_the_connection() -> None:
-    command = credentials.PasswordCommand('printf "  tok-%s-%s-%s \\n" "$PGHOST" "$PGUSER" '
-                                          '"$PGDATABASE"')
-    assert command(PARAMS) == "tok-db.example-app-shop"
+    command = credentials.PasswordCommand('printf "  tok-%s-%s-%s-%s \\n" "$PGHOST" "$PGPORT" '
+                                          '"$PGUSER" "$PGDATABASE"')
+    assert command(PARAMS) == "tok-db.example-5432-app-shop"
 
 
 def test_a_failing_command_says_why_without_its_output() -> None:
