@@ -63,10 +63,24 @@ def connect_kwargs(dsn: str, *, password: PasswordProvider | None = None,
         for key, value in KEEPALIVES.items():
             params.setdefault(key, value)
     if password is not None:
-        params["password"] = password(MappingProxyType(
-            {k: v for k, v in params.items() if k != "password"}))
+        params["password"] = _ask(password, params)
     params.update(extra)
     return params
+
+
+def _ask(password: PasswordProvider, params: dict[str, Any]) -> str:
+    """The provider's password for a connection with ``params`` (shown without a password).
+    Raises CredentialsError whatever went wrong in it."""
+    try:
+        answer = password(MappingProxyType({k: v for k, v in params.items() if k != "password"}))
+    except CredentialsError:
+        raise
+    except Exception as exc:
+        raise CredentialsError(
+            f"password provider failed: {type(exc).__name__}: {redact(str(exc))}") from exc
+    if not isinstance(answer, str) or not answer:
+        raise CredentialsError("password provider returned no password")
+    return answer
 
 
 def connect(dsn: str, *, autocommit: bool = False,

@@ -50,3 +50,16 @@ def test_settings_name_the_provider() -> None:
 def test_a_bad_provider_name_is_a_config_error(spec: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         credentials.load_provider(spec)
+
+
+def test_any_failure_of_a_provider_is_a_credentials_error() -> None:
+    from orchestrator.db import connect_kwargs
+
+    def broken(params: object) -> str:
+        raise KeyError("AWS_REGION")
+
+    with pytest.raises(CredentialsError, match="password provider failed: KeyError"):
+        connect_kwargs("host=db.example", password=broken)
+    with pytest.raises(CredentialsError, match="returned no password"):
+        connect_kwargs("host=db.example", password=lambda params: "")
+    assert connect_kwargs("host=db.example", password=lambda params: "tok")["password"] == "tok"
