@@ -41,7 +41,8 @@ class Orchestrator:
         self.password = password or credentials.from_settings(settings)
         self.pool = db.make_pool(self.dsn, max_size=settings.pool_size, password=self.password,
                                  prepare=not settings.transaction_pooling)
-        self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s)
+        self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s,
+                           lock_timeout_s=settings.lock_timeout_s)
 
     def __enter__(self) -> Orchestrator:
         db.open_pool(self.pool, self.dsn, password=self.password)

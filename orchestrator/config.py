@@ -61,7 +61,9 @@ class Settings:
         default=64, metadata={"help": "Most events one claim statement takes."}
     )
     pool_size: int = field(
-        default=4, metadata={"help": "Most pooled work connections (LISTEN adds one)."}
+        default=10,
+        metadata={"help": "Most pooled work connections (LISTEN adds one); handlers using "
+                          "ctx.db each hold one while they run."},
     )
     lease_s: float = field(
         default=30.0,
@@ -80,6 +82,16 @@ class Settings:
         default=1.0, metadata={"help": "Backoff cap after the first failure, doubled each time."}
     )
     retry_max_s: float = field(default=300.0, metadata={"help": "Largest backoff cap."})
+    lock_timeout_s: float = field(
+        default=2.0,
+        metadata={"help": "Seconds a write-back waits for a row lock held elsewhere before the "
+                          "attempt fails (and is retried)."},
+    )
+    listen_ping_s: float = field(
+        default=5.0,
+        metadata={"help": "Seconds between liveness checks of the LISTEN connection; one that "
+                          "does not answer within as long is replaced."},
+    )
     shutdown_grace_s: float = field(
         default=10.0,
         metadata={"help": "Seconds a stopping dispatcher waits for handlers before releasing."},
@@ -93,7 +105,8 @@ class Settings:
         for name in ("concurrency", "batch_size", "pool_size", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lease_s", "poll_interval_s", "handler_timeout_s", "retry_base_s"):
+        for name in ("lease_s", "poll_interval_s", "handler_timeout_s", "retry_base_s",
+                     "lock_timeout_s", "listen_ping_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.retry_max_s < self.retry_base_s:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
               "keepalives_count": 3, "tcp_user_timeout": 20_000}
 CHANNEL = "orchestrator"
+LISTEN_APPLICATION_NAME = "orchestrator-listen"
 APPLICATION_NAME = "orchestrator"
 
 _PASSWORD_IN_URI = re.compile(r"(://[^:/@]*:)[^@]*@")
@@ -115,6 +118,11 @@ def describe(dsn: str) -> str:
     return f"database {p.get('dbname') or p.get('user') or '?'!s} at {where}"
 
 
+# How long taking a pooled connection may wait: while the database is down the dispatcher then
+# backs off and retries instead of hanging.
+POOL_TIMEOUT_S = 10.0
+
+
 def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
               password: PasswordProvider | None = None, prepare: bool = True) -> ConnectionPool:
     """A closed pool of work connections; open it with ``open(wait=True)``.
@@ -127,7 +135,7 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
                    if password else connect_kwargs(dsn, **extra))
     return ConnectionPool(
         kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
-        check=ConnectionPool.check_connection, timeout=30,
+        check=ConnectionPool.check_connection, timeout=POOL_TIMEOUT_S,
     )
 
 
@@ -214,12 +222,12 @@ class Listener:
     Reconnects with backoff; ``up`` tells whether it is listening now.
     """
 
-    def __init__(self, dsn: str, wake: Callable[[], None], *, check_every_s: float = 5.0,
+    def __init__(self, dsn: str, wake: Callable[[], None], *, ping_s: float = 5.0,
                  password: PasswordProvider | None = None) -> None:
         self._dsn = dsn
         self._password = password
         self._wake = wake
-        self._check_every_s = check_every_s
+        self._ping_s = ping_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="orchestrator-listen", daemon=True)
         self.up = False
@@ -236,7 +244,8 @@ class Listener:
         failures = 0
         while not self._stop.is_set():
             try:
-                params = connect_kwargs(self._dsn, password=self._password)
+                params = connect_kwargs(self._dsn, password=self._password,
+                                        application_name=LISTEN_APPLICATION_NAME)
                 with psycopg.connect(**params, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.up, failures = True, 0
@@ -256,6 +265,25 @@ class Listener:
         while not self._stop.is_set():
             for _ in conn.notifies(timeout=0.25, stop_after=1):
                 self._wake()
-            if time.monotonic() - checked >= self._check_every_s:
-                conn.execute("SELECT 1")  # finds a dead connection that sent no error
+            if time.monotonic() - checked >= self._ping_s:
+                self._ping(conn)
                 checked = time.monotonic()
+
+    def _ping(self, conn: psycopg.Connection[Any]) -> None:
+        """A round trip with a deadline. A connection that silently died (the server host
+        vanished, or its process hangs) sends no error and would wait for ever: when the answer
+        does not come in time, a watchdog shuts the socket down, which fails the query."""
+        watchdog = threading.Timer(self._ping_s, _shut_down, args=(conn,))
+        watchdog.start()
+        try:
+            conn.execute("SELECT 1")
+        finally:
+            watchdog.cancel()
+
+
+def _shut_down(conn: psycopg.Connection[Any]) -> None:
+    log.warning("LISTEN connection did not answer a ping; dropping it")
+    with suppress(OSError, psycopg.Error):
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        with sock:
+            sock.shutdown(socket.SHUT_RDWR)

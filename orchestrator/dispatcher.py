@@ -32,6 +32,10 @@ from orchestrator.store import FinishReport, Result, Store
 log = logging.getLogger(__name__)
 
 WAKE = ("wake", None, None)
+# How often a running dispatcher checks that `migrate` did not install other definitions or
+# handlers since it started (a rolling deploy): if so it stops, and its supervisor restarts it
+# with the new code.
+DEFINITION_CHECK_S = 15.0
 
 
 def dispatcher_name() -> str:
@@ -86,13 +90,14 @@ class Dispatcher:
         self.stats = Stats()
         self._inbox: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
         self._runner = Runner(registry, store, settings, self._inbox.put)
-        self._listener = (Listener(listen_dsn, self.wake, password=password) if listen_dsn
-                          else None)
+        self._listener = (Listener(listen_dsn, self.wake, ping_s=settings.listen_ping_s,
+                                   password=password) if listen_dsn else None)
         self._in_flight: dict[int, Job] = {}
         self._unwritten: list[Result] = []
         self._stopping = threading.Event()
         self._wake_queued = False
         self._want_claim = True
+        self._solo: int | None = None  # a suspect event running alone; no claims meanwhile
         self._db_failures = 0
         self._db_retry_at = 0.0
         self._poll = Chore(settings.poll_interval_s, self._request_claim)
@@ -100,6 +105,7 @@ class Dispatcher:
             self._poll,
             Chore(settings.lease_s / 3, self._heartbeat),
             Chore(min(settings.lease_s / 2, 5.0), self.store.requeue_expired),
+            Chore(DEFINITION_CHECK_S, self._verify_definitions),
         ]
 
     # -- control, from any thread ------------------------------------------------------------
@@ -153,7 +159,8 @@ class Dispatcher:
         now = time.monotonic()
         if now < self._db_retry_at:
             return self._db_retry_at - now
-        if self._unwritten or (self._want_claim and self._free_slots() > 0):
+        if self._unwritten or (self._want_claim and self._free_slots() > 0
+                               and self._solo is None):
             return 0.0
         deadlines = [c.next_at for c in self._chores]
         deadlines += [job.deadline for job in self._in_flight.values()]
@@ -176,12 +183,15 @@ class Dispatcher:
             self._unwritten.append(payload)
         elif kind == "finished":
             self._in_flight.pop(job.event.id, None)
+            if job.event.id == self._solo:
+                self._solo = None
             self._count([payload[0]], payload[1])
             self._after_write(payload[1])
         elif kind == "lost":
             # The handler's own transaction failed to commit for want of a connection. Its
             # claim is released after reconnecting and the event runs again.
             self._in_flight.pop(job.event.id, None)
+            self._solo = None if job.event.id == self._solo else self._solo
             self._db_failed(payload)
 
     def _request_claim(self) -> None:
@@ -192,12 +202,25 @@ class Dispatcher:
 
     def _claim(self) -> None:
         limit = min(self.settings.batch_size, self._free_slots())
-        if limit <= 0:
+        if limit <= 0 or self._solo is not None:
             return
         events = self.store.claim(limit)
-        self.stats.claimed += len(events)
         self._want_claim = len(events) == limit
+        if not events and not self._in_flight:
+            events = self._claim_suspect()
+        self.stats.claimed += len(events)
         self._start(events)
+
+    def _claim_suspect(self) -> list[Event]:
+        """With nothing else in hand, one event whose dispatcher died, to run alone: if its
+        handler kills the process again, no other event's attempt goes with it."""
+        events = self.store.claim(1, suspect=True)
+        if events:
+            self._solo = events[0].id
+            self._want_claim = True
+            log.info("event %s: its dispatcher died while running it; running it alone",
+                     events[0].id)
+        return events
 
     def _start(self, events: Sequence[Event]) -> None:
         if self._stopping.is_set():
@@ -220,6 +243,8 @@ class Dispatcher:
             raise
         for result in batch:
             self._in_flight.pop(result.event.id, None)
+            if result.event.id == self._solo:
+                self._solo = None
         self._count(batch, report)
         self._after_write(report)
 
@@ -259,6 +284,9 @@ class Dispatcher:
                 log.warning("event %s: handler %s timed out after %gs", job.event.id,
                             job.spec.name, job.timeout_s)
                 self._unwritten.append(result)
+
+    def _verify_definitions(self) -> None:
+        self.store.verify_workflows(list(self.registry.workflows.values()))
 
     def _heartbeat(self) -> None:
         ids = list(self._in_flight) + [r.event.id for r in self._unwritten]

@@ -32,6 +32,12 @@ class Route:
     dest: str | None
     any_source: bool = False
 
+    @property
+    def key(self) -> str:
+        """A stable text form, stored with the workflow's definition."""
+        source = "*" if self.any_source else self.source
+        return f"{self.column}:{source}->{self.dest or '*'}"
+
     def __str__(self) -> str:
         if self.dest is None:
             return f"change of {self.column}"

@@ -168,7 +168,7 @@ class Runner:
             return self.failure(event, spec, f"Retry: {exc}", delay_s=exc.delay_s)
         except (BadOutcome, IllegalTransition) as exc:
             return self.failure(event, spec, f"{type(exc).__name__}: {exc}", final=True)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a handler calling sys.exit() fails its attempt
             log.debug("handler %s failed on event %s", spec.name, event.id, exc_info=True)
             return self.failure(event, spec, f"{type(exc).__name__}: {exc}")
 

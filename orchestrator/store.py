@@ -95,10 +95,12 @@ def _first_line(exc: BaseException) -> str:
 class Store:
     """The engine's database verbs for one dispatcher (``dispatcher`` names it in claims)."""
 
-    def __init__(self, pool: ConnectionPool, *, dispatcher: str, lease_s: float) -> None:
+    def __init__(self, pool: ConnectionPool, *, dispatcher: str, lease_s: float,
+                 lock_timeout_s: float = 2.0) -> None:
         self.pool = pool
         self.dispatcher = dispatcher
         self.lease_s = lease_s
+        self._write_settings = {"lock_timeout": f"{int(lock_timeout_s * 1000)}ms"}
         self._workflows: dict[str, Workflow] = {}
         self._columns: dict[str, frozenset[str]] = {}
         self._write_back: dict[tuple[str, tuple[str, ...]], sql.Composed] = {}
@@ -115,12 +117,13 @@ class Store:
 
     # -- dispatching -------------------------------------------------------------------------
 
-    def claim(self, limit: int) -> list[Event]:
+    def claim(self, limit: int, *, suspect: bool = False) -> list[Event]:
         """Claim up to ``limit`` runnable events of the workflows given to use_workflows (oldest
-        first, per-row order kept). A dispatcher never takes another workflow's events."""
+        first, per-row order kept). A dispatcher never takes another workflow's events.
+        ``suspect``: claim among the events whose dispatcher died instead."""
         return self._events(QUERIES["claim"], {
             "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s,
-            "workflows": list(self._workflows)})
+            "workflows": list(self._workflows), "suspect": suspect})
 
     def finish(
         self, results: Sequence[Result], *, conn: psycopg.Connection[Any] | None = None,
@@ -162,8 +165,8 @@ class Store:
         # round trip; statements still run in order inside one transaction.
         finished = [r.event for r in results if r.kind != "retry"]
         with conn.pipeline():
-            if quiet:
-                conn.execute(QUERIES["quiet"])
+            conn.execute(QUERIES["write_settings"],
+                         self._write_settings | {"quiet": "on" if quiet else "off"})
             cursors = [conn.execute(*self._statement(r)) for r in results]
             for r in results:
                 if r.error is not None:
@@ -336,19 +339,29 @@ class Store:
         database holds a different definition (another version of the handlers migrated last).
         """
         with self._conn() as conn:
-            if not conn.execute(QUERIES["schema_present"]).fetchone()[0]:  # type: ignore[index]
-                raise NotMigrated()
-            installed = dict(conn.execute(QUERIES["installed_workflows"]).fetchall())
+            self._verify(conn, workflows)
             for wf in workflows:
-                if wf.name not in installed:
-                    raise NotMigrated(f"workflow {wf.name!r} is not installed in the database: "
-                                      "run `orchestrator migrate`")
-                if installed[wf.name] != wf.definition():
-                    raise DefinitionError(
-                        f"workflow {wf.name!r} in the database differs from the one in the "
-                        "handler module: run `orchestrator migrate` with the current handlers")
                 self._columns[wf.name] = self._table_columns(conn, wf)
                 self._workflows[wf.name] = wf
+
+    def verify_workflows(self, workflows: Sequence[Workflow]) -> None:
+        """Raise as use_workflows does when the installed definitions changed since."""
+        with self._conn() as conn:
+            self._verify(conn, workflows)
+
+    @staticmethod
+    def _verify(conn: psycopg.Connection[Any], workflows: Sequence[Workflow]) -> None:
+        if not conn.execute(QUERIES["schema_present"]).fetchone()[0]:  # type: ignore[index]
+            raise NotMigrated()
+        installed = dict(conn.execute(QUERIES["installed_workflows"]).fetchall())
+        for wf in workflows:
+            if wf.name not in installed:
+                raise NotMigrated(f"workflow {wf.name!r} is not installed in the database: "
+                                  "run `orchestrator migrate`")
+            if (problem := _difference(installed[wf.name], wf.definition())) is not None:
+                raise DefinitionError(
+                    f"workflow {wf.name!r}: {problem}; every dispatcher must run the handlers "
+                    "that `orchestrator migrate` installed last")
 
     def columns(self, workflow: str) -> frozenset[str]:
         """The columns of a workflow's table, as read by use_workflows."""
@@ -384,6 +397,21 @@ class Store:
                     for t in wf.transitions])
             for statement in _trigger_ddl(wf, conn):
                 conn.execute(statement)
+
+
+def _difference(installed: Mapping[str, Any], mine: Mapping[str, Any]) -> str | None:
+    """What differs between the installed definition and this dispatcher's, or None."""
+    if installed == mine:
+        return None
+    if {k: v for k, v in installed.items() if k != "handlers"} != \
+            {k: v for k, v in mine.items() if k != "handlers"}:
+        return "the states or transitions in the database differ from this dispatcher's"
+    theirs, ours = installed.get("handlers", {}), mine["handlers"]
+    parts = [f"{what}: {', '.join(sorted(routes))}" for what, routes in (
+        ("missing here", set(theirs) - set(ours)), ("not installed", set(ours) - set(theirs)),
+        ("other handler", {r for r in set(ours) & set(theirs) if ours[r] != theirs[r]}))
+        if routes]
+    return "this dispatcher's handlers differ from the installed ones (" + "; ".join(parts) + ")"
 
 
 def _adapt(value: Any) -> Any:

@@ -142,13 +142,16 @@ class Workflow:
         return None
 
     def definition(self) -> dict[str, Any]:
-        """The workflow as plain data (stored in the database, compared across dispatchers)."""
+        """The workflow and its handler routes as plain data: stored by `migrate`, compared by
+        every dispatcher, so dispatchers never serve one workflow with different handlers."""
         return {
             "name": self.name, "table": self.qualified_table, "key": self.key,
             "column": self.column, "states": list(self.states), "initial": self.initial,
             "terminal": sorted(self.terminal), "failure_state": self.failure_state,
             "watch": list(self.watch),
             "transitions": [[t.trigger, t.source, t.dest] for t in self.transitions],
+            "handlers": {spec.route.key: spec.name
+                         for spec in sorted(self.handlers, key=lambda s: s.route.key)},
         }
 
     @classmethod

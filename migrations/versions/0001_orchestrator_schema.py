@@ -32,6 +32,9 @@ CREATE TABLE orchestrator.events (
     status       text        NOT NULL DEFAULT 'pending'
                              CHECK (status IN ('pending', 'running', 'done', 'dead')),
     attempts     integer     NOT NULL DEFAULT 0,
+    -- Its dispatcher died while running it: run it alone next time, so that a handler which
+    -- kills its process burns only its own attempts, not those of events that shared it.
+    suspect      boolean     NOT NULL DEFAULT false,
     run_after    timestamptz NOT NULL DEFAULT now(),
     lease_until  timestamptz,
     claimed_by   text,

@@ -5,7 +5,7 @@
 -- name: claim
 -- The oldest runnable events of the workflows this dispatcher serves, at most one per row, and
 -- only where no earlier event of the same row is still open: a row's events run one at a time
--- and in order. FOR UPDATE SKIP LOCKED lets
+-- and in order. Suspect events (their dispatcher died) are claimed apart, one at a time. FOR UPDATE SKIP LOCKED lets
 -- concurrent dispatchers pass over events another one is claiming instead of waiting on them;
 -- each claimed event comes back with status, fencing token (attempts, claimed_by) and lease.
 WITH picked AS (
@@ -14,6 +14,7 @@ WITH picked AS (
     WHERE e.status = 'pending'
       AND e.run_after <= now()
       AND e.workflow = ANY(%(workflows)s)
+      AND e.suspect = %(suspect)s
       AND NOT EXISTS (
           SELECT 1 FROM orchestrator.events p
           WHERE p.workflow = e.workflow AND p.row_key = e.row_key AND p.id < e.id
@@ -37,7 +38,7 @@ RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_v
 UPDATE orchestrator.events e
 SET status = 'running', attempts = e.attempts + 1, claimed_by = %(dispatcher)s,
     lease_until = now() + make_interval(secs => %(lease_s)s), started_at = now()
-WHERE e.id IN (
+WHERE NOT e.suspect AND e.id IN (
     SELECT min(p.id)
     FROM orchestrator.events p
     JOIN unnest(%(workflows)s::text[], %(keys)s::text[]) AS r (workflow, row_key)
@@ -69,7 +70,7 @@ UPDATE orchestrator.events e
 SET status = %(status)s,
     outcome = CASE WHEN EXISTS (SELECT FROM moved) THEN %(outcome)s ELSE %(stale_outcome)s END,
     handler = %(handler)s, next_state = %(next_state)s, last_error = %(error)s,
-    finished_at = now(), lease_until = NULL
+    finished_at = now(), lease_until = NULL, suspect = false
 FROM fenced
 WHERE e.id = fenced.id
 RETURNING e.outcome;
@@ -78,7 +79,7 @@ RETURNING e.outcome;
 -- Finishes one event that writes nothing to its row (no handler, nothing returned, dead).
 UPDATE orchestrator.events
 SET status = %(status)s, outcome = %(outcome)s, handler = %(handler)s, last_error = %(error)s,
-    finished_at = now(), lease_until = NULL
+    finished_at = now(), lease_until = NULL, suspect = false
 WHERE id = %(id)s AND attempts = %(attempt)s AND claimed_by = %(dispatcher)s
   AND status = 'running'
 RETURNING outcome;
@@ -87,7 +88,8 @@ RETURNING outcome;
 -- Puts a failed event back in the queue for a later attempt; the row stays blocked meanwhile.
 UPDATE orchestrator.events
 SET status = 'pending', run_after = now() + make_interval(secs => %(delay_s)s),
-    handler = %(handler)s, last_error = %(error)s, claimed_by = NULL, lease_until = NULL
+    handler = %(handler)s, last_error = %(error)s, claimed_by = NULL, lease_until = NULL,
+    suspect = false
 WHERE id = %(id)s AND attempts = %(attempt)s AND claimed_by = %(dispatcher)s
   AND status = 'running'
 RETURNING 'retry';
@@ -96,9 +98,12 @@ RETURNING 'retry';
 INSERT INTO orchestrator.event_errors (event_id, attempt, error)
 VALUES (%(id)s, %(attempt)s, %(error)s);
 
--- name: quiet
--- This transaction's new events are handed over directly: their triggers need not NOTIFY.
-SELECT set_config('orchestrator.quiet', 'on', true);
+-- name: write_settings
+-- For a dispatcher's write-back transaction: a row lock held elsewhere (a long transaction)
+-- fails the write after a short wait instead of stalling every result in the batch; with quiet
+-- 'on', new events are handed over directly and their triggers need not NOTIFY.
+SELECT set_config('orchestrator.quiet', %(quiet)s, true),
+       set_config('lock_timeout', %(lock_timeout)s, true);
 
 -- name: extend_leases
 -- The heartbeat: a dispatcher keeps the events it is still working on.
@@ -107,8 +112,9 @@ SET lease_until = now() + make_interval(secs => %(lease_s)s)
 WHERE id = ANY(%(ids)s) AND claimed_by = %(dispatcher)s AND status = 'running';
 
 -- name: requeue_expired
--- Events whose dispatcher stopped renewing the lease (killed, partitioned) go back to the queue.
--- The attempt stays counted, so an event that kills its dispatcher every time ends up dead.
+-- Events whose dispatcher stopped renewing the lease (killed, partitioned) go back to the queue,
+-- marked suspect. The attempt stays counted, so an event that kills its dispatcher every time
+-- ends up dead; run alone, it no longer takes others' attempts with it.
 -- SKIP LOCKED: a live dispatcher finishing one of them right now wins.
 WITH expired AS (
     SELECT id FROM orchestrator.events
@@ -123,7 +129,7 @@ WITH expired AS (
     FROM orchestrator.events e JOIN expired USING (id)
 )
 UPDATE orchestrator.events e
-SET status = 'pending', claimed_by = NULL, lease_until = NULL,
+SET status = 'pending', claimed_by = NULL, lease_until = NULL, suspect = true,
     last_error = 'lease expired: dispatcher ' || coalesce(e.claimed_by, '?')
                  || ' stopped renewing it'
 FROM expired

@@ -208,7 +208,8 @@ def test_a_finish_after_losing_the_lease_is_discarded(
         (event,) = orch.store.claim(10)
         time.sleep(0.3)
         assert orch.store.requeue_expired() == [event.id]
-        (again,) = orch.store.claim(10)
+        assert orch.store.claim(10) == []  # suspect now: claimed apart, to run alone
+        (again,) = orch.store.claim(10, suspect=True)
         assert again.id == event.id and again.attempt == 2
         from orchestrator.store import Result
         late = orch.store.finish([Result(event, "done", outcome="noop")])
@@ -274,7 +275,7 @@ def test_a_dispatcher_refuses_an_unmigrated_or_different_definition(
                        initial="new", terminal=["finished"],
                        transitions=[("start", "new", "working")])
     with Orchestrator(settings, Registry([changed])) as orch, \
-            pytest.raises(DefinitionError, match="differs from the one in the handler module"):
+            pytest.raises(DefinitionError, match="states or transitions in the database differ"):
         orch.dispatcher().run()
     from tests.support import database
     name = database.unique_name()
@@ -285,3 +286,43 @@ def test_a_dispatcher_refuses_an_unmigrated_or_different_definition(
             orch.dispatcher().run()
     finally:
         database.drop_database(admin_dsn, name)
+
+
+def test_a_dispatcher_with_other_handlers_refuses_to_run(
+        settings: Settings, sql: Any) -> None:
+    from orchestrator import Workflow
+    fewer = Workflow.from_definition(jobs.definition())
+
+    @fewer.on_enter("new")
+    def start(event: Any) -> str:
+        return "working"
+
+    with Orchestrator(settings, Registry([fewer])) as orch, pytest.raises(
+            DefinitionError, match=r"handlers differ .*missing here: note:\*->\*, "
+                                   r"status:new->working; other handler: status:\*->new"):
+        orch.dispatcher().run()
+
+
+def test_a_running_dispatcher_stops_when_another_definition_is_installed(
+        settings: Settings, registry: Registry, sql: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator import dispatcher as dispatcher_module
+    monkeypatch.setattr(dispatcher_module, "DEFINITION_CHECK_S", 0.2)
+    with Orchestrator(settings, registry) as orch:
+        dispatcher = orch.dispatcher()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                dispatcher.run()
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        sql("UPDATE orchestrator.workflows SET definition = jsonb_set(definition,"
+            " '{handlers}', '{}') WHERE name = 'jobs'")
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert len(failure) == 1 and isinstance(failure[0], DefinitionError)
+    assert "not installed: note" in str(failure[0])

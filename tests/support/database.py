@@ -95,7 +95,13 @@ def test_registry() -> Registry:
 def build_template(admin_dsn: str) -> str:
     """Create and migrate the session's template database; its name."""
     name = f"orch_tmpl_{uuid.uuid4().hex[:8]}"
-    dsn = create_database(admin_dsn, name)
+    prepare(create_database(admin_dsn, name))
+    return name
+
+
+def prepare(dsn: str) -> None:
+    """Migrate an empty database, add the test tables, install the workflows, load the demo's
+    reference data."""
     schema.upgrade(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(TEST_TABLES)
@@ -103,7 +109,6 @@ def build_template(admin_dsn: str) -> str:
     with Orchestrator(settings, test_registry()) as orch:
         schema.install_workflows(orch.store, orch.registry)
         demo.load_reference(orch.store)
-    return name
 
 
 def unique_name(prefix: str = "orch_test") -> str:

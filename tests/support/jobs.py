@@ -50,7 +50,7 @@ def _log(event: Event, started: datetime) -> None:
              datetime.now(UTC)))
 
 
-@jobs.on_enter("new", max_attempts=3, timeout_s=1.0)
+@jobs.on_enter("new", max_attempts=3, timeout_s=float(os.environ.get("JOBS_TIMEOUT_S", "1")))
 def start(event: Event, ctx: Context) -> Any:
     started = datetime.now(UTC)
     row = event.new_row
@@ -59,6 +59,8 @@ def start(event: Event, ctx: Context) -> Any:
             raise RuntimeError(f"boom on attempt {event.attempt}")
         if row["sleep_s"]:
             time.sleep(row["sleep_s"])
+        if row["ret"] == "exit":
+            os._exit(3)  # the handler takes its whole process down
         if row["ret"] == "retry" and event.attempt == 1:
             raise Retry(delay_s=0.05, reason="asked to come back")
         ctx.db.execute("INSERT INTO job_effects (job_id, event_id) VALUES (%s, %s)",

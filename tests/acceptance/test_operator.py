@@ -1,0 +1,225 @@
+"""The demo and the operator commands, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.acceptance.test_cli import ROOT, assert_one_line_error, cli
+from tests.support import database
+
+
+def cli_json(*args: str) -> Any:
+    done = cli(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def demo_db(admin_dsn: str, template_db: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A database where `orchestrator demo` ran 60 orders (seed 8: four of them by the customer
+    with the expired card, which fail); shared by the read-only tests."""
+    name = database.unique_name()
+    dsn = database.create_database(admin_dsn, name, template=template_db)
+    summary = cli_json("demo", "--orders", "60", "--seed", "8", "--dsn", dsn)
+    yield dsn, summary
+    database.drop_database(admin_dsn, name)
+
+
+def query(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_demo_summary_matches_the_database(demo_db: tuple[str, dict[str, Any]]) -> None:
+    dsn, summary = demo_db
+    assert summary["all_terminal"] is True
+    assert summary["orders"] == 60
+    states = dict(query(dsn, "SELECT status, count(*) FROM orders GROUP BY 1"))
+    assert summary["final_states"] == states
+    assert set(states) <= {"delivered", "rejected", "cancelled", "failed"}
+    applied = query(dsn, "SELECT count(*) FROM orchestrator.events WHERE outcome = 'applied'")
+    assert summary["transitions"] == applied[0][0]
+    dead = query(dsn, "SELECT count(*) FROM orchestrator.events WHERE status = 'dead'")
+    assert summary["dead_events"] == dead[0][0] == states.get("failed", 0)
+    assert summary["double_charges"] == 0
+    assert summary["transitions_per_s"] > 0
+
+
+def test_status_json(demo_db: tuple[str, dict[str, Any]]) -> None:
+    dsn, summary = demo_db
+    report = cli_json("status", "--dsn", dsn)
+    by_name = {w["name"]: w for w in report["workflows"]}
+    food = by_name["food_order"]
+    assert food["table"] == "public.orders"
+    assert {k: v for k, v in food["states"].items() if v} == summary["final_states"]
+    assert food["events"] == {"pending": 0, "running": 0, "dead": summary["dead_events"],
+                              "oldest_pending_age_s": None}
+
+
+def test_events_json_filters(demo_db: tuple[str, dict[str, Any]]) -> None:
+    dsn, summary = demo_db
+    dead = cli_json("events", "--status", "dead", "--dsn", dsn)
+    assert len(dead) == summary["dead_events"]
+    assert all(e["status"] == "dead" and "expired" in e["last_error"] for e in dead)
+    order = dead[0]["row_key"]
+    mine = cli_json("events", "--order", order, "--limit", "3", "--dsn", dsn)
+    assert len(mine) == 3
+    assert {e["row_key"] for e in mine} == {order}
+    assert [e["id"] for e in mine] == sorted((e["id"] for e in mine), reverse=True)
+
+
+def test_history_json_shows_every_attempt(demo_db: tuple[str, dict[str, Any]]) -> None:
+    dsn, _ = demo_db
+    (order,) = query(dsn, "SELECT min(id) FROM orders WHERE status = 'failed'")[0]
+    report = cli_json("history", str(order), "--workflow", "food_order", "--dsn", dsn)
+    assert report["state"] == "failed" and report["key"] == str(order)
+    changes = [(e["old_value"], e["new_value"]) for e in report["events"]]
+    assert changes == [(None, "placed"), ("placed", "validated"), ("validated", "failed")]
+    charge = report["events"][1]
+    assert charge["status"] == "dead" and charge["handler"].endswith(".charge")
+    assert [x["attempt"] for x in charge["errors"]] == [1, 2, 3, 4]
+
+
+def test_graph_mermaid_and_dot(demo_db: tuple[str, dict[str, Any]]) -> None:
+    dsn, summary = demo_db
+    mermaid = cli("graph", "--dsn", dsn, "--workflow", "food_order")
+    assert mermaid.returncode == 0
+    assert "stateDiagram-v2" in mermaid.stdout and "paid --> approved : approve" in mermaid.stdout
+    dot = cli("graph", "--format", "dot", "--counts", "--dsn", dsn, "--workflow", "food_order")
+    delivered = summary["final_states"].get("delivered", 0)
+    assert f'label="delivered ({delivered})"' in dot.stdout
+    assert dot.stdout.strip().endswith("}")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["history", "999999", "--workflow", "food_order"], "has no row '999999'"),
+    (["history", "abc", "--workflow", "food_order"], "has no row 'abc'"),
+    (["fire", "1", "flying", "--workflow", "food_order"], "neither a state nor a trigger"),
+    (["events", "--status", "sleeping"], "unknown event status 'sleeping'"),
+    (["retry"], "name event ids, or use --dead"),
+    (["retry", "1"], "not dead, nothing redriven: event 1 (done)"),
+    (["graph", "--format", "png", "--workflow", "food_order"], "unknown graph format"),
+    (["history", "1"], "several workflows: pick one with --workflow"),
+])
+def test_bad_operator_input_is_one_line(demo_db: tuple[str, dict[str, Any]], args: list[str],
+                                        fragment: str) -> None:
+    dsn, _ = demo_db
+    assert_one_line_error(cli(*args, "--dsn", dsn), fragment)
+
+
+def test_operator_commands_on_an_unmigrated_database(admin_dsn: str) -> None:
+    name = database.unique_name()
+    bare = database.create_database(admin_dsn, name)
+    try:
+        for args in (["status"], ["events"], ["fire", "1", "cancel"], ["seed"]):
+            assert_one_line_error(cli(*args, "--dsn", bare), "run `orchestrator migrate`")
+    finally:
+        database.drop_database(admin_dsn, name)
+
+
+def test_fire_checks_the_workflow_and_writes_nothing_when_refused(dsn: str, sql: Any) -> None:
+    order = database.place_order(sql, "F-1")
+    moved = cli_json("fire", str(order), "cancel", "--workflow", "food_order", "--dsn", dsn)
+    assert moved == {"workflow": "food_order", "key": str(order), "from": "placed",
+                     "to": "cancelled"}
+    assert_one_line_error(cli("fire", str(order), "placed", "--workflow", "food_order",
+                              "--dsn", dsn), "does not allow 'cancelled' -> 'placed'")
+    assert_one_line_error(cli("fire", str(order), "cancel", "--workflow", "food_order",
+                              "--dsn", dsn), "does not allow 'cancelled' -> 'cancel'")
+    assert sql("SELECT status FROM orders WHERE id = %s", (order,)) == [("cancelled",)]
+
+
+def test_retry_redrives_dead_events_and_restores_the_row(dsn: str, sql: Any,
+                                                         run_idle: Any) -> None:
+    expired = sql("SELECT id FROM customers WHERE card = 'expired'")[0][0]
+    order = database.place_order(sql, "R-1", customer_id=expired)
+    run_idle()
+    assert sql("SELECT status FROM orders") == [("failed",)]
+    dry = cli_json("retry", "--dead", "--handler", "charge", "--dry-run", "--dsn", dsn)
+    assert dry["dry_run"] and [e["key"] for e in dry["events"]] == [str(order)]
+    assert sql("SELECT status FROM orders") == [("failed",)]
+    sql("UPDATE customers SET card = 'ok' WHERE id = %s", (expired,))  # the card was renewed
+    done = cli_json("retry", str(dry["events"][0]["id"]), "--dsn", dsn)
+    assert len(done["events"]) == 1
+    assert sql("SELECT status FROM orders") == [("validated",)]
+    run_idle()
+    assert sql("SELECT status FROM orders") == [("delivered",)]
+    history = cli_json("history", str(order), "--workflow", "food_order", "--dsn", dsn)
+    charge = history["events"][1]
+    assert [x["attempt"] for x in charge["errors"]] == [1, 2, 3, 4, 0]
+    assert charge["status"] == "done" and charge["outcome"] == "applied"
+
+
+def test_seed_json(dsn: str) -> None:
+    seeded = cli_json("seed", "--orders", "5", "--seed", "9", "--dsn", dsn)
+    assert seeded["orders"] == 5 and seeded["last_id"] - seeded["first_id"] == 4
+
+
+def test_the_same_seed_gives_the_same_final_states(admin_dsn: str, template_db: str) -> None:
+    outcomes = []
+    names = [database.unique_name(), database.unique_name()]
+    try:
+        for name in names:
+            dsn = database.create_database(admin_dsn, name, template=template_db)
+            cli_json("demo", "--orders", "40", "--seed", "11", "--concurrency", "4", "--dsn", dsn)
+            outcomes.append(query(dsn, "SELECT ref, status, total_cents FROM orders ORDER BY ref"))
+    finally:
+        for name in names:
+            database.drop_database(admin_dsn, name)
+    assert len(outcomes[0]) == 40
+    assert outcomes[0] == outcomes[1]
+    assert len({status for _, status, _ in outcomes[0]}) >= 2
+
+
+def test_several_dispatchers_never_charge_twice_nor_double_book_an_agent(
+        dsn: str, sql: Any) -> None:
+    assert cli("seed", "--orders", "120", "--seed", "5", "--dsn", dsn).returncode == 0
+    env = {"ORCHESTRATOR_DSN": dsn, "ORCHESTRATOR_CONCURRENCY": "6", "ORCHESTRATOR_POOL_SIZE": "8"}
+    import os
+    procs = [subprocess.Popen([sys.executable, "-m", "orchestrator", "--log-level", "ERROR",
+                               "run", "--until-idle"], cwd=ROOT, env=os.environ | {
+                                   f"ORCHESTRATOR_{k}": v for k, v in (
+                                       ("RETRY_BASE_S", "0.05"), ("RETRY_MAX_S", "0.2"),
+                                       ("POLL_INTERVAL_S", "0.2"))} | env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(3)]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out
+    assert sql("SELECT count(*) FROM orders WHERE status NOT IN"
+               " ('delivered', 'rejected', 'cancelled', 'failed')") == [(0,)]
+    assert sql("SELECT order_id FROM payments GROUP BY 1 HAVING count(*) > 1") == []
+    paid_then = sql("SELECT count(*) FROM orders WHERE paid_at IS NOT NULL")[0][0]
+    assert sql("SELECT count(*) FROM payments") == [(paid_then,)]
+    assert sql("SELECT count(*) FROM agents WHERE active_order IS NOT NULL") == [(0,)]
+    spans = sql("SELECT agent_id, agent_assigned_at, coalesce(delivered_at, cancelled_at,"
+                " failed_at) FROM orders WHERE agent_id IS NOT NULL ORDER BY 1, 2")
+    assert len(spans) > 20
+    for (a1, _, end1), (a2, start2, _) in pairwise(spans):
+        if a1 == a2:
+            assert end1 <= start2, f"agent {a1} had two orders at once"
+    assert sql("SELECT count(DISTINCT claimed_by) FROM orchestrator.events") >= [(2,)]
+
+
+def test_demo_from_a_fresh_embedded_server(tmp_path: Path) -> None:
+    env = {"ORCHESTRATOR_DATA_DIR": str(tmp_path)}
+    try:
+        done = cli("demo", "--orders", "30", "--json", env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        assert summary["all_terminal"] and summary["orders"] == 30
+        human = cli("demo", "--orders", "10", env=env, timeout=300)
+        assert human.returncode == 0, human.stderr
+        assert "transitions per second" in human.stdout
+        assert "orders charged twice" in human.stdout
+    finally:
+        cli("db", "stop", env=env)

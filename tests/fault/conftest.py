@@ -1,0 +1,23 @@
+"""Fault tests break things: each gets a PostgreSQL server of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.embedded import EmbeddedServer
+from tests.support import database
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[tuple[EmbeddedServer, str]]:
+    """An embedded server for this test only, with a prepared database; (server, dsn)."""
+    server = EmbeddedServer(tmp_path / "pg")
+    dsn = server.start("orchestrator")
+    try:
+        database.prepare(dsn)
+        yield server, dsn
+    finally:
+        server.stop("immediate")

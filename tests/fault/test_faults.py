@@ -1,0 +1,213 @@
+"""Faults a deployment meets, with real processes and a real server of the test's own:
+nothing lost, nothing applied twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+
+from orchestrator.app import Orchestrator
+from orchestrator.config import Settings
+from orchestrator.db import LISTEN_APPLICATION_NAME
+from orchestrator.dispatcher import Dispatcher
+from orchestrator.embedded import EmbeddedServer
+from tests.conftest import FAST
+from tests.support import database
+from tests.support.processes import dispatcher, finish, wait_for
+
+pytestmark = pytest.mark.fault
+
+
+def q(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def assert_each_transition_once(dsn: str) -> None:
+    twice = q(dsn, "SELECT workflow, row_key, new_value FROM orchestrator.events"
+                   " WHERE op = 'UPDATE' AND column_name = 'status'"
+                   " GROUP BY 1, 2, 3 HAVING count(*) > 1")
+    assert twice == [], f"transitions applied twice: {twice[:5]}"
+
+
+def test_sigkilled_dispatchers_lose_nothing_and_apply_nothing_twice(
+        own_server: tuple[EmbeddedServer, str]) -> None:
+    _, dsn = own_server
+    jobs = 300  # enough work that the steady dispatcher alone needs several seconds
+    q(dsn, "INSERT INTO jobs (sleep_s) SELECT 0.05 FROM generate_series(1, %s)", (jobs,))
+    settings = {"lease_s": "1.5", "concurrency": "2"}
+    steady = dispatcher(dsn, until_idle=False, **settings)
+    kills = 0
+    try:
+        for _ in range(3):
+            victim = dispatcher(dsn, until_idle=False, **settings)
+            try:
+                wait_for(lambda v=victim: q(  # type: ignore[misc]
+                    dsn, "SELECT count(*) FROM orchestrator.events WHERE status = 'running'"
+                         " AND claimed_by LIKE %s", (f"%:{v.pid}:%",))[0][0] > 0,
+                         what="the victim to hold claims")
+            finally:
+                victim.send_signal(signal.SIGKILL)  # in the middle of a batch
+                victim.communicate()
+            kills += 1
+        wait_for(lambda: q(dsn, "SELECT count(*) FROM jobs WHERE status = 'finished'")[0][0]
+                 == jobs, timeout_s=120, what="every job to finish")
+    finally:
+        steady.send_signal(signal.SIGTERM)
+        finish(steady)
+    assert kills == 3
+    taken_over = q(dsn, "SELECT count(*) FROM orchestrator.event_errors"
+                        " WHERE error LIKE 'lease expired%%'")[0][0]
+    assert taken_over > 0, "no claim was taken over: the kills proved nothing"
+    assert_each_transition_once(dsn)
+    assert q(dsn, "SELECT count(*), count(DISTINCT job_id) FROM job_effects") == [(jobs, jobs)]
+    assert q(dsn, "SELECT count(*) FROM orchestrator.events WHERE status <> 'done'") == [(0,)]
+
+
+def test_a_heartbeat_keeps_a_long_handler_from_being_taken_over(dsn: str, sql: Any) -> None:
+    sql("INSERT INTO jobs (sleep_s) SELECT 2.5 FROM generate_series(1, 4)")
+    procs = [dispatcher(dsn, lease_s="1", concurrency="2", JOBS_TIMEOUT_S="30")
+             for _ in range(2)]
+    for proc in procs:
+        finish(proc)
+    assert sql("SELECT count(*) FROM jobs WHERE status = 'finished'") == [(4,)]
+    assert sql("SELECT count(*) FROM orchestrator.event_errors") == [(0,)]
+    assert sql("SELECT event_id FROM executions GROUP BY 1 HAVING count(*) > 1") == []
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_the_database_restarting_mid_run_loses_nothing(
+        own_server: tuple[EmbeddedServer, str], mode: str) -> None:
+    server, dsn = own_server
+    ids = [database.place_order(lambda s, p=None: q(dsn, s, p), f"D-{n}", customer_id=1 + n % 20)
+           for n in range(150)]
+    proc = dispatcher(dsn, handlers="handlers", concurrency="8")
+    wait_for(lambda: q(dsn, "SELECT count(*) FROM orders WHERE status = 'delivered'")[0][0] > 10,
+             what="the run to be under way")
+    server.stop(mode)
+    time.sleep(1.0)  # down for a while: the dispatcher must back off and wait, not give up
+    server.start()
+    out = finish(proc)
+    assert "database unavailable" in out
+    states = dict(q(dsn, "SELECT status, count(*) FROM orders GROUP BY 1"))
+    assert sum(states.values()) == len(ids)
+    assert set(states) <= {"delivered", "rejected", "failed"}, states
+    assert_each_transition_once(dsn)
+    assert q(dsn, "SELECT order_id FROM payments GROUP BY 1 HAVING count(*) > 1") == []
+    assert q(dsn, "SELECT count(*) FROM orchestrator.events WHERE status IN"
+                  " ('pending', 'running')") == [(0,)]
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[Dispatcher]:
+    with Orchestrator(settings, database.test_registry()) as orch:
+        worker = orch.dispatcher()
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            wait_for(lambda: worker._listener is not None and worker._listener.up,
+                     what="LISTEN")
+            yield worker
+        finally:
+            worker.stop()
+            thread.join(timeout=30)
+
+
+def listener_pid(dsn: str) -> int:
+    rows = q(dsn, "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+             (LISTEN_APPLICATION_NAME,))
+    assert len(rows) == 1, rows
+    return int(rows[0][0])
+
+
+def handled_without_polling(dsn: str) -> float:
+    (job,) = q(dsn, "INSERT INTO jobs DEFAULT VALUES RETURNING id")[0]
+    return wait_for(lambda: q(dsn, "SELECT status FROM jobs WHERE id = %s", (job,))[0][0]
+                    == "finished", timeout_s=10, what="a NOTIFY to wake the dispatcher")
+
+
+def test_a_terminated_listen_connection_is_replaced(
+        own_server: tuple[EmbeddedServer, str]) -> None:
+    _, dsn = own_server
+    settings = Settings.load({}, dsn=dsn, **FAST | {"poll_interval_s": 60.0})
+    with running(settings) as worker:
+        old = listener_pid(dsn)
+        q(dsn, "SELECT pg_terminate_backend(%s)", (old,))
+        wait_for(lambda: worker._listener.reconnects >= 1 and worker._listener.up,  # type: ignore[union-attr]
+                 what="the LISTEN connection to come back")
+        assert listener_pid(dsn) != old
+        handled_without_polling(dsn)
+
+
+def test_a_silently_dead_listen_connection_is_detected(
+        own_server: tuple[EmbeddedServer, str]) -> None:
+    _, dsn = own_server
+    settings = Settings.load({}, dsn=dsn, **FAST | {"poll_interval_s": 60.0,
+                                                    "listen_ping_s": 0.5})
+    with running(settings) as worker:
+        frozen = listener_pid(dsn)
+        os.kill(frozen, signal.SIGSTOP)  # the server side stops answering, sends no error
+        try:
+            wait_for(lambda: worker._listener.reconnects >= 1 and worker._listener.up,  # type: ignore[union-attr]
+                     timeout_s=20, what="the frozen LISTEN connection to be replaced")
+            handled_without_polling(dsn)
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+
+
+def test_a_long_transaction_elsewhere_does_not_stop_the_dispatcher(dsn: str, sql: Any) -> None:
+    sql("INSERT INTO jobs SELECT FROM generate_series(1, 21)")
+    (locked,) = sql("SELECT min(id) FROM jobs")[0]
+    blocker = psycopg.connect(dsn)
+    blocker.execute("SELECT txid_current()")  # an old snapshot, as a long report would hold
+    blocker.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (locked,))
+    settings = Settings.load({}, dsn=dsn, **FAST | {"lock_timeout_s": 0.3, "max_attempts": 50})
+    with running(settings):
+        try:
+            wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE status = 'finished'"
+                                 " AND id <> %s", (locked,))[0][0] == 20,
+                     timeout_s=60, what="the other rows to finish")
+            wait_for(lambda: sql("SELECT count(*) FROM orchestrator.event_errors"
+                                 " WHERE error LIKE '%%lock timeout%%'")[0][0] > 0,
+                     timeout_s=30, what="the locked row's write-back to give up waiting")
+            assert sql("SELECT status FROM jobs WHERE id = %s", (locked,)) == [("new",)]
+        finally:
+            blocker.rollback()
+            blocker.close()
+        wait_for(lambda: sql("SELECT status FROM jobs WHERE id = %s", (locked,))[0][0]
+                 in ("finished", "failed"), timeout_s=60, what="the locked row to finish")
+    assert sql("SELECT count(*) FROM orchestrator.events WHERE status IN"
+               " ('pending', 'running')") == [(0,)]
+
+
+def test_a_handler_that_kills_its_process_ends_dead_and_blocks_no_other_row(
+        own_server: tuple[EmbeddedServer, str]) -> None:
+    _, dsn = own_server
+    q(dsn, "INSERT INTO jobs (ret) VALUES ('exit')")
+    q(dsn, "INSERT INTO jobs SELECT FROM generate_series(1, 10)")
+    deaths = 0
+    for _ in range(8):  # a supervisor: restart the dispatcher whenever it dies
+        proc = dispatcher(dsn, lease_s="1")
+        out, _ = proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == 3, out
+        deaths += 1
+    assert deaths == 3  # attempts 1-3 each took the process down; attempt 4 is refused
+    # Run alone after the first crash, the bystanders lost one attempt at most, not their life.
+    assert q(dsn, "SELECT status, count(*) FROM jobs GROUP BY 1 ORDER BY 1") == [
+        ("failed", 1), ("finished", 10)]
+    assert q(dsn, "SELECT max(attempts) FROM orchestrator.events e JOIN jobs j"
+                  " ON j.id::text = e.row_key WHERE j.ret IS NULL AND e.workflow = 'jobs'"
+                  " AND e.column_name = 'status' AND e.old_value IS NULL")[0][0] <= 2
+    (error,) = q(dsn, "SELECT last_error FROM orchestrator.events WHERE status = 'dead'")[0]
+    assert error.startswith("gave up: an earlier attempt never finished")
