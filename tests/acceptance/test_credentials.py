@@ -17,6 +17,7 @@ import pytest
 
 from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
+from orchestrator.db import LISTEN_APPLICATION_NAME
 from orchestrator.errors import DatabaseUnavailable
 from tests.acceptance.test_cli import ROOT, cli
 from tests.conftest import FAST
@@ -69,9 +70,9 @@ def test_a_password_rotated_while_dispatchers_run_loses_no_work(
                    " WHERE usename = 'rotating'")
         seed(server, 5, 3)
         wait_until(server, all_terminal(35))
-        # Both LISTEN connections are back too (a listener's session runs only these).
+        # Both LISTEN connections are back too.
         wait_until(server, "SELECT count(*) = 2 FROM pg_stat_activity WHERE usename = 'rotating'"
-                           " AND query IN ('LISTEN orchestrator', 'SELECT 1')")
+                           f" AND application_name = '{LISTEN_APPLICATION_NAME}'")
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)

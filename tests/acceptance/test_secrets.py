@@ -35,12 +35,6 @@ def test_a_dispatcher_logging_everything_shows_no_secret(
         scram_server: servers.PostgresServer) -> None:
     scram_server.sql("CREATE DATABASE vault")
     scram_server.sql("ALTER ROLE postgres PASSWORD 'admin-SECRET'")
-    owner = scram_server.tcp_dsn("vault")
-    done = cli("--log-level", "DEBUG", "migrate", "--dsn", owner, "--password-command",
-               "echo admin-SECRET")
-    assert done.returncode == 0, done.stderr
-    assert_no_secret(done)
-    assert cli("seed", "--orders", "10", "--dsn", scram_server.admin_dsn("vault")).returncode == 0
     scram_server.sql("ALTER ROLE rotating PASSWORD 'dsn-SECRET'")
     port = scram_server.port
     with_password = f"postgresql://rotating:dsn-SECRET@127.0.0.1:{port}/vault"
@@ -48,6 +42,12 @@ def test_a_dispatcher_logging_everything_shows_no_secret(
         # Pick-up is served by a failing function, behind a function key in its URL.
         remote = {"FOOD_ORDER_PICK_UP_URL": f"{url}/pick-up?code=fnkey-SECRET",
                   "ORCHESTRATOR_REMOTE_SECRETS": "sign-SECRET"}
+        done = cli("--log-level", "DEBUG", "migrate", "--dsn", scram_server.tcp_dsn("vault"),
+                   "--password-command", "echo admin-SECRET", env=remote)
+        assert done.returncode == 0, done.stderr
+        assert_no_secret(done)
+        seeded = cli("seed", "--orders", "10", "--dsn", scram_server.admin_dsn("vault"))
+        assert seeded.returncode == 0, seeded.stderr
         done = cli("--log-level", "DEBUG", "run", "--until-idle", "--dsn", with_password,
                    env=remote)
     assert done.returncode == 0, done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
@@ -14,6 +14,7 @@ from psycopg import conninfo
 
 from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
+from orchestrator.db import LISTEN_APPLICATION_NAME
 from orchestrator.dispatcher import Stats
 from orchestrator.registry import Registry
 from tests.conftest import FAST
@@ -25,16 +26,17 @@ BUDGET = DISPATCHERS * (POOL_SIZE + 1)
 
 
 @contextmanager
-def peak_connections(dsn: str, user: str) -> Iterator[dict[str, int]]:
-    """Samples the role's sessions per application_name until the block ends; the peaks."""
+def peak_connections(dsn: str, users: list[str]) -> Iterator[dict[str, int]]:
+    """Samples the sessions of each of ``users`` until the block ends; the peaks, per user
+    and in total."""
     peaks: dict[str, int] = {}
     done = threading.Event()
 
     def sample() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             while not done.is_set():
-                rows = conn.execute("SELECT application_name, count(*) FROM pg_stat_activity"
-                                    " WHERE usename = %s GROUP BY 1", (user,)).fetchall()
+                rows = conn.execute("SELECT usename, count(*) FROM pg_stat_activity"
+                                    " WHERE usename = ANY(%s) GROUP BY 1", (users,)).fetchall()
                 for name, count in [*rows, ("total", sum(c for _, c in rows))]:
                     peaks[name] = max(peaks.get(name, 0), count)
                 done.wait(0.01)
@@ -51,20 +53,22 @@ def peak_connections(dsn: str, user: str) -> Iterator[dict[str, int]]:
 def test_each_dispatcher_opens_at_most_pool_size_plus_one_connections(
         dsn: str, sql: Any, registry: Registry, caplog: pytest.LogCaptureFixture) -> None:
     sql("INSERT INTO jobs (sleep_s) SELECT 0.01 FROM generate_series(1, 120)")
-    # The server enforces the documented budget for the role; a connection past it is refused.
-    with roles.dispatcher_role(dsn, connection_limit=BUDGET) as role_dsn:
-        user = conninfo.conninfo_to_dict(role_dsn)["user"]
-        orchs = [Orchestrator(Settings.load(
-            env={}, dsn=conninfo.make_conninfo(role_dsn, application_name=f"d{n}"),
-            pool_size=POOL_SIZE, concurrency=6, **FAST), registry) for n in range(DISPATCHERS)]
-        with peak_connections(dsn, str(user)) as peaks:
+    # Each dispatcher logs in as a role of its own whose CONNECTION LIMIT is the documented
+    # budget: the server refuses a connection past it.
+    with ExitStack() as stack:
+        dsns = [stack.enter_context(roles.dispatcher_role(dsn, connection_limit=POOL_SIZE + 1))
+                for _ in range(DISPATCHERS)]
+        users = [str(conninfo.conninfo_to_dict(d)["user"]) for d in dsns]
+        orchs = [Orchestrator(Settings.load(env={}, dsn=d, pool_size=POOL_SIZE, concurrency=6,
+                                            **FAST), registry) for d in dsns]
+        with peak_connections(dsn, users) as peaks:
             stats = run_together(orchs)
         errors = [orch.pool.get_stats().get("connections_errors", 0) for orch in orchs]
     assert sql("SELECT status, count(*) FROM jobs GROUP BY 1") == [("finished", 120)]
     assert all(s.applied > 0 for s in stats), "both dispatchers took part"
     assert errors == [0] * DISPATCHERS
     assert "too many connections" not in caplog.text
-    assert all(peaks.get(f"d{n}", 0) <= POOL_SIZE + 1 for n in range(DISPATCHERS)), peaks
+    assert all(peaks.get(user, 0) <= POOL_SIZE + 1 for user in users), peaks
     assert peaks["total"] <= BUDGET
 
 
@@ -109,7 +113,7 @@ def test_listen_takes_one_connection_and_polling_only_takes_none(
 
 def listeners_query() -> str:
     return ("(SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = 'orchestrator' AND query = 'LISTEN orchestrator')")
+            f" AND application_name = '{LISTEN_APPLICATION_NAME}')")
 
 
 def wait_for(sql: Any, query: str, timeout_s: float = 30) -> None:
