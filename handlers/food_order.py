@@ -14,7 +14,7 @@ import hashlib
 import os
 from typing import Any
 
-from orchestrator import Context, Event, Next, Remote, Retry, Workflow
+from orchestrator import Context, Deadline, Event, Next, Remote, Retry, Workflow
 
 STATES = ["placed", "validated", "paid", "approved", "agent_assigned", "picked_up",
           "delivered", "rejected", "cancelled", "failed"]
@@ -39,6 +39,8 @@ food_order = Workflow(
         {"trigger": "reject", "source": ["placed", "validated", "paid"], "dest": "rejected"},
         {"trigger": "cancel", "source": ACTIVE, "dest": "cancelled"},
     ],
+    # An order nobody could validate within 15 minutes is rejected.
+    deadlines=[Deadline("placed", after_s=15 * 60, to="rejected")],
 )
 
 

@@ -12,10 +12,11 @@ from orchestrator.events import Event, Next, Retry
 from orchestrator.registry import Registry, load_registry
 from orchestrator.remote import Remote
 from orchestrator.runner import Context
-from orchestrator.workflow import Workflow
+from orchestrator.workflow import Deadline, Workflow
 
 __all__ = [
     "Context",
+    "Deadline",
     "Event",
     "Next",
     "Orchestrator",

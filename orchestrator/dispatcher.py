@@ -106,6 +106,7 @@ class Dispatcher:
             Chore(settings.lease_s / 3, self._heartbeat),
             Chore(min(settings.lease_s / 2, 5.0), self.store.requeue_expired),
             Chore(DEFINITION_CHECK_S, self._verify_definitions),
+            Chore(settings.poll_interval_s, self._claim_timers),
         ]
 
     # -- control, from any thread ------------------------------------------------------------
@@ -210,6 +211,13 @@ class Dispatcher:
             events = self._claim_suspect()
         self.stats.claimed += len(events)
         self._start(events)
+
+    def _claim_timers(self) -> None:
+        limit = min(self.settings.batch_size, self._free_slots())
+        if limit > 0 and self._solo is None and not self._stopping.is_set():
+            events = self.store.claim_timers(limit)
+            self.stats.claimed += len(events)
+            self._start(events)
 
     def _claim_suspect(self) -> list[Event]:
         """With nothing else in hand, one event whose dispatcher died, to run alone: if its

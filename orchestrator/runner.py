@@ -27,6 +27,7 @@ from orchestrator.store import Result, Store
 log = logging.getLogger(__name__)
 
 JobState = Literal["running", "finishing", "abandoned"]
+DEADLINE_HANDLER = "deadline"
 
 
 class Context:
@@ -85,6 +86,9 @@ class Runner:
     def start(self, event: Event, now: float) -> Job | Result:
         """Begin an attempt: a Job running on a worker, or at once a Result when there is
         nothing to run (no handler for this change, or attempts already used up)."""
+        if event.op == "TIMER":  # a deadline came due: move the row if it is still there
+            return Result(event, "done", handler=DEADLINE_HANDLER, outcome="applied",
+                          next=Next(event.new_value))
         spec = self.registry.route(event)
         if spec is None:
             return Result(event, "done", outcome="no_handler")

@@ -117,6 +117,12 @@ class Store:
 
     # -- dispatching -------------------------------------------------------------------------
 
+    def claim_timers(self, limit: int) -> list[Event]:
+        """Claim up to ``limit`` deadline timers that came due."""
+        return self._events(QUERIES["claim_timers"], {
+            "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s,
+            "workflows": list(self._workflows)})
+
     def claim(self, limit: int, *, suspect: bool = False) -> list[Event]:
         """Claim up to ``limit`` runnable events of the workflows given to use_workflows (oldest
         first, per-row order kept). A dispatcher never takes another workflow's events.
@@ -391,10 +397,14 @@ class Store:
                 "column": wf.column, "initial": wf.initial, "definition": Jsonb(wf.definition()),
             })
             conn.execute(QUERIES["delete_transitions"], {"name": wf.name})
+            conn.execute(QUERIES["delete_deadlines"], {"name": wf.name})
             with conn.cursor() as cur:
                 cur.executemany(QUERIES["insert_transition"], [
                     {"name": wf.name, "source": t.source, "dest": t.dest, "trigger": t.trigger}
                     for t in wf.transitions])
+                cur.executemany(QUERIES["insert_deadline"], [
+                    {"name": wf.name, "state": d.state, "after_s": d.after_s, "dest": d.to}
+                    for d in wf.deadlines])
             for statement in _trigger_ddl(wf, conn):
                 conn.execute(statement)
 
@@ -452,20 +462,23 @@ def _trigger_ddl(wf: Workflow, conn: psycopg.Connection[Any]) -> list[sql.Compos
                 sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=col))
 
     state_event, state_changed = update_of(wf.column)
+    # The state column's captures also keep the row's deadline timers.
+    timers = [sql.Literal("deadlines")] if wf.deadlines else []
     wanted = {
         "guard_insert": trigger("guard_insert", "BEFORE", sql.SQL("INSERT"),
                                 "orchestrator.guard_v1", [name, state]),
         "guard_update": trigger("guard_update", "BEFORE", state_event, "orchestrator.guard_v1",
                                 [name, state], state_changed),
         "capture_insert": trigger("capture_insert", "AFTER", sql.SQL("INSERT"),
-                                  "orchestrator.capture_v1", [name, key, state]),
+                                  "orchestrator.capture_v1", [name, key, state, *timers]),
     }
     # Triggers of one timing fire in name order: the state column's capture comes first.
     for rank, column in enumerate((wf.column, *wf.watch)):
         event, changed = update_of(column)
         suffix = f"capture_{rank}_{column}"
+        extra = timers if column == wf.column else []
         wanted[suffix] = trigger(suffix, "AFTER", event, "orchestrator.capture_v1",
-                                 [name, key, sql.Literal(column)], changed)
+                                 [name, key, sql.Literal(column), *extra], changed)
     existing = conn.execute(QUERIES["capture_triggers"], {
         "table": wf.qualified_table, "prefix": _trigger_name(wf, "") + "%"}).fetchall()
     keep = {_trigger_name(wf, suffix) for suffix in wanted}

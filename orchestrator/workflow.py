@@ -28,6 +28,20 @@ class Transition:
     dest: str
 
 
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A row still in ``state`` ``after_s`` seconds after entering it moves to ``to``.
+
+    Durable (a timer event in the database, surviving restarts), fired at most once, and
+    cancelled when the row leaves the state first. ``to`` must be a legal move from ``state``;
+    handlers of that transition run as for any other change.
+    """
+
+    state: str
+    after_s: float
+    to: str
+
+
 TransitionSpec = Mapping[str, Any] | Sequence[Any]
 
 
@@ -54,6 +68,7 @@ class Workflow:
         key: str = "id",
         column: str = "status",
         watch: Iterable[str] = (),
+        deadlines: Iterable[Deadline] = (),
     ) -> None:
         self.name = name
         self.schema, _, self.table = table.rpartition(".")
@@ -68,6 +83,7 @@ class Workflow:
         self._check_states()
         self.transitions = self._expand(transitions)
         self._legal = frozenset((t.source, t.dest) for t in self.transitions)
+        self.deadlines = self._check_deadlines(deadlines)
         self.machine = Machine(
             model=None, states=list(self.states), initial=initial, auto_transitions=False,
             transitions=[{"trigger": t.trigger, "source": t.source, "dest": t.dest}
@@ -114,6 +130,19 @@ class Workflow:
                                Transition(FAIL_TRIGGER, src, self.failure_state))
         return tuple(out.values())
 
+    def _check_deadlines(self, deadlines: Iterable[Deadline]) -> tuple[Deadline, ...]:
+        by_state: dict[str, Deadline] = {}
+        for d in deadlines:
+            where = f"workflow {self.name!r}: deadline of {d.state!r}"
+            if d.state in by_state:
+                raise DefinitionError(f"{where} given twice")
+            if d.after_s <= 0:
+                raise DefinitionError(f"{where} must be after a positive time")
+            if not self.allows(d.state, d.to):
+                raise DefinitionError(f"{where}: {d.state!r} -> {d.to!r} is not a transition")
+            by_state[d.state] = d
+        return tuple(by_state.values())
+
     def _check_move(self, src: str, dest: str) -> None:
         for state in (src, dest):
             if state not in self.states:
@@ -150,6 +179,7 @@ class Workflow:
             "terminal": sorted(self.terminal), "failure_state": self.failure_state,
             "watch": list(self.watch),
             "transitions": [[t.trigger, t.source, t.dest] for t in self.transitions],
+            "deadlines": [[d.state, d.after_s, d.to] for d in self.deadlines],
             "handlers": {spec.route.key: spec.name
                          for spec in sorted(self.handlers, key=lambda s: s.route.key)},
         }
@@ -163,6 +193,7 @@ class Workflow:
             failure_state=data["failure_state"], watch=data["watch"],
             transitions=[tuple(t) for t in data["transitions"]
                          if not (t[0] == FAIL_TRIGGER and t[2] == data["failure_state"])],
+            deadlines=[Deadline(*d) for d in data.get("deadlines", [])],
         )
 
     # -- handler registration ----------------------------------------------------------------

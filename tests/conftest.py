@@ -14,6 +14,7 @@ from orchestrator.config import Settings
 from orchestrator.dispatcher import Stats
 from orchestrator.registry import Registry
 from tests.support import database
+from tests.support.database import private_dir
 
 # Settings that keep tests quick: short backoff and lease, frequent polls.
 FAST = {"retry_base_s": 0.05, "retry_max_s": 0.2, "lease_s": 5.0, "poll_interval_s": 0.2,
@@ -21,8 +22,10 @@ FAST = {"retry_base_s": 0.05, "retry_max_s": 0.2, "lease_s": 5.0, "poll_interval
 
 
 @pytest.fixture(scope="session")
-def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with database.server_dsn(tmp_path_factory.mktemp("server")) as dsn:
+def admin_dsn() -> Iterator[str]:
+    # Not under pytest's tmp_path: pytest removes old session folders when another session
+    # starts, which would pull the data directory from under a running server.
+    with private_dir("server") as workdir, database.server_dsn(workdir) as dsn:
         yield dsn
 
 

@@ -24,7 +24,7 @@ CREATE TABLE orchestrator.events (
     workflow     text        NOT NULL,
     row_key      text        NOT NULL,
     column_name  text        NOT NULL,
-    op           text        NOT NULL CHECK (op IN ('INSERT', 'UPDATE')),
+    op           text        NOT NULL CHECK (op IN ('INSERT', 'UPDATE', 'TIMER')),
     old_value    text,
     new_value    text,
     old_row      jsonb,
@@ -47,7 +47,11 @@ CREATE TABLE orchestrator.events (
     finished_at  timestamptz
 );
 -- Claims scan pending events oldest first; finished events drop out of this small index.
-CREATE INDEX events_pending ON orchestrator.events (id) WHERE status = 'pending';
+CREATE INDEX events_pending ON orchestrator.events (id)
+    WHERE status = 'pending' AND op <> 'TIMER';
+-- Deadlines waiting to come due, soonest first.
+CREATE INDEX events_timers ON orchestrator.events (run_after)
+    WHERE status = 'pending' AND op = 'TIMER';
 -- Per-row order checks and a row's history.
 CREATE INDEX events_row ON orchestrator.events (workflow, row_key, id);
 -- Finding expired leases.
@@ -75,6 +79,15 @@ CREATE TABLE orchestrator.workflows (
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 
+-- A state's deadline: a row still in `state` after `after_s` seconds moves to `to_state`.
+CREATE TABLE orchestrator.deadlines (
+    workflow text             NOT NULL REFERENCES orchestrator.workflows (name) ON DELETE CASCADE,
+    state    text             NOT NULL,
+    after_s  double precision NOT NULL CHECK (after_s > 0),
+    to_state text             NOT NULL,
+    PRIMARY KEY (workflow, state)
+);
+
 CREATE TABLE orchestrator.transitions (
     workflow   text NOT NULL REFERENCES orchestrator.workflows (name) ON DELETE CASCADE,
     from_state text NOT NULL,
@@ -83,24 +96,40 @@ CREATE TABLE orchestrator.transitions (
     PRIMARY KEY (workflow, from_state, to_state)
 );
 
--- Records an event for a row change. Arguments: workflow, key column, watched column.
+-- Records an event for a row change. Arguments: workflow, key column, watched column, and
+-- for the state column of a workflow with deadlines, 'deadlines': then a row leaving a state
+-- cancels its pending deadline, and a row entering a state with a deadline gets a TIMER event
+-- due when the deadline passes.
 -- A transaction that sets orchestrator.quiet = 'on' (a dispatcher that hands the new event
 -- straight to a worker) sends no NOTIFY. Identical notifications in one transaction are
 -- collapsed by PostgreSQL, so a statement touching many rows wakes listeners once.
 CREATE FUNCTION orchestrator.capture_v1() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    new_row jsonb := to_jsonb(NEW);
-    old_row jsonb;
+    new_data jsonb := to_jsonb(NEW);
+    old_data jsonb;
 BEGIN
     IF TG_OP = 'UPDATE' THEN
-        old_row := to_jsonb(OLD);
+        old_data := to_jsonb(OLD);
     END IF;
     INSERT INTO orchestrator.events
         (workflow, row_key, column_name, op, old_value, new_value, old_row, new_row)
     VALUES
-        (TG_ARGV[0], new_row ->> TG_ARGV[1], TG_ARGV[2], TG_OP,
-         old_row ->> TG_ARGV[2], new_row ->> TG_ARGV[2], old_row, new_row);
+        (TG_ARGV[0], new_data ->> TG_ARGV[1], TG_ARGV[2], TG_OP,
+         old_data ->> TG_ARGV[2], new_data ->> TG_ARGV[2], old_data, new_data);
+    IF TG_NARGS > 3 AND TG_ARGV[3] = 'deadlines' THEN
+        UPDATE orchestrator.events e
+        SET status = 'done', outcome = 'cancelled', finished_at = now()
+        WHERE e.workflow = TG_ARGV[0] AND e.row_key = new_data ->> TG_ARGV[1]
+          AND e.op = 'TIMER' AND e.status = 'pending';
+        INSERT INTO orchestrator.events
+            (workflow, row_key, column_name, op, old_value, new_value, old_row, new_row,
+             run_after)
+        SELECT TG_ARGV[0], new_data ->> TG_ARGV[1], TG_ARGV[2], 'TIMER',
+               d.state, d.to_state, new_data, new_data, now() + make_interval(secs => d.after_s)
+        FROM orchestrator.deadlines d
+        WHERE d.workflow = TG_ARGV[0] AND d.state = new_data ->> TG_ARGV[2];
+    END IF;
     IF current_setting('orchestrator.quiet', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('orchestrator', '');
     END IF;

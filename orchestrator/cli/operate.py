@@ -167,7 +167,8 @@ def graph(
 
 def _change(e: dict[str, Any]) -> str:
     old = e["old_value"] if e["old_value"] is not None else "∅"
-    return f"{e['column_name']}: {old} → {e['new_value']}"
+    deadline = "deadline " if e["op"] == "TIMER" else ""
+    return f"{deadline}{e['column_name']}: {old} → {e['new_value']}"
 
 
 def _time(value: str | None) -> str:

@@ -12,13 +12,15 @@ WITH picked AS (
     SELECT e.id
     FROM orchestrator.events e
     WHERE e.status = 'pending'
+      AND e.op <> 'TIMER'
       AND e.run_after <= now()
       AND e.workflow = ANY(%(workflows)s)
       AND e.suspect = %(suspect)s
       AND NOT EXISTS (
           SELECT 1 FROM orchestrator.events p
           WHERE p.workflow = e.workflow AND p.row_key = e.row_key AND p.id < e.id
-            AND p.status IN ('pending', 'running'))
+            AND p.status IN ('pending', 'running')
+            AND (p.op <> 'TIMER' OR p.status = 'running'))
     ORDER BY e.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -44,10 +46,36 @@ WHERE NOT e.suspect AND e.id IN (
     JOIN unnest(%(workflows)s::text[], %(keys)s::text[]) AS r (workflow, row_key)
       ON p.workflow = r.workflow AND p.row_key = r.row_key
     WHERE p.status IN ('pending', 'running')
+      AND (p.op <> 'TIMER' OR p.status = 'running')
     GROUP BY p.workflow, p.row_key
     HAVING bool_and(p.status = 'pending'))
   AND e.status = 'pending'
   AND e.run_after <= now()
+RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_value,
+          e.old_row, e.new_row, e.attempts, e.created_at;
+
+-- name: claim_timers
+-- Deadlines that came due, soonest first. Like any event, one waits while an earlier event of
+-- its row is still open (a handler moving the row right now), then runs as the row's only one.
+WITH picked AS (
+    SELECT e.id
+    FROM orchestrator.events e
+    WHERE e.status = 'pending' AND e.op = 'TIMER'
+      AND e.run_after <= now()
+      AND e.workflow = ANY(%(workflows)s)
+      AND NOT EXISTS (
+          SELECT 1 FROM orchestrator.events p
+          WHERE p.workflow = e.workflow AND p.row_key = e.row_key AND p.id < e.id
+            AND p.status IN ('pending', 'running') AND p.op <> 'TIMER')
+    ORDER BY e.run_after
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE orchestrator.events e
+SET status = 'running', attempts = e.attempts + 1, claimed_by = %(dispatcher)s,
+    lease_until = now() + make_interval(secs => %(lease_s)s), started_at = now()
+FROM picked
+WHERE e.id = picked.id
 RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_value,
           e.old_row, e.new_row, e.attempts, e.created_at;
 
@@ -169,6 +197,13 @@ SET table_name = EXCLUDED.table_name, key_column = EXCLUDED.key_column,
 -- name: delete_transitions
 DELETE FROM orchestrator.transitions WHERE workflow = %(name)s;
 
+-- name: delete_deadlines
+DELETE FROM orchestrator.deadlines WHERE workflow = %(name)s;
+
+-- name: insert_deadline
+INSERT INTO orchestrator.deadlines (workflow, state, after_s, to_state)
+VALUES (%(name)s, %(state)s, %(after_s)s, %(dest)s);
+
 -- name: insert_transition
 INSERT INTO orchestrator.transitions (workflow, from_state, to_state, trigger)
 VALUES (%(name)s, %(source)s, %(dest)s, %(trigger)s);
@@ -209,7 +244,7 @@ WHERE status IN ('pending', 'running', 'dead')
 GROUP BY workflow;
 
 -- name: list_events
-SELECT id, workflow, row_key, column_name, old_value, new_value, status, outcome, attempts,
+SELECT id, workflow, row_key, op, column_name, old_value, new_value, status, outcome, attempts,
        handler, next_state, last_error, created_at, started_at, finished_at, run_after
 FROM orchestrator.events
 WHERE (%(status)s::text IS NULL OR status = %(status)s)
@@ -219,7 +254,7 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: row_history
-SELECT id, workflow, row_key, column_name, old_value, new_value, status, outcome, attempts,
+SELECT id, workflow, row_key, op, column_name, old_value, new_value, status, outcome, attempts,
        handler, next_state, last_error, created_at, started_at, finished_at, run_after
 FROM orchestrator.events
 WHERE workflow = %(workflow)s AND row_key = %(row_key)s

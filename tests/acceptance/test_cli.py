@@ -130,8 +130,12 @@ def test_sigterm_finishes_or_releases_work_in_hand_and_exits_0(dsn: str, sql: An
     assert sql("SELECT count(*), count(DISTINCT job_id) FROM job_effects") == [(30, 30)]
 
 
-def test_db_commands_manage_an_embedded_server(tmp_path: Path) -> None:
-    env = {"ORCHESTRATOR_DATA_DIR": str(tmp_path)}
+def test_db_commands_manage_an_embedded_server() -> None:
+    with database.private_dir("cli") as data_dir:
+        run_test_db_commands_manage_an_embedded_server({"ORCHESTRATOR_DATA_DIR": str(data_dir)})
+
+
+def run_test_db_commands_manage_an_embedded_server(env: dict[str, str]) -> None:
     try:
         url = cli("db", "url", env=env)
         assert url.returncode == 0, url.stderr

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -82,9 +81,12 @@ def test_history_json_shows_every_attempt(demo_db: tuple[str, dict[str, Any]]) -
     (order,) = query(dsn, "SELECT min(id) FROM orders WHERE status = 'failed'")[0]
     report = cli_json("history", str(order), "--workflow", "food_order", "--dsn", dsn)
     assert report["state"] == "failed" and report["key"] == str(order)
-    changes = [(e["old_value"], e["new_value"]) for e in report["events"]]
-    assert changes == [(None, "placed"), ("placed", "validated"), ("validated", "failed")]
-    charge = report["events"][1]
+    changes = [(e["op"], e["old_value"], e["new_value"], e["outcome"]) for e in report["events"]]
+    assert changes == [("INSERT", None, "placed", "applied"),
+                       ("TIMER", "placed", "rejected", "cancelled"),  # the 15-minute deadline
+                       ("UPDATE", "placed", "validated", "dead"),
+                       ("UPDATE", "validated", "failed", "noop")]  # the `failed` handler ran
+    charge = report["events"][2]
     assert charge["status"] == "dead" and charge["handler"].endswith(".charge")
     assert [x["attempt"] for x in charge["errors"]] == [1, 2, 3, 4]
 
@@ -154,7 +156,7 @@ def test_retry_redrives_dead_events_and_restores_the_row(dsn: str, sql: Any,
     run_idle()
     assert sql("SELECT status FROM orders") == [("delivered",)]
     history = cli_json("history", str(order), "--workflow", "food_order", "--dsn", dsn)
-    charge = history["events"][1]
+    charge = history["events"][2]
     assert [x["attempt"] for x in charge["errors"]] == [1, 2, 3, 4, 0]
     assert charge["status"] == "done" and charge["outcome"] == "applied"
 
@@ -210,8 +212,12 @@ def test_several_dispatchers_never_charge_twice_nor_double_book_an_agent(
     assert sql("SELECT count(DISTINCT claimed_by) FROM orchestrator.events") >= [(2,)]
 
 
-def test_demo_from_a_fresh_embedded_server(tmp_path: Path) -> None:
-    env = {"ORCHESTRATOR_DATA_DIR": str(tmp_path)}
+def test_demo_from_a_fresh_embedded_server() -> None:
+    with database.private_dir("cli") as data_dir:
+        run_test_demo_from_a_fresh_embedded_server({"ORCHESTRATOR_DATA_DIR": str(data_dir)})
+
+
+def run_test_demo_from_a_fresh_embedded_server(env: dict[str, str]) -> None:
     try:
         done = cli("demo", "--orders", "30", "--json", env=env, timeout=300)
         assert done.returncode == 0, done.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -12,12 +11,13 @@ from tests.support import database
 
 
 @pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[tuple[EmbeddedServer, str]]:
+def own_server() -> Iterator[tuple[EmbeddedServer, str]]:
     """An embedded server for this test only, with a prepared database; (server, dsn)."""
-    server = EmbeddedServer(tmp_path / "pg")
-    dsn = server.start("orchestrator")
-    try:
-        database.prepare(dsn)
-        yield server, dsn
-    finally:
-        server.stop("immediate")
+    with database.private_dir("fault") as workdir:
+        server = EmbeddedServer(workdir / "pg")
+        dsn = server.start("orchestrator")
+        try:
+            database.prepare(dsn)
+            yield server, dsn
+        finally:
+            server.stop("immediate")

@@ -34,5 +34,5 @@ def test_upgrade_downgrade_upgrade(admin_dsn: str) -> None:
 def test_migrate_twice_is_a_no_op(dsn: str, settings: Any, registry: Any) -> None:
     from orchestrator.app import Orchestrator
     with Orchestrator(settings, registry) as orch:
-        assert orch.migrate() == ["food_order", "jobs"]
-        assert orch.migrate() == ["food_order", "jobs"]
+        assert orch.migrate() == ["food_order", "jobs", "tickets"]
+        assert orch.migrate() == ["food_order", "jobs", "tickets"]
