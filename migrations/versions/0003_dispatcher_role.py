@@ -37,8 +37,10 @@ GRANT USAGE ON SCHEMA orchestrator TO orchestrator_dispatcher;
 -- through the capture trigger, which runs with the writer's privileges.
 GRANT SELECT, INSERT, UPDATE ON orchestrator.events TO orchestrator_dispatcher;
 GRANT SELECT, INSERT ON orchestrator.event_errors TO orchestrator_dispatcher;
--- The guard trigger and the definition check read these.
-GRANT SELECT ON orchestrator.workflows, orchestrator.transitions TO orchestrator_dispatcher;
+-- The guard trigger and the definition check read these; the capture trigger reads the
+-- deadlines when a row enters a state.
+GRANT SELECT ON orchestrator.workflows, orchestrator.transitions, orchestrator.deadlines
+    TO orchestrator_dispatcher;
 
 -- The demo's handlers: write-backs update orders; the steps read the reference data, take and
 -- free agents, and record payments.

@@ -60,18 +60,27 @@ def test_the_role_cannot_migrate(dsn: str, registry: Registry) -> None:
 def test_a_role_writing_a_workflow_table_needs_the_event_log_too(dsn: str, sql: Any) -> None:
     name = database.unique_name("orch_writer")
     sql(f"CREATE ROLE {name} LOGIN")
-    sql(f"GRANT INSERT, SELECT ON jobs TO {name}")
+    sql(f"GRANT INSERT, SELECT, UPDATE ON jobs, orders TO {name}")
     writer = conninfo.make_conninfo(dsn, user=name)
     try:
         with psycopg.connect(writer) as conn, pytest.raises(
                 psycopg.errors.InsufficientPrivilege):
             conn.execute("INSERT INTO jobs DEFAULT VALUES")
         sql(f"GRANT USAGE ON SCHEMA orchestrator TO {name}")
-        sql(f"GRANT INSERT ON orchestrator.events TO {name}")
-        sql(f"GRANT SELECT ON orchestrator.workflows, orchestrator.transitions TO {name}")
+        sql(f"GRANT SELECT, INSERT, UPDATE ON orchestrator.events TO {name}")
+        sql(f"GRANT SELECT ON orchestrator.workflows, orchestrator.transitions,"
+            f" orchestrator.deadlines TO {name}")
         with psycopg.connect(writer) as conn:
             conn.execute("INSERT INTO jobs DEFAULT VALUES")
-        assert sql("SELECT count(*) FROM orchestrator.events WHERE workflow = 'jobs'") == [(1,)]
+            # An order has a deadline while placed: entering and leaving the state schedules
+            # and cancels it.
+            conn.execute("INSERT INTO orders (ref, customer_id, restaurant_id, total_cents)"
+                         " VALUES ('writer-1', 1, 1, 0)")
+            conn.execute("UPDATE orders SET status = 'cancelled' WHERE ref = 'writer-1'")
+        assert sql("SELECT workflow, op, count(*) FROM orchestrator.events"
+                   " GROUP BY 1, 2 ORDER BY 1, 2") == [
+            ("food_order", "INSERT", 1), ("food_order", "TIMER", 1),
+            ("food_order", "UPDATE", 1), ("jobs", "INSERT", 1)]
     finally:
         sql(f"DROP OWNED BY {name}")
         sql(f"DROP ROLE {name}")

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import conninfo, sql
 
-# What the test workflow `jobs` (tests.support.jobs) needs beyond the migration's grants.
-JOBS_GRANTS = """
-GRANT SELECT, UPDATE ON jobs TO orchestrator_dispatcher;
+# What the test workflows (tests.support.jobs and tickets) need beyond the migration's grants.
+TEST_GRANTS = """
+GRANT SELECT, UPDATE ON jobs, tickets TO orchestrator_dispatcher;
 GRANT INSERT ON job_effects TO orchestrator_dispatcher;
 """
 
@@ -25,7 +25,7 @@ def dispatcher_role(dsn: str, *, connection_limit: int = -1) -> Iterator[str]:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT {} IN ROLE "
                              "orchestrator_dispatcher").format(
             sql.Identifier(name), sql.Literal(connection_limit)))
-        conn.execute(JOBS_GRANTS)
+        conn.execute(TEST_GRANTS)
     try:
         yield conninfo.make_conninfo(dsn, user=name)
     finally:
