@@ -22,6 +22,7 @@ from orchestrator.errors import DatabaseUnavailable
 from tests.acceptance.test_cli import ROOT, cli
 from tests.conftest import FAST
 from tests.support import servers
+from tests.support.database import private_dir
 
 TERMINAL = ("delivered", "rejected", "cancelled", "failed")
 
@@ -45,10 +46,13 @@ def all_terminal(count: int) -> str:
 
 
 def test_a_password_rotated_while_dispatchers_run_loses_no_work(
-        scram_server: servers.PostgresServer, tmp_path: Path) -> None:
-    server = scram_server
+        scram_server: servers.PostgresServer) -> None:
+    with private_dir("secret") as workdir:
+        rotate_while_dispatching(scram_server, workdir / "password")
+
+
+def rotate_while_dispatching(server: servers.PostgresServer, secret: Path) -> None:
     server.sql("ALTER ROLE rotating PASSWORD 'pw-one-SECRET'")
-    secret = tmp_path / "password"
     secret.write_text("pw-one-SECRET\n")
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
     environ |= {f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in FAST.items()}

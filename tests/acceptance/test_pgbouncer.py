@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,13 +13,15 @@ from orchestrator.config import Settings
 from orchestrator.db import Transaction
 from tests.acceptance.test_cli import cli
 from tests.support import servers
+from tests.support.database import private_dir
 
 TERMINAL = {"delivered", "rejected", "cancelled", "failed"}
 
 
 def test_the_demo_completes_through_pgbouncer_with_listen_on_a_direct_connection(
-        dsn: str, sql: Any, tmp_path: Path) -> None:
-    with servers.pgbouncer(dsn, tmp_path / "pgbouncer", pool_size=3) as pooled:
+        dsn: str, sql: Any) -> None:
+    with private_dir("pgbouncer") as workdir, \
+            servers.pgbouncer(dsn, workdir, pool_size=3) as pooled:
         seeded = cli("seed", "--orders", "40", "--dsn", pooled)
         assert seeded.returncode == 0, seeded.stderr
         done = cli("run", "--until-idle", "--dsn", pooled, "--listen-dsn", dsn,
@@ -54,10 +55,10 @@ def pgbouncer_transactions(pooled_dsn: str) -> int:
 
 
 def test_a_handlers_server_session_is_found_through_pgbouncer(
-        dsn: str, sql: Any, tmp_path: Path) -> None:
+        dsn: str, sql: Any) -> None:
     """A timed-out handler's session is terminated by its server pid, which a transaction
     pooler does not tell at connect time: the pooled transaction asks the server."""
-    with servers.pgbouncer(dsn, tmp_path / "pgbouncer") as pooled:
+    with private_dir("pgbouncer") as workdir, servers.pgbouncer(dsn, workdir) as pooled:
         settings = Settings.load(env={}, dsn=pooled, transaction_pooling=True, listen=False)
         with Orchestrator(settings) as orch:
             tx = Transaction(orch.pool, pooled=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -17,13 +18,19 @@ from psycopg import conninfo
 from orchestrator import db
 from tests.acceptance.test_cli import assert_one_line_error, cli
 from tests.support import servers
+from tests.support.database import private_dir
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def tls() -> Iterator[dict[str, str]]:
     """DSNs for the server: ``good`` (verify-full against its CA) and variations."""
     bin_dir = servers.debian_postgres_bin()
-    workdir = tmp_path_factory.mktemp("tls")
+    with private_dir("tls") as workdir:
+        yield from tls_server(bin_dir, workdir)
+
+
+def tls_server(bin_dir: Path, workdir: Path) -> Iterator[dict[str, str]]:
+    """A server with ssl=on and a certificate of its own CA, all in ``workdir``."""
     ca, other_ca = trustme.CA(), trustme.CA()
     cert = ca.issue_cert("localhost")
     ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
