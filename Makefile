@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PG15_DSN ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test test-pg lint install clean
+.PHONY: demo test test-pg lint install clean faults
 
 $(BIN)/orchestrator: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,7 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Fault injection under load (issue figures in the README's reliability section).
+faults: install
+	$(BIN)/python -m bench.faults

@@ -14,7 +14,7 @@ import hashlib
 import os
 from typing import Any
 
-from orchestrator import Context, Deadline, Event, Next, Remote, Retry, Workflow
+from orchestrator import Context, Deadline, Event, Next, Remote, Workflow
 
 STATES = ["placed", "validated", "paid", "approved", "agent_assigned", "picked_up",
           "delivered", "rejected", "cancelled", "failed"]
@@ -39,8 +39,12 @@ food_order = Workflow(
         {"trigger": "reject", "source": ["placed", "validated", "paid"], "dest": "rejected"},
         {"trigger": "cancel", "source": ACTIVE, "dest": "cancelled"},
     ],
-    # An order nobody could validate within 15 minutes is rejected.
-    deadlines=[Deadline("placed", after_s=15 * 60, to="rejected")],
+    deadlines=[
+        # An order nobody could validate within 15 minutes is rejected.
+        Deadline("placed", after_s=15 * 60, to="rejected"),
+        # An approved order no agent took within 30 minutes is cancelled (and refunded).
+        Deadline("approved", after_s=30 * 60, to="cancelled"),
+    ],
 )
 
 
@@ -112,9 +116,10 @@ def approve(event: Event, ctx: Context) -> Next:
     return Next("rejected", {"reason": "restaurant declined"})
 
 
-@food_order.on("paid", "approved", max_attempts=200)
-def assign_agent(event: Event, ctx: Context) -> Next:
-    """Give the order to a free agent; while none is free, try again shortly."""
+@food_order.on("paid", "approved")
+def assign_agent(event: Event, ctx: Context) -> Next | None:
+    """Give the order to a free agent. With none free the order waits in `approved`: the next
+    agent to finish a delivery takes the longest-waiting order (see ``free_agent``)."""
     agent = ctx.db.execute(
         # SKIP LOCKED: two orders being assigned at once take different agents.
         "UPDATE agents SET active_order = %(order)s WHERE id = ("
@@ -122,7 +127,7 @@ def assign_agent(event: Event, ctx: Context) -> Next:
         " LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id",
         {"order": int(event.key)}).fetchone()
     if agent is None:
-        raise Retry(delay_s=0.2, reason="no agent free")
+        return None
     return Next("agent_assigned", {"agent_id": agent[0]})
 
 
@@ -164,5 +169,19 @@ def refund(ctx: Context, order_id: int) -> None:
 
 
 def free_agent(ctx: Context, order_id: int, *, delivered: bool = False) -> None:
-    ctx.db.execute("UPDATE agents SET active_order = NULL, deliveries = deliveries + %s"
-                   " WHERE active_order = %s", (int(delivered), order_id))
+    """Release the order's agent, who takes the longest-waiting approved order if there is
+    one. Moving that order here, in this transaction, records its next event as usual."""
+    agent = ctx.db.execute(
+        "UPDATE agents SET active_order = NULL, deliveries = deliveries + %s"
+        " WHERE active_order = %s RETURNING id", (int(delivered), order_id)).fetchone()
+    if agent is None:
+        return
+    waiting = ctx.db.execute(
+        # SKIP LOCKED: two agents freed at once take different orders.
+        "SELECT id FROM orders WHERE status = 'approved' AND agent_id IS NULL"
+        " ORDER BY approved_at, id LIMIT 1 FOR UPDATE SKIP LOCKED").fetchone()
+    if waiting is None:
+        return
+    ctx.db.execute("UPDATE agents SET active_order = %s WHERE id = %s", (waiting[0], agent[0]))
+    ctx.db.execute("UPDATE orders SET status = 'agent_assigned', agent_id = %s WHERE id = %s",
+                   (agent[0], waiting[0]))

@@ -25,6 +25,6 @@ def retry_delay_s(
     return cap / 2 + draw * cap / 2
 
 
-def reconnect_delay_s(failures: int, *, max_s: float = 5.0) -> float:
+def reconnect_delay_s(failures: int, *, max_s: float = 2.0) -> float:
     """Seconds to wait before reconnect number ``failures`` (1-based): 0.1, 0.2, 0.4 ... max_s."""
     return float(min(max_s, 0.1 * 2 ** min(max(failures - 1, 0), 30)))

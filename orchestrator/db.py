@@ -121,6 +121,10 @@ def describe(dsn: str) -> str:
 # How long taking a pooled connection may wait: while the database is down the dispatcher then
 # backs off and retries instead of hanging.
 POOL_TIMEOUT_S = 10.0
+# The dispatcher loop waits less: it has timeouts and heartbeats to keep, and after a database
+# restart it should retry soon rather than sit in a long wait.
+LOOP_POOL_TIMEOUT_S = 2.0
+RECONNECT_GIVE_UP_S = 3.0
 
 
 def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
@@ -136,6 +140,9 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
     return ConnectionPool(
         kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
         check=ConnectionPool.check_connection, timeout=POOL_TIMEOUT_S,
+        # The pool retries a failed connection with a doubling delay; given up early, the
+        # next request starts afresh, so it reconnects within our own backoff, not 30 s later.
+        reconnect_timeout=RECONNECT_GIVE_UP_S,
     )
 
 
@@ -153,13 +160,15 @@ def open_pool(pool: ConnectionPool, dsn: str, *, timeout_s: float = 15.0,
 
 
 @contextmanager
-def borrowed(pool: ConnectionPool) -> Iterator[psycopg.Connection[Any]]:
-    """A pooled connection; raises DatabaseUnavailable when none can be had in time."""
+def borrowed(pool: ConnectionPool, timeout_s: float = LOOP_POOL_TIMEOUT_S
+             ) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled connection; raises DatabaseUnavailable when none comes within ``timeout_s``."""
     try:
-        with pool.connection() as conn:
+        with pool.connection(timeout=timeout_s) as conn:
             yield conn
-    except PoolTimeout as exc:
-        raise DatabaseUnavailable(f"no database connection available: {exc}") from None
+    except PoolTimeout:
+        raise DatabaseUnavailable(
+            f"no database connection available within {timeout_s:g}s") from None
 
 
 class Transaction:

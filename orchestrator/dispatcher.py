@@ -98,6 +98,7 @@ class Dispatcher:
         self._wake_queued = False
         self._want_claim = True
         self._solo: int | None = None  # a suspect event running alone; no claims meanwhile
+        self._draining = False  # letting the work in hand finish, to run a suspect alone
         self._db_failures = 0
         self._db_retry_at = 0.0
         self._poll = Chore(settings.poll_interval_s, self._request_claim)
@@ -107,6 +108,7 @@ class Dispatcher:
             Chore(min(settings.lease_s / 2, 5.0), self.store.requeue_expired),
             Chore(DEFINITION_CHECK_S, self._verify_definitions),
             Chore(settings.poll_interval_s, self._claim_timers),
+            Chore(settings.poll_interval_s, self._look_for_suspects),
         ]
 
     # -- control, from any thread ------------------------------------------------------------
@@ -161,7 +163,8 @@ class Dispatcher:
         if now < self._db_retry_at:
             return self._db_retry_at - now
         if self._unwritten or (self._want_claim and self._free_slots() > 0
-                               and self._solo is None):
+                               and self._solo is None
+                               and not (self._draining and self._in_flight)):
             return 0.0
         deadlines = [c.next_at for c in self._chores]
         deadlines += [job.deadline for job in self._in_flight.values()]
@@ -205,12 +208,21 @@ class Dispatcher:
         limit = min(self.settings.batch_size, self._free_slots())
         if limit <= 0 or self._solo is not None:
             return
+        if self._draining:
+            if not self._in_flight:
+                self._start(self._claim_suspect())
+            return
         events = self.store.claim(limit)
         self._want_claim = len(events) == limit
-        if not events and not self._in_flight:
-            events = self._claim_suspect()
         self.stats.claimed += len(events)
         self._start(events)
+
+    def _look_for_suspects(self) -> None:
+        """At most once a poll interval: if events wait to be run alone, stop taking new work
+        until the work in hand is done, then run one of them."""
+        if self._solo is None and not self._draining and self.store.has_suspects():
+            self._draining = True
+            self._want_claim = True
 
     def _claim_timers(self) -> None:
         limit = min(self.settings.batch_size, self._free_slots())
@@ -222,10 +234,12 @@ class Dispatcher:
     def _claim_suspect(self) -> list[Event]:
         """With nothing else in hand, one event whose dispatcher died, to run alone: if its
         handler kills the process again, no other event's attempt goes with it."""
+        self._draining = False
+        self._want_claim = True
         events = self.store.claim(1, suspect=True)
+        self.stats.claimed += len(events)
         if events:
             self._solo = events[0].id
-            self._want_claim = True
             log.info("event %s: its dispatcher died while running it; running it alone",
                      events[0].id)
         return events
@@ -262,7 +276,10 @@ class Dispatcher:
             self._unwritten.append(
                 self._runner.failure(result.event, spec, f"write-back failed: {error}"))
         self.stats.handed_off += len(report.handoffs)
-        self._start(report.handoffs)
+        if self._draining and report.handoffs:  # make room for a suspect: others take these
+            self.store.release([e.id for e in report.handoffs])
+        else:
+            self._start(report.handoffs)
 
     def _count(self, results: Sequence[Result], report: FinishReport) -> None:
         rejected = {r.event.id for r, _ in report.rejected}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import psycopg
@@ -27,6 +27,11 @@ from orchestrator.workflow import Workflow
 log = logging.getLogger(__name__)
 
 ResultKind = Literal["done", "retry", "dead"]
+CLAIM_KINDS = {  # the claim query's variants: which pending events, in which order
+    "plain": ("e.op <> 'TIMER' AND NOT e.suspect", "e.id"),
+    "suspect": ("e.op <> 'TIMER' AND e.suspect", "e.id"),
+    "timer": ("e.op = 'TIMER'", "e.run_after"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +109,16 @@ class Store:
         self._workflows: dict[str, Workflow] = {}
         self._columns: dict[str, frozenset[str]] = {}
         self._write_back: dict[tuple[str, tuple[str, ...]], sql.Composed] = {}
+        self._claim = {kind: sql.SQL(QUERIES["claim"]).format(kind=sql.SQL(where),
+                                                              order=sql.SQL(order))
+                       for kind, (where, order) in CLAIM_KINDS.items()}
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Any]]:
         with borrowed(self.pool) as conn, translated(conn):
             yield conn
 
-    def _events(self, query: str, params: Mapping[str, Any]) -> list[Event]:
+    def _events(self, query: str | sql.Composed, params: Mapping[str, Any]) -> list[Event]:
         with self._conn() as conn:
             rows = conn.execute(query, params).fetchall()
         return [event_from_row(row) for row in rows]
@@ -118,8 +126,8 @@ class Store:
     # -- dispatching -------------------------------------------------------------------------
 
     def claim_timers(self, limit: int) -> list[Event]:
-        """Claim up to ``limit`` deadline timers that came due."""
-        return self._events(QUERIES["claim_timers"], {
+        """Claim up to ``limit`` deadline timers that came due, soonest first."""
+        return self._events(self._claim["timer"], {
             "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s,
             "workflows": list(self._workflows)})
 
@@ -127,9 +135,16 @@ class Store:
         """Claim up to ``limit`` runnable events of the workflows given to use_workflows (oldest
         first, per-row order kept). A dispatcher never takes another workflow's events.
         ``suspect``: claim among the events whose dispatcher died instead."""
-        return self._events(QUERIES["claim"], {
+        return self._events(self._claim["suspect" if suspect else "plain"], {
             "limit": limit, "dispatcher": self.dispatcher, "lease_s": self.lease_s,
-            "workflows": list(self._workflows), "suspect": suspect})
+            "workflows": list(self._workflows)})
+
+    def has_suspects(self) -> bool:
+        """Whether any due event of these workflows waits to be run alone."""
+        with self._conn() as conn:
+            row = conn.execute(QUERIES["has_suspects"],
+                               {"workflows": list(self._workflows)}).fetchone()
+        return bool(row and row[0])
 
     def finish(
         self, results: Sequence[Result], *, conn: psycopg.Connection[Any] | None = None,
@@ -137,22 +152,32 @@ class Store:
     ) -> FinishReport:
         """Write ``results`` in one transaction and claim the next event of each finished row.
 
-        With ``conn`` (a handler's own open transaction) the writes join that transaction.
+        With ``conn`` (a handler's own open transaction) the writes join that transaction, which
+        commits only if the outcome applies: when the row moved on (stale), the handler's own
+        writes roll back with it and the event is finished as stale on its own.
         ``quiet``: the new events need no NOTIFY (they are handed over, or this dispatcher claims
         them next). When one result cannot be written (say a constraint refuses the handler's
         values), each is tried on its own and the failures come back in ``rejected``.
         Raises DatabaseUnavailable when the connection is lost.
         """
-        if conn is not None:
-            return self._finish_or_split(conn, results, quiet)
-        with borrowed(self.pool) as own:
-            return self._finish_or_split(own, results, quiet)
+        if conn is None:
+            with borrowed(self.pool) as own:
+                return self._finish_or_split(own, results, quiet)
+        report = self._finish_or_split(conn, results, quiet, commit=False)
+        if not any(report.outcomes.get(r.event.id) == "stale" for r in results):
+            with translated(conn):
+                conn.commit()
+            return report
+        _rollback(conn)
+        return self.finish([replace(r, next=None, outcome="stale") for r in results],
+                           quiet=quiet)
 
     def _finish_or_split(
-        self, conn: psycopg.Connection[Any], results: Sequence[Result], quiet: bool
+        self, conn: psycopg.Connection[Any], results: Sequence[Result], quiet: bool,
+        commit: bool = True,
     ) -> FinishReport:
         try:
-            return self._finish(conn, results, quiet)
+            return self._finish(conn, results, quiet, commit)
         except psycopg.Error as exc:
             _rollback(conn)
             if is_connection_error(exc, conn):
@@ -161,11 +186,12 @@ class Store:
                 return FinishReport(rejected=[(results[0], _first_line(exc))])
         report = FinishReport()
         for result in results:
-            report.merge(self._finish_or_split(conn, [result], quiet))
+            report.merge(self._finish_or_split(conn, [result], quiet, commit))
         return report
 
     def _finish(
-        self, conn: psycopg.Connection[Any], results: Sequence[Result], quiet: bool
+        self, conn: psycopg.Connection[Any], results: Sequence[Result], quiet: bool,
+        commit: bool,
     ) -> FinishReport:
         # Pipeline mode: every statement, the hand-over claim and the commit go out in one
         # round trip; statements still run in order inside one transaction.
@@ -182,7 +208,8 @@ class Store:
                 "dispatcher": self.dispatcher, "lease_s": self.lease_s,
                 "workflows": [e.workflow for e in finished], "keys": [e.key for e in finished],
             })
-            conn.commit()
+            if commit:
+                conn.commit()
         outcomes = {r.event.id: row[0] for r, cur in zip(results, cursors, strict=True)
                     if (row := cur.fetchone()) is not None}
         return FinishReport(outcomes, [event_from_row(row) for row in handoff.fetchall()])
@@ -245,9 +272,11 @@ class Store:
         return len(rows)
 
     def has_open_events(self) -> bool:
-        """Whether any event is pending (due or not) or running, by any dispatcher."""
+        """Whether any event of these workflows is pending (due or not) or running, by any
+        dispatcher."""
         with self._conn() as conn:
-            row = conn.execute(QUERIES["has_open_events"]).fetchone()
+            row = conn.execute(QUERIES["has_open_events"],
+                               {"workflows": list(self._workflows)}).fetchone()
         return bool(row and row[0])
 
     def terminate_backend(self, pid: int) -> None:

@@ -57,6 +57,7 @@ CREATE INDEX events_row ON orchestrator.events (workflow, row_key, id);
 -- Finding expired leases.
 CREATE INDEX events_leased ON orchestrator.events (lease_until) WHERE status = 'running';
 CREATE INDEX events_dead ON orchestrator.events (id) WHERE status = 'dead';
+CREATE INDEX events_suspect ON orchestrator.events (id) WHERE status = 'pending' AND suspect;
 
 -- One row per failed attempt (and per operator redrive), for an event's history.
 CREATE TABLE orchestrator.event_errors (

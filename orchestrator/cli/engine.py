@@ -81,7 +81,8 @@ def run(
     retry_max_s: Annotated[float | None, setting_option("retry_max_s")] = None,
     shutdown_grace_s: Annotated[float | None, setting_option("shutdown_grace_s")] = None,
     until_idle: Annotated[bool, typer.Option(
-        help="Exit once no event is pending or running (for scripts and tests).")] = False,
+        help="Exit once no event of the served workflows is pending or running (for scripts "
+             "and tests).")] = False,
 ) -> None:
     """Dispatch events to handlers until stopped (Ctrl-C or SIGTERM stop gracefully)."""
     settings = settings_from(**{k: v for k, v in locals().items() if k != "until_idle"})

@@ -5,23 +5,25 @@
 -- name: claim
 -- The oldest runnable events of the workflows this dispatcher serves, at most one per row, and
 -- only where no earlier event of the same row is still open: a row's events run one at a time
--- and in order. Suspect events (their dispatcher died) are claimed apart, one at a time. FOR UPDATE SKIP LOCKED lets
--- concurrent dispatchers pass over events another one is claiming instead of waiting on them;
--- each claimed event comes back with status, fencing token (attempts, claimed_by) and lease.
+-- and in order (a deadline timer that is not yet running holds nothing up). FOR UPDATE SKIP
+-- LOCKED lets concurrent dispatchers pass over events another one is claiming instead of
+-- waiting on them; each claimed event comes back with status, fencing token (attempts,
+-- claimed_by) and lease. {kind} picks plain events, suspect ones (their dispatcher died: they
+-- are claimed apart, one at a time) or due deadline timers, and {order} their order; the store
+-- composes the three variants once, so that each plans against its own partial index.
 WITH picked AS (
     SELECT e.id
     FROM orchestrator.events e
     WHERE e.status = 'pending'
-      AND e.op <> 'TIMER'
+      AND {kind}
       AND e.run_after <= now()
       AND e.workflow = ANY(%(workflows)s)
-      AND e.suspect = %(suspect)s
       AND NOT EXISTS (
           SELECT 1 FROM orchestrator.events p
           WHERE p.workflow = e.workflow AND p.row_key = e.row_key AND p.id < e.id
             AND p.status IN ('pending', 'running')
             AND (p.op <> 'TIMER' OR p.status = 'running'))
-    ORDER BY e.id
+    ORDER BY {order}
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -54,30 +56,11 @@ WHERE NOT e.suspect AND e.id IN (
 RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_value,
           e.old_row, e.new_row, e.attempts, e.created_at;
 
--- name: claim_timers
--- Deadlines that came due, soonest first. Like any event, one waits while an earlier event of
--- its row is still open (a handler moving the row right now), then runs as the row's only one.
-WITH picked AS (
-    SELECT e.id
-    FROM orchestrator.events e
-    WHERE e.status = 'pending' AND e.op = 'TIMER'
-      AND e.run_after <= now()
-      AND e.workflow = ANY(%(workflows)s)
-      AND NOT EXISTS (
-          SELECT 1 FROM orchestrator.events p
-          WHERE p.workflow = e.workflow AND p.row_key = e.row_key AND p.id < e.id
-            AND p.status IN ('pending', 'running') AND p.op <> 'TIMER')
-    ORDER BY e.run_after
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE orchestrator.events e
-SET status = 'running', attempts = e.attempts + 1, claimed_by = %(dispatcher)s,
-    lease_until = now() + make_interval(secs => %(lease_s)s), started_at = now()
-FROM picked
-WHERE e.id = picked.id
-RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_value,
-          e.old_row, e.new_row, e.attempts, e.created_at;
+-- name: has_suspects
+SELECT EXISTS (
+    SELECT 1 FROM orchestrator.events
+    WHERE status = 'pending' AND suspect AND run_after <= now()
+      AND workflow = ANY(%(workflows)s));
 
 -- name: write_back
 -- Finishes one event and writes the handler's outcome to its row in one statement. The row is
@@ -176,8 +159,10 @@ WHERE claimed_by = %(dispatcher)s AND status = 'running'
 RETURNING id;
 
 -- name: has_open_events
-SELECT EXISTS (SELECT 1 FROM orchestrator.events WHERE status = 'pending')
-    OR EXISTS (SELECT 1 FROM orchestrator.events WHERE status = 'running');
+SELECT EXISTS (SELECT 1 FROM orchestrator.events
+               WHERE status = 'pending' AND workflow = ANY(%(workflows)s))
+    OR EXISTS (SELECT 1 FROM orchestrator.events
+               WHERE status = 'running' AND workflow = ANY(%(workflows)s));
 
 -- name: schema_present
 SELECT to_regclass('orchestrator.events') IS NOT NULL;

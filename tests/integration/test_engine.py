@@ -326,3 +326,34 @@ def test_a_running_dispatcher_stops_when_another_definition_is_installed(
     assert not thread.is_alive()
     assert len(failure) == 1 and isinstance(failure[0], DefinitionError)
     assert "not installed: note" in str(failure[0])
+
+
+def test_a_dispatcher_takes_only_the_workflows_it_serves(
+        settings: Settings, sql: Any) -> None:
+    order = place_order(sql, "W-1")
+    job = insert_job(sql)
+    with Orchestrator(settings, Registry([jobs])) as orch:
+        orch.dispatcher(until_idle=True).run()  # idle: nothing of *its* workflows is open
+    assert status(sql, job) == "finished"
+    assert sql("SELECT status FROM orders WHERE id = %s", (order,)) == [("placed",)]
+    assert sql("SELECT status FROM orchestrator.events WHERE workflow = 'food_order'"
+               " AND op = 'INSERT'") == [("pending",)]
+
+
+def test_a_stale_outcome_rolls_back_the_handlers_own_writes(
+        settings: Settings, registry: Registry, sql: Any) -> None:
+    job = insert_job(sql, sleep_s=0.5)
+    with Orchestrator(settings, registry) as orch:
+        dispatcher = orch.dispatcher(until_idle=True)
+        thread = threading.Thread(target=dispatcher.run)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while sql("SELECT status FROM orchestrator.events WHERE op = 'INSERT'"
+                  " AND workflow = 'jobs'")[0][0] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # While the handler sleeps, the row moves on; its write and its outcome must not land.
+        sql("UPDATE jobs SET status = 'working' WHERE id = %s", (job,))
+        thread.join(timeout=60)
+    assert events(sql, job)[0][3:5] == ("done", "stale")
+    assert sql("SELECT count(*) FROM job_effects") == [(0,)]

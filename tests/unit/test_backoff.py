@@ -31,4 +31,4 @@ def test_retry_delay_rejects_attempt_zero() -> None:
 
 def test_reconnect_delay_grows_and_caps() -> None:
     assert [reconnect_delay_s(n) for n in (1, 2, 3)] == [0.1, 0.2, 0.4]
-    assert reconnect_delay_s(50) == 5.0
+    assert reconnect_delay_s(50) == 2.0
