@@ -120,6 +120,12 @@ def approve(event: Event, ctx: Context) -> Next:
 def assign_agent(event: Event, ctx: Context) -> Next | None:
     """Give the order to a free agent. With none free the order waits in `approved`: the next
     agent to finish a delivery takes the longest-waiting order (see ``free_agent``)."""
+    # Lock the order first: an agent freed right now skips it (SKIP LOCKED) rather than take it
+    # while we do, and if one already took it there is nothing left to do.
+    order = ctx.db.execute("SELECT status, agent_id FROM orders WHERE id = %s FOR UPDATE",
+                           (int(event.key),)).fetchone()
+    if order != ("approved", None):
+        return None
     agent = ctx.db.execute(
         # SKIP LOCKED: two orders being assigned at once take different agents.
         "UPDATE agents SET active_order = %(order)s WHERE id = ("
