@@ -11,9 +11,10 @@ the attempt, so the same seed gives the same final states.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
-from orchestrator import Context, Deadline, Event, Next, Workflow
+from orchestrator import Context, Deadline, Event, Next, Remote, Workflow
 
 STATES = ["placed", "validated", "paid", "approved", "agent_assigned", "picked_up",
           "delivered", "rejected", "cancelled", "failed"]
@@ -136,9 +137,16 @@ def assign_agent(event: Event, ctx: Context) -> Next | None:
     return Next("agent_assigned", {"agent_id": agent[0]})
 
 
-@food_order.on("approved", "agent_assigned")
 def pick_up(event: Event) -> str:
+    """The agent collects the order."""
     return "picked_up"
+
+
+# The pick-up step as a serverless function (examples/remote_handler) when its address is set;
+# the function and the dispatcher share ORCHESTRATOR_REMOTE_SECRETS.
+PICK_UP_URL = os.environ.get("FOOD_ORDER_PICK_UP_URL")
+food_order.on("approved", "agent_assigned")(Remote("pick_up", PICK_UP_URL) if PICK_UP_URL
+                                            else pick_up)
 
 
 @food_order.on("agent_assigned", "picked_up")

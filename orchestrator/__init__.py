@@ -10,6 +10,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import OrchestratorError
 from orchestrator.events import Event, Next, Retry
 from orchestrator.registry import Registry, load_registry
+from orchestrator.remote import Remote
 from orchestrator.runner import Context
 from orchestrator.workflow import Deadline, Workflow
 
@@ -21,6 +22,7 @@ __all__ = [
     "Orchestrator",
     "OrchestratorError",
     "Registry",
+    "Remote",
     "Retry",
     "Settings",
     "Workflow",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from orchestrator import db, schema
+from orchestrator import credentials, db, schema
 from orchestrator.config import Settings
 from orchestrator.dispatcher import Dispatcher, dispatcher_name
 from orchestrator.embedded import EmbeddedServer
@@ -26,18 +26,26 @@ def resolve_dsn(settings: Settings) -> str:
 
 class Orchestrator:
     """Opens a pool on enter and closes it on exit. Raises DatabaseUnavailable on enter when the
-    database cannot be reached."""
+    database cannot be reached.
 
-    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+    Connections: at most ``pool_size`` pooled work connections, plus one for LISTEN while a
+    dispatcher runs. ``password`` (default: the settings' password_command or
+    password_provider) is asked for the password of every new connection.
+    """
+
+    def __init__(self, settings: Settings, registry: Registry | None = None, *,
+                 password: credentials.PasswordProvider | None = None) -> None:
         self.settings = settings
         self.registry = registry or Registry([])
         self.dsn = resolve_dsn(settings)
-        self.pool = db.make_pool(self.dsn, max_size=settings.pool_size)
+        self.password = password or credentials.from_settings(settings)
+        self.pool = db.make_pool(self.dsn, max_size=settings.pool_size, password=self.password,
+                                 prepare=not settings.transaction_pooling)
         self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s,
                            lock_timeout_s=settings.lock_timeout_s)
 
     def __enter__(self) -> Orchestrator:
-        db.open_pool(self.pool, self.dsn)
+        db.open_pool(self.pool, self.dsn, password=self.password)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -46,10 +54,12 @@ class Orchestrator:
 
     def migrate(self) -> list[str]:
         """Upgrade the schema to the newest revision and install every workflow; their names."""
-        schema.upgrade(self.dsn)
+        schema.upgrade(self.dsn, password=self.password)
         return schema.install_workflows(self.store, self.registry)
 
     def dispatcher(self, *, until_idle: bool = False) -> Dispatcher:
-        listen = self.settings.listen_dsn or self.dsn
+        """A dispatcher on this pool; it LISTENs on ``listen_dsn`` (else ``dsn``) unless listen
+        is off, in which case it only polls."""
+        listen = (self.settings.listen_dsn or self.dsn) if self.settings.listen else None
         return Dispatcher(self.registry, self.store, self.settings, listen_dsn=listen,
-                          until_idle=until_idle)
+                          until_idle=until_idle, password=self.password)

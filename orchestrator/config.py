@@ -31,6 +31,26 @@ class Settings:
     listen_dsn: str | None = field(
         default=None, metadata={"help": "Connection string for LISTEN (default: dsn)."}
     )
+    listen: bool = field(
+        default=True,
+        metadata={"help": "Wake up on NOTIFY over one dedicated connection; off: poll only "
+                          "(every poll_interval_s), where LISTEN is impossible."},
+    )
+    transaction_pooling: bool = field(
+        default=False,
+        metadata={"help": "dsn goes through a pooler in transaction mode (PgBouncer): no "
+                          "server-side prepared statements; LISTEN then needs listen_dsn."},
+    )
+    password_command: str | None = field(
+        default=None,
+        metadata={"help": "Shell command that prints the database password (a cloud IAM "
+                          "token), run for every new connection."},
+    )
+    password_provider: str | None = field(
+        default=None,
+        metadata={"help": "module:function called for every new connection with its "
+                          "parameters; returns the password (a cloud IAM token)."},
+    )
     handlers: str = field(
         default="handlers", metadata={"help": "Python package or module holding the workflows."}
     )
@@ -91,6 +111,11 @@ class Settings:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.retry_max_s < self.retry_base_s:
             raise ConfigError("retry_max_s must be at least retry_base_s")
+        if self.transaction_pooling and self.listen and not self.listen_dsn:
+            raise ConfigError("LISTEN cannot work through a transaction pooler: give listen_dsn "
+                              "(a direct connection) or turn listen off to poll only")
+        if self.password_command and self.password_provider:
+            raise ConfigError("give password_command or password_provider, not both")
 
     @classmethod
     def load(
@@ -118,6 +143,8 @@ class Settings:
 
 def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     kind = str(f.type)
+    if kind == "bool":
+        return _parse_bool(f.name, raw)
     try:
         if kind == "int":
             return int(raw)
@@ -128,6 +155,15 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     except ValueError:
         raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from None
     return raw
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid bool (true or false)")
 
 
 def help_for(name: str) -> str:

@@ -6,6 +6,7 @@ subclasses whose messages never contain a password.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -14,14 +15,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from orchestrator.backoff import reconnect_delay_s
-from orchestrator.errors import ConfigError, DatabaseUnavailable
+from orchestrator.errors import ConfigError, CredentialsError, DatabaseUnavailable
+from orchestrator.sql import QUERIES
+
+if TYPE_CHECKING:
+    from orchestrator.credentials import PasswordProvider
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +49,12 @@ def redact(text: str) -> str:
     return _PASSWORD_PARAM.sub(r"\1***", text)
 
 
-def connect_kwargs(dsn: str, **extra: Any) -> dict[str, Any]:
-    """Connection parameters for ``dsn``: the DSN's own, our defaults where it has none.
+def connect_kwargs(dsn: str, *, password: PasswordProvider | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """Connection parameters for ``dsn``: the DSN's own, our defaults where it has none, and
+    the password ``password`` gives now (asked on every call, so per new connection).
 
-    Raises ConfigError for a DSN that does not parse.
+    Raises ConfigError for a DSN that does not parse, CredentialsError when the provider fails.
     """
     try:
         params: dict[str, Any] = conninfo.conninfo_to_dict(dsn)
@@ -57,14 +65,32 @@ def connect_kwargs(dsn: str, **extra: Any) -> dict[str, Any]:
     if not str(params.get("host", "")).startswith("/"):
         for key, value in KEEPALIVES.items():
             params.setdefault(key, value)
+    if password is not None:
+        params["password"] = _ask(password, params)
     params.update(extra)
     return params
 
 
-def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+def _ask(password: PasswordProvider, params: dict[str, Any]) -> str:
+    """The provider's password for a connection with ``params`` (shown without a password).
+    Raises CredentialsError whatever went wrong in it."""
+    try:
+        answer = password(MappingProxyType({k: v for k, v in params.items() if k != "password"}))
+    except CredentialsError:
+        raise
+    except Exception as exc:
+        raise CredentialsError(
+            f"password provider failed: {type(exc).__name__}: {redact(str(exc))}") from exc
+    if not isinstance(answer, str) or not answer:
+        raise CredentialsError("password provider returned no password")
+    return answer
+
+
+def connect(dsn: str, *, autocommit: bool = False,
+            password: PasswordProvider | None = None) -> psycopg.Connection[Any]:
     """One connection. Raises DatabaseUnavailable (password redacted) when it cannot connect."""
     try:
-        return psycopg.connect(**connect_kwargs(dsn), autocommit=autocommit)
+        return psycopg.connect(**connect_kwargs(dsn, password=password), autocommit=autocommit)
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(_unavailable(dsn, exc)) from None
 
@@ -101,10 +127,18 @@ LOOP_POOL_TIMEOUT_S = 2.0
 RECONNECT_GIVE_UP_S = 3.0
 
 
-def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator") -> ConnectionPool:
-    """A closed pool of work connections; open it with ``open(wait=True)``."""
+def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
+              password: PasswordProvider | None = None, prepare: bool = True) -> ConnectionPool:
+    """A closed pool of work connections; open it with ``open(wait=True)``.
+
+    With ``password``, each new connection asks it for its password. ``prepare=False`` turns
+    off server-side prepared statements, which a transaction-mode pooler cannot keep.
+    """
+    extra = {} if prepare else {"prepare_threshold": None}
+    kwargs: Any = (functools.partial(connect_kwargs, dsn, password=password, **extra)
+                   if password else connect_kwargs(dsn, **extra))
     return ConnectionPool(
-        kwargs=connect_kwargs(dsn), min_size=1, max_size=max_size, open=False, name=name,
+        kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
         check=ConnectionPool.check_connection, timeout=POOL_TIMEOUT_S,
         # The pool retries a failed connection with a doubling delay; given up early, the
         # next request starts afresh, so it reconnects within our own backoff, not 30 s later.
@@ -112,11 +146,12 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator") -> Connect
     )
 
 
-def open_pool(pool: ConnectionPool, dsn: str, *, timeout_s: float = 15.0) -> None:
+def open_pool(pool: ConnectionPool, dsn: str, *, timeout_s: float = 15.0,
+              password: PasswordProvider | None = None) -> None:
     """Open ``pool`` and wait for its first connection. Raises DatabaseUnavailable at once
     when the database cannot be reached (one direct attempt gives the real reason: refused,
     bad password, no such database) rather than retrying in the background."""
-    connect(dsn).close()
+    connect(dsn, password=password).close()
     try:
         pool.open(wait=True, timeout=timeout_s)
     except PoolTimeout:
@@ -127,24 +162,31 @@ def open_pool(pool: ConnectionPool, dsn: str, *, timeout_s: float = 15.0) -> Non
 @contextmanager
 def borrowed(pool: ConnectionPool, timeout_s: float = LOOP_POOL_TIMEOUT_S
              ) -> Iterator[psycopg.Connection[Any]]:
-    """A pooled connection; raises DatabaseUnavailable when none comes within ``timeout_s``."""
+    """A pooled connection, committed on leaving (rolled back on an error). Raises
+    DatabaseUnavailable when none comes within ``timeout_s`` or the commit loses the server."""
     try:
         with pool.connection(timeout=timeout_s) as conn:
             yield conn
     except PoolTimeout:
         raise DatabaseUnavailable(
             f"no database connection available within {timeout_s:g}s") from None
+    except psycopg.OperationalError as exc:
+        # The COMMIT (or ROLLBACK) on leaving the pool's block met a server that went away.
+        raise DatabaseUnavailable(f"database error: {one_line(exc)}") from exc
 
 
 class Transaction:
     """A pooled connection taken only when first used, for a handler's own writes.
 
     ``connection`` begins the transaction; ``close(commit)`` ends it and returns the connection.
-    ``pid`` is the server process, so a hung handler's session can be terminated.
+    ``pid`` is the server process, so a hung handler's session can be terminated. ``pooled``:
+    the connection goes through a transaction-mode pooler, whose reported pid is not the
+    server's; the server is asked (which pins one server connection for the transaction).
     """
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, *, pooled: bool = False) -> None:
         self._pool = pool
+        self._pooled = pooled
         self._conn: psycopg.Connection[Any] | None = None
         self.pid: int | None = None
 
@@ -159,8 +201,14 @@ class Transaction:
                 self._conn = self._pool.getconn()
             except PoolTimeout as exc:
                 raise DatabaseUnavailable(f"no database connection available: {exc}") from None
-            self.pid = self._conn.info.backend_pid
+            self.pid = self._server_pid(self._conn)
         return self._conn
+
+    def _server_pid(self, conn: psycopg.Connection[Any]) -> int:
+        if not self._pooled:
+            return conn.info.backend_pid
+        row = conn.execute(QUERIES["backend_pid"]).fetchone()
+        return int(row[0]) if row else 0
 
     def close(self, *, commit: bool = False) -> None:
         """Commit or roll back, and return the connection to the pool (a broken one is
@@ -187,8 +235,10 @@ class Listener:
     Reconnects with backoff; ``up`` tells whether it is listening now.
     """
 
-    def __init__(self, dsn: str, wake: Callable[[], None], *, ping_s: float = 5.0) -> None:
+    def __init__(self, dsn: str, wake: Callable[[], None], *, ping_s: float = 5.0,
+                 password: PasswordProvider | None = None) -> None:
         self._dsn = dsn
+        self._password = password
         self._wake = wake
         self._ping_s = ping_s
         self._stop = threading.Event()
@@ -207,13 +257,14 @@ class Listener:
         failures = 0
         while not self._stop.is_set():
             try:
-                params = connect_kwargs(self._dsn, application_name=LISTEN_APPLICATION_NAME)
+                params = connect_kwargs(self._dsn, password=self._password,
+                                        application_name=LISTEN_APPLICATION_NAME)
                 with psycopg.connect(**params, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.up, failures = True, 0
                     self._wake()
                     self._listen(conn)
-            except psycopg.Error as exc:
+            except (psycopg.Error, CredentialsError) as exc:
                 if self._stop.is_set():
                     break
                 failures += 1

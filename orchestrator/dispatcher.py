@@ -21,6 +21,7 @@ from typing import Any
 
 from orchestrator.backoff import reconnect_delay_s
 from orchestrator.config import Settings
+from orchestrator.credentials import PasswordProvider
 from orchestrator.db import Listener
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.events import Event
@@ -80,7 +81,8 @@ class Dispatcher:
     event is pending or running anywhere). ``run`` returns the Stats."""
 
     def __init__(self, registry: Registry, store: Store, settings: Settings, *,
-                 listen_dsn: str | None, until_idle: bool = False) -> None:
+                 listen_dsn: str | None, until_idle: bool = False,
+                 password: PasswordProvider | None = None) -> None:
         self.registry = registry
         self.store = store
         self.settings = settings
@@ -88,8 +90,8 @@ class Dispatcher:
         self.stats = Stats()
         self._inbox: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
         self._runner = Runner(registry, store, settings, self._inbox.put)
-        self._listener = (Listener(listen_dsn, self.wake, ping_s=settings.listen_ping_s)
-                          if listen_dsn else None)
+        self._listener = (Listener(listen_dsn, self.wake, ping_s=settings.listen_ping_s,
+                                   password=password) if listen_dsn else None)
         self._in_flight: dict[int, Job] = {}
         self._unwritten: list[Result] = []
         self._stopping = threading.Event()

@@ -66,3 +66,15 @@ class HandlerTimeout(OrchestratorError):
 
 class EmbeddedServerError(OrchestratorError):
     """The embedded PostgreSQL server failed."""
+
+
+class CredentialsError(OrchestratorError):
+    """The database password could not be obtained."""
+
+
+class RemoteHandlerError(OrchestratorError):
+    """A remote handler did not answer with an outcome."""
+
+
+class SignatureError(OrchestratorError):
+    """The request signature is missing, stale or wrong."""

@@ -97,7 +97,8 @@ class Runner:
             return self.failure(event, spec, "gave up: an earlier attempt never finished "
                                 "(its dispatcher stopped)", final=True)
         timeout_s = spec.timeout_s or self.settings.handler_timeout_s
-        job = Job(event, spec, timeout_s, now + timeout_s, Transaction(self.store.pool))
+        tx = Transaction(self.store.pool, pooled=self.settings.transaction_pooling)
+        job = Job(event, spec, timeout_s, now + timeout_s, tx)
         self._workers.submit(job)
         return job
 

@@ -8,6 +8,7 @@ A session advisory lock makes concurrent migrations take turns.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
@@ -21,6 +22,9 @@ from orchestrator.registry import Registry
 from orchestrator.sql import QUERIES
 from orchestrator.store import Store
 
+if TYPE_CHECKING:
+    from orchestrator.credentials import PasswordProvider
+
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 VERSION_TABLE = "orchestrator_alembic_version"
 
@@ -32,8 +36,9 @@ def _config(connection: Connection) -> Config:
     return cfg
 
 
-def _run(dsn: str, action: str, revision: str) -> None:
-    engine = create_engine("postgresql+psycopg://", creator=lambda: db.connect(dsn),
+def _run(dsn: str, action: str, revision: str, password: PasswordProvider | None) -> None:
+    engine = create_engine("postgresql+psycopg://",
+                           creator=lambda: db.connect(dsn, password=password),
                            poolclass=pool.NullPool)
     try:
         with engine.connect() as conn:
@@ -44,19 +49,22 @@ def _run(dsn: str, action: str, revision: str) -> None:
         engine.dispose()
 
 
-def upgrade(dsn: str, revision: str = "head") -> None:
+def upgrade(dsn: str, revision: str = "head", *,
+            password: PasswordProvider | None = None) -> None:
     """Apply revisions up to ``revision``."""
-    _run(dsn, "upgrade", revision)
+    _run(dsn, "upgrade", revision, password)
 
 
-def downgrade(dsn: str, revision: str = "base") -> None:
+def downgrade(dsn: str, revision: str = "base", *,
+              password: PasswordProvider | None = None) -> None:
     """Revert revisions down to ``revision`` (``base``: remove everything)."""
-    _run(dsn, "downgrade", revision)
+    _run(dsn, "downgrade", revision, password)
 
 
-def current_revision(dsn: str) -> str | None:
+def current_revision(dsn: str, *, password: PasswordProvider | None = None) -> str | None:
     """The revision the database is at, or None before the first migration."""
-    engine = create_engine("postgresql+psycopg://", creator=lambda: db.connect(dsn),
+    engine = create_engine("postgresql+psycopg://",
+                           creator=lambda: db.connect(dsn, password=password),
                            poolclass=pool.NullPool)
     try:
         with engine.connect() as conn:

@@ -44,10 +44,11 @@ class Session:
     """One autocommit connection of the bench; ``transactions`` counts what it ran."""
 
     def __init__(self, dsn: str, *, name: str = BENCH_APP, options: str | None = None) -> None:
-        extra = {"options": options} if options else {}
+        params = connect_kwargs(dsn, application_name=name)
+        if options:
+            params["options"] = options
         with translated():
-            self._conn = psycopg.connect(**connect_kwargs(dsn, application_name=name, **extra),
-                                         autocommit=True)
+            self._conn = psycopg.connect(**params, autocommit=True)
         self.transactions = 0
 
     def close(self) -> None:

@@ -44,11 +44,19 @@ def setting_option(name: str) -> Any:
     return typer.Option(f"--{name.replace('_', '-')}", show_default=False, help=help_for(name))
 
 
+def switch_option(name: str) -> Any:
+    """An on/off flag pair (``--listen/--no-listen``) for boolean setting ``name``."""
+    flag = name.replace("_", "-")
+    return typer.Option(f"--{flag}/--no-{flag}", show_default=False, help=help_for(name))
+
+
 Dsn = Annotated[str | None, typer.Option(
     "--dsn", help="PostgreSQL connection string. Default: the embedded server. "
                   "Env: ORCHESTRATOR_DSN, then DATABASE_URL.", show_default=False)]
 Handlers = Annotated[str | None, setting_option("handlers")]
 DataDir = Annotated[Path | None, setting_option("data_dir")]
+PasswordCommand = Annotated[str | None, setting_option("password_command")]
+PasswordProvider = Annotated[str | None, setting_option("password_provider")]
 
 
 def friendly(fn: F) -> F:
@@ -81,6 +89,9 @@ def main_options(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The pool's own reconnect chatter repeats what the dispatcher reports once.
     logging.getLogger("psycopg.pool").setLevel(max(level, logging.ERROR))
+    # httpx logs each request's full URL at INFO: a function key in its query would leak.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
 

@@ -8,12 +8,14 @@ from typing import Annotated
 
 import typer
 
-from orchestrator import schema
+from orchestrator import credentials, schema
 from orchestrator.app import Orchestrator
 from orchestrator.cli.common import (
     DataDir,
     Dsn,
     Handlers,
+    PasswordCommand,
+    PasswordProvider,
     app,
     db_app,
     err,
@@ -22,6 +24,7 @@ from orchestrator.cli.common import (
     registry_from,
     setting_option,
     settings_from,
+    switch_option,
 )
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.embedded import EmbeddedServer
@@ -33,15 +36,22 @@ def migrate(
     dsn: Dsn = None,
     handlers: Handlers = None,
     data_dir: DataDir = None,
+    password_command: PasswordCommand = None,
+    password_provider: PasswordProvider = None,
     downgrade: Annotated[str | None, typer.Option(
         help="Revert to this revision instead (`base` removes the orchestrator schema).",
         show_default=False)] = None,
 ) -> None:
-    """Create or upgrade the orchestrator schema, then install each workflow's triggers."""
-    settings = settings_from(dsn=dsn, handlers=handlers, data_dir=data_dir)
+    """Create or upgrade the orchestrator schema, then install each workflow's triggers.
+
+    Behind a transaction-mode pooler, migrate over a direct connection (the migration holds a
+    session lock)."""
+    settings = settings_from(dsn=dsn, handlers=handlers, data_dir=data_dir,
+                             password_command=password_command,
+                             password_provider=password_provider)
     if downgrade is not None:
         target = settings.dsn or EmbeddedServer(settings.data_dir / "pgdata").start()
-        schema.downgrade(target, downgrade)
+        schema.downgrade(target, downgrade, password=credentials.from_settings(settings))
         out.print(f"downgraded to {downgrade}")
         return
     with Orchestrator(settings, registry_from(settings)) as orch:
@@ -54,6 +64,10 @@ def migrate(
 def run(
     dsn: Dsn = None,
     listen_dsn: Annotated[str | None, setting_option("listen_dsn")] = None,
+    listen: Annotated[bool | None, switch_option("listen")] = None,
+    transaction_pooling: Annotated[bool | None, switch_option("transaction_pooling")] = None,
+    password_command: PasswordCommand = None,
+    password_provider: PasswordProvider = None,
     handlers: Handlers = None,
     data_dir: DataDir = None,
     concurrency: Annotated[int | None, setting_option("concurrency")] = None,

@@ -219,6 +219,11 @@ WHERE t.tgrelid = to_regclass(%(table)s) AND t.tgname LIKE %(prefix)s;
 -- name: terminate_backend
 SELECT pg_terminate_backend(%(pid)s);
 
+-- name: backend_pid
+-- The server process of this transaction. Behind a transaction-mode pooler the pid a client
+-- was told at connect time is the pooler's invention; this one stays true until COMMIT.
+SELECT pg_backend_pid();
+
 -- name: migrate_lock
 SELECT pg_advisory_lock(hashtext('orchestrator.migrate'));
 

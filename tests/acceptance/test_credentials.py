@@ -1,0 +1,124 @@
+"""Short-lived credentials against a real PostgreSQL with password authentication (SCRAM),
+a server of the tests' own (``scram_server`` in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from orchestrator.app import Orchestrator
+from orchestrator.config import Settings
+from orchestrator.db import LISTEN_APPLICATION_NAME
+from orchestrator.errors import DatabaseUnavailable
+from tests.acceptance.test_cli import ROOT, cli
+from tests.conftest import FAST
+from tests.support import servers
+from tests.support.database import private_dir
+
+TERMINAL = ("delivered", "rejected", "cancelled", "failed")
+
+
+def wait_until(server: servers.PostgresServer, query: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not server.sql(query, "shop")[0][0]:
+        assert time.monotonic() < deadline, f"not true within {timeout_s}s: {query}"
+        time.sleep(0.05)
+
+
+def seed(server: servers.PostgresServer, orders: int, seed_value: int) -> None:
+    done = cli("seed", "--orders", str(orders), "--seed", str(seed_value),
+               "--dsn", server.admin_dsn("shop"))
+    assert done.returncode == 0, done.stderr
+
+
+def all_terminal(count: int) -> str:
+    return (f"SELECT count(*) = {count} FROM orders"
+            f" WHERE status IN ('delivered', 'rejected', 'cancelled', 'failed')")
+
+
+def test_a_password_rotated_while_dispatchers_run_loses_no_work(
+        scram_server: servers.PostgresServer) -> None:
+    with private_dir("secret") as workdir:
+        rotate_while_dispatching(scram_server, workdir / "password")
+
+
+def rotate_while_dispatching(server: servers.PostgresServer, secret: Path) -> None:
+    server.sql("ALTER ROLE rotating PASSWORD 'pw-one-SECRET'")
+    secret.write_text("pw-one-SECRET\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    environ |= {f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in FAST.items()}
+    environ |= {"ORCHESTRATOR_DSN": server.tcp_dsn("shop", user="rotating"),
+                "ORCHESTRATOR_PASSWORD_COMMAND": f"cat {secret}"}
+    argv = [sys.executable, "-m", "orchestrator", "run", "--concurrency", "4"]
+    procs = [subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        seed(server, 10, 1)
+        wait_until(server, all_terminal(10))
+        seed(server, 20, 2)
+        wait_until(server, "SELECT count(*) > 0 FROM orders WHERE id > 10 AND status <> 'placed'")
+        # Rotate: the secret store first, then the server; then drop every session, as a
+        # failover would, so the dispatchers must reconnect (pool and LISTEN alike).
+        secret.write_text("pw-two-SECRET\n")
+        server.sql("ALTER ROLE rotating PASSWORD 'pw-two-SECRET'")
+        server.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                   " WHERE usename = 'rotating'")
+        seed(server, 5, 3)
+        wait_until(server, all_terminal(35))
+        # Both LISTEN connections are back too.
+        wait_until(server, "SELECT count(*) = 2 FROM pg_stat_activity WHERE usename = 'rotating'"
+                           f" AND application_name = '{LISTEN_APPLICATION_NAME}'")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+    for proc, (_, stderr) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, stderr
+        assert "SECRET" not in stderr
+    assert server.sql("SELECT count(*) FROM orchestrator.events"
+                      " WHERE status IN ('pending', 'running')", "shop") == [(0,)]
+    assert server.sql("SELECT count(*) FROM (SELECT order_id FROM payments GROUP BY 1"
+                      " HAVING count(*) > 1) twice", "shop") == [(0,)]
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(server.tcp_dsn("shop", user="rotating", password="pw-one-SECRET"))
+
+
+def test_a_password_provider_is_asked_for_every_new_connection(
+        scram_server: servers.PostgresServer) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def token(params: Mapping[str, Any]) -> str:
+        calls.append(dict(params))
+        return "pw-two-SECRET"
+
+    scram_server.sql("ALTER ROLE rotating PASSWORD 'pw-two-SECRET'")
+    settings = Settings.load(env={}, dsn=scram_server.tcp_dsn("shop", user="rotating"),
+                             pool_size=2)
+    orch = Orchestrator(settings, password=token)
+    with orch, orch.pool.connection() as first, orch.pool.connection() as second:
+        assert first.execute("SELECT current_user").fetchone() == ("rotating",)
+        assert second.info.backend_pid != first.info.backend_pid
+        opened = orch.pool.get_stats()["connections_num"]
+    assert len(calls) == 1 + opened  # the direct check on open, then each pooled connection
+    assert all(c["host"] == "127.0.0.1" and c["port"] == str(scram_server.port)
+               and c["user"] == "rotating" and c["dbname"] == "shop" and "password" not in c
+               for c in calls)
+
+
+def test_a_wrong_token_fails_in_one_line_without_the_token(
+        scram_server: servers.PostgresServer) -> None:
+    settings = Settings.load(env={}, dsn=scram_server.tcp_dsn("shop", user="rotating"))
+    with pytest.raises(DatabaseUnavailable) as caught, \
+            Orchestrator(settings, password=lambda params: "wrong-SECRET"):
+        pass
+    assert "password authentication failed" in str(caught.value)
+    assert "SECRET" not in str(caught.value)

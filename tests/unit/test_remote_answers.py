@@ -1,0 +1,83 @@
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+import pytest
+
+from orchestrator import remote
+from orchestrator.errors import RemoteHandlerError
+from orchestrator.events import Event, Next, Retry
+
+WHERE = "https://fn.example/pick-up"
+
+
+def answer(body: bytes, status: int = 200, **headers: str) -> Next | None:
+    return remote.outcome(status, headers, body, WHERE)
+
+
+def test_answers_map_to_handler_outcomes() -> None:
+    assert answer(b'{"version": 1, "outcome": "next", "state": "paid"}') == Next("paid")
+    assert answer(b'{"outcome": "next", "state": "paid", "values": {"ref": "x"}}') == Next(
+        "paid", {"ref": "x"})
+    assert answer(b'{"outcome": "next", "values": {"ref": "x"}}') == Next(None, {"ref": "x"})
+    assert answer(b'{"outcome": "none"}') is None
+    assert answer(b'{"outcome": "next"}') is None
+
+
+def test_a_retry_answer_raises_retry_with_its_delay() -> None:
+    with pytest.raises(Retry) as caught:
+        answer(b'{"outcome": "retry", "delay_s": 2.5, "reason": "busy"}')
+    assert caught.value.delay_s == 2.5
+    assert str(caught.value) == "remote: busy"
+    with pytest.raises(Retry) as caught:
+        answer(b'{"outcome": "retry"}')
+    assert caught.value.delay_s is None  # the engine's backoff decides
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_too_busy_with_retry_after_is_a_retry(status: int) -> None:
+    with pytest.raises(Retry) as caught:
+        answer(b"", status, **{"retry-after": "7"})
+    assert caught.value.delay_s == 7.0
+
+
+@pytest.mark.parametrize("status,body,message", [
+    (500, b"boom", "answered HTTP 500: boom"),
+    (503, b"", "answered HTTP 503"),
+    (200, b"not json", "without valid JSON"),
+    (200, b"[1, 2]", '"outcome"'),
+    (200, b'{"outcome": "done"}', '"outcome"'),
+    (200, b'{"version": 2, "outcome": "none"}', "unsupported answer version 2"),
+    (200, b'{"outcome": "next", "state": 3}', '"state" must be a string'),
+    (200, b'{"outcome": "retry", "delay_s": "soon"}', "delay_s must be a number"),
+])
+def test_anything_else_fails_the_attempt(status: int, body: bytes, message: str) -> None:
+    with pytest.raises(RemoteHandlerError, match=message):
+        answer(body, status)
+
+
+def test_errors_and_logs_name_the_endpoint_without_credentials() -> None:
+    assert remote.public_url("https://user:pw@fn.example:8443/api/x?code=SECRET#f") == \
+        "https://fn.example:8443/api/x"
+
+
+def test_the_request_body_is_the_documented_shape() -> None:
+    event = Event(id=7, workflow="food_order", key="42", column="status", op="UPDATE",
+                  old_value="approved", new_value="agent_assigned",
+                  old_row=MappingProxyType({"id": 42, "status": "approved", "agent_id": None}),
+                  new_row=MappingProxyType({"id": 42, "status": "agent_assigned",
+                                            "agent_id": 3}),
+                  attempt=2, created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    trace = remote.traceparent(event)
+    assert remote.request_body(event, 9.5, trace) == {
+        "version": 1, "id": 7, "workflow": "food_order", "key": "42",
+        "transition": {"column": "status", "op": "UPDATE", "from": "approved",
+                       "to": "agent_assigned"},
+        "old_row": {"id": 42, "status": "approved", "agent_id": None},
+        "new_row": {"id": 42, "status": "agent_assigned", "agent_id": 3},
+        "changed": ["agent_id", "status"], "attempt": 2, "idempotency_key": "food_order:7",
+        "created_at": "2026-01-02T03:04:05+00:00", "timeout_s": 9.5,
+        "trace": {"traceparent": trace},
+    }
+    version, trace_id, span_id, flags = trace.split("-")
+    assert (version, len(trace_id), len(span_id), flags) == ("00", 32, 16, "01")
+    assert remote.traceparent(event).split("-")[1] == trace_id  # one trace across attempts
