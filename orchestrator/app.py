@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 
 from orchestrator import db, schema
 from orchestrator.config import Settings
 from orchestrator.dispatcher import Dispatcher, dispatcher_name
 from orchestrator.embedded import EmbeddedServer
+from orchestrator.metrics import Metrics
 from orchestrator.registry import Registry
 from orchestrator.store import Store
 
@@ -35,6 +37,7 @@ class Orchestrator:
         self.pool = db.make_pool(self.dsn, max_size=settings.pool_size)
         self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s,
                            lock_timeout_s=settings.lock_timeout_s)
+        self._on_close: list[Callable[[], None]] = []
 
     def __enter__(self) -> Orchestrator:
         db.open_pool(self.pool, self.dsn)
@@ -42,6 +45,8 @@ class Orchestrator:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        for close in self._on_close:
+            close()
         self.pool.close()
 
     def migrate(self) -> list[str]:
@@ -50,6 +55,15 @@ class Orchestrator:
         return schema.install_workflows(self.store, self.registry)
 
     def dispatcher(self, *, until_idle: bool = False) -> Dispatcher:
+        """A dispatcher on this pool. With ``metrics_port`` set, its Prometheus metrics are
+        served until this Orchestrator closes (ConfigError when the port cannot be bound)."""
         listen = self.settings.listen_dsn or self.dsn
-        return Dispatcher(self.registry, self.store, self.settings, listen_dsn=listen,
-                          until_idle=until_idle)
+        metrics = (Metrics(self.registry, self.store)
+                   if self.settings.metrics_port is not None else None)
+        dispatcher = Dispatcher(self.registry, self.store, self.settings, listen_dsn=listen,
+                                until_idle=until_idle, observer=metrics)
+        if metrics is not None and self.settings.metrics_port is not None:
+            metrics.watch(dispatcher.listener)
+            metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+            self._on_close.append(metrics.close)
+        return dispatcher

@@ -24,6 +24,8 @@ from orchestrator.config import Settings
 from orchestrator.db import Listener
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.events import Event
+from orchestrator.logs import EventLog
+from orchestrator.observe import Observer, Observers
 from orchestrator.registry import Registry
 from orchestrator.runner import Job, Runner
 from orchestrator.store import FinishReport, Result, Store
@@ -80,14 +82,17 @@ class Dispatcher:
     event is pending or running anywhere). ``run`` returns the Stats."""
 
     def __init__(self, registry: Registry, store: Store, settings: Settings, *,
-                 listen_dsn: str | None, until_idle: bool = False) -> None:
+                 listen_dsn: str | None, until_idle: bool = False,
+                 observer: Observer | None = None) -> None:
         self.registry = registry
         self.store = store
         self.settings = settings
         self.until_idle = until_idle
         self.stats = Stats()
+        # Every finished attempt is logged; metrics, when on, observe the same hooks.
+        self.observer = Observers(EventLog(), *([observer] if observer else []))
         self._inbox: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
-        self._runner = Runner(registry, store, settings, self._inbox.put)
+        self._runner = Runner(registry, store, settings, self._inbox.put, self.observer)
         self._listener = (Listener(listen_dsn, self.wake, ping_s=settings.listen_ping_s)
                           if listen_dsn else None)
         self._in_flight: dict[int, Job] = {}
@@ -108,6 +113,11 @@ class Dispatcher:
             Chore(settings.poll_interval_s, self._claim_timers),
             Chore(settings.poll_interval_s, self._look_for_suspects),
         ]
+
+    @property
+    def listener(self) -> Listener | None:
+        """The LISTEN connection (None when there is none), for health reports."""
+        return self._listener
 
     # -- control, from any thread ------------------------------------------------------------
 
@@ -246,6 +256,7 @@ class Dispatcher:
         if self._stopping.is_set():
             self.store.release([e.id for e in events])
             return
+        self.observer.claimed(events)
         now = time.monotonic()
         for event in events:
             started = self._runner.start(event, now)
@@ -284,6 +295,7 @@ class Dispatcher:
         for result in results:
             event = result.event
             outcome = report.outcomes.get(event.id)
+            self.observer.finished(result, outcome)  # logs it (logs.EventLog), counts it
             if outcome is None:
                 if event.id not in rejected:
                     self.stats.lost += 1
@@ -292,11 +304,8 @@ class Dispatcher:
                 continue
             if outcome == "retry":
                 self.stats.retried += 1
-                log.info("event %s attempt %s failed, retry in %.1fs: %s", event.id,
-                         event.attempt, result.delay_s, result.error)
             elif outcome == "dead":
                 self.stats.dead += 1
-                log.warning("event %s is dead: %s", event.id, result.error)
             elif hasattr(self.stats, outcome):
                 setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
 

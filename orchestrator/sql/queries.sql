@@ -223,6 +223,26 @@ FROM orchestrator.events
 WHERE status IN ('pending', 'running', 'dead')
 GROUP BY workflow;
 
+-- name: event_backlog
+-- Per workflow: events due and not yet taken (the backlog, and how long the oldest has waited
+-- since it became runnable), events waiting for a retry, deadline timers still to come, running
+-- and dead events, and the lowest open id. Each status has a partial index, so this stays cheap
+-- however long the history grows.
+SELECT workflow,
+       count(*) FILTER (WHERE status = 'pending' AND run_after <= now()) AS due,
+       count(*) FILTER (WHERE status = 'pending' AND run_after > now() AND op <> 'TIMER')
+           AS waiting,
+       count(*) FILTER (WHERE status = 'pending' AND run_after > now() AND op = 'TIMER')
+           AS timers,
+       count(*) FILTER (WHERE status = 'running') AS running,
+       count(*) FILTER (WHERE status = 'dead') AS dead,
+       extract(epoch FROM now() - min(run_after) FILTER (
+           WHERE status = 'pending' AND run_after <= now()))::float8 AS oldest_due_age_s,
+       min(id) FILTER (WHERE status IN ('pending', 'running')) AS min_open_id
+FROM orchestrator.events
+WHERE status IN ('pending', 'running', 'dead')
+GROUP BY workflow;
+
 -- name: list_events
 SELECT id, workflow, row_key, op, column_name, old_value, new_value, status, outcome, attempts,
        handler, next_state, last_error, created_at, started_at, finished_at, run_after
