@@ -1,9 +1,9 @@
 """The `orchestrator` command: thin typer commands over Orchestrator and the operator verbs."""
 
-from orchestrator.cli import demo, engine, operate
+from orchestrator.cli import dashboard, demo, engine, operate
 from orchestrator.cli.common import app
 
-__all__ = ["app", "demo", "engine", "main", "operate"]
+__all__ = ["app", "dashboard", "demo", "engine", "main", "operate"]
 
 
 def main() -> None:
