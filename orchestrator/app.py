@@ -58,12 +58,13 @@ class Orchestrator:
         """A dispatcher on this pool. With ``metrics_port`` set, its Prometheus metrics are
         served until this Orchestrator closes (ConfigError when the port cannot be bound)."""
         listen = self.settings.listen_dsn or self.dsn
-        metrics = (Metrics(self.registry, self.store)
-                   if self.settings.metrics_port is not None else None)
-        dispatcher = Dispatcher(self.registry, self.store, self.settings, listen_dsn=listen,
-                                until_idle=until_idle, observer=metrics)
-        if metrics is not None and self.settings.metrics_port is not None:
-            metrics.watch(dispatcher.listener)
+        metrics = None
+        if self.settings.metrics_port is not None:
+            metrics = Metrics(self.registry, self.store)
             metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
             self._on_close.append(metrics.close)
+        dispatcher = Dispatcher(self.registry, self.store, self.settings, listen_dsn=listen,
+                                until_idle=until_idle, observer=metrics)
+        if metrics is not None:
+            metrics.watch(dispatcher.listener)
         return dispatcher

@@ -274,13 +274,15 @@ ORDER BY r.id;
 -- entered its state (its latest event on the state column), its latest event (what it waits for,
 -- or what failed) and its next deadline. {table}, {key} and {state} are the workflow's, composed
 -- in by the store. A row with no event (it predates the triggers) counts as there for ever.
+-- At most %(examine)s rows are looked at: each costs an index probe per lateral, and the
+-- dashboard asks every few seconds.
 SELECT r.key, r.state, s.since, extract(epoch FROM now() - s.since)::float8 AS age_s,
        l.id AS event_id, l.op, l.column_name, l.old_value, l.new_value, l.status, l.outcome,
        l.handler, l.attempts, l.last_error, l.run_after,
        extract(epoch FROM l.run_after - now())::float8 AS run_in_s,
        t.deadline_to, extract(epoch FROM t.deadline_at - now())::float8 AS deadline_in_s
 FROM (SELECT {key}::text AS key, {state}::text AS state FROM {table}
-      WHERE {state}::text = ANY(%(states)s)) r
+      WHERE {state}::text = ANY(%(states)s) LIMIT %(examine)s) r
 LEFT JOIN LATERAL (
     SELECT e.created_at AS since FROM orchestrator.events e
     WHERE e.workflow = %(workflow)s AND e.row_key = r.key AND e.column_name = %(column)s
@@ -306,7 +308,7 @@ LIMIT %(limit)s;
 -- seconds (see rows_in_states).
 SELECT r.state, count(*) AS rows
 FROM (SELECT {key}::text AS key, {state}::text AS state FROM {table}
-      WHERE {state}::text = ANY(%(states)s)) r
+      WHERE {state}::text = ANY(%(states)s) LIMIT %(examine)s) r
 LEFT JOIN LATERAL (
     SELECT e.created_at AS since FROM orchestrator.events e
     WHERE e.workflow = %(workflow)s AND e.row_key = r.key AND e.column_name = %(column)s

@@ -54,6 +54,9 @@ class Pulse:
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Take a first sample (so that no page ever sees an empty overview), then sample on
+        a thread of its own."""
+        self._sample_or_report()
         self._thread = threading.Thread(target=self._run, name="dashboard-pulse", daemon=True)
         self._thread.start()
 
@@ -67,14 +70,18 @@ class Pulse:
             return self._snapshot
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sample()
-            except OrchestratorError as exc:
-                log.warning("dashboard: cannot read the database: %s", exc)
-                with self._lock:
-                    self._snapshot = self._snapshot | {"error": str(exc)}
-            self._stop.wait(self.every_s)
+        while not self._stop.wait(self.every_s):
+            self._sample_or_report()
+
+    def _sample_or_report(self) -> None:
+        try:
+            self.sample()
+        except OrchestratorError as exc:
+            log.warning("dashboard: cannot read the database: %s", exc)
+            with self._lock:
+                self._snapshot = self._snapshot | {"error": str(exc)}
+        except Exception:  # a bug here must not stop the figures for good
+            log.exception("dashboard: sampling failed")
 
     def sample(self) -> None:
         """Read one sample (raises OrchestratorError when the database cannot be read)."""

@@ -138,8 +138,16 @@ function renderOverview(overview) {
   }
   $("#dead-count").textContent = dead || "";
   $("#stuck-count").textContent = stuck || "";
-  if (dead !== state.deadTotal) { state.deadTotal = dead; loadDead(); }
-  if (stuck !== state.stuckTotal || state.tab === "stuck") { state.stuckTotal = stuck; loadStuck(); }
+  // Lists are reloaded when what they show changed, not on every tick: a table redrawn under
+  // the pointer would swallow clicks. A tab that is not shown reloads when it is opened.
+  if (dead !== state.deadTotal) {
+    state.deadTotal = dead;
+    if (state.tab === "dead") loadDead();
+  }
+  if (stuck !== state.stuckTotal) {
+    state.stuckTotal = stuck;
+    if (state.tab === "stuck") loadStuck();
+  }
 }
 
 function renderStates(section, wf) {
@@ -150,11 +158,24 @@ function renderStates(section, wf) {
     node.classList.toggle("has", count > 0);
     node.classList.toggle("busy", count > 0 && !node.classList.contains("terminal") &&
       !node.classList.contains("failure"));
-    const badge = $("g.stuck", node);
     const stuck = wf.stuck[name] || 0;
+    const badge = $("g.stuck", node);
     badge.setAttribute("visibility", stuck ? "visible" : "hidden");
-    $("text", badge).textContent = stuck ? `${stuck} stuck` : "";
+    if (stuck) sizeBadge(node, badge, `${stuck} stuck`);
   }
+}
+
+// The badge sits on the box's top right corner and grows to fit its text.
+function sizeBadge(node, badge, text) {
+  const box = $("rect", node);
+  const label = $("text", badge);
+  label.textContent = text;
+  const width = label.getComputedTextLength() + 14;
+  const right = Number(box.getAttribute("x")) + Number(box.getAttribute("width")) + 8;
+  const pill = $("rect", badge);
+  pill.setAttribute("width", width);
+  pill.setAttribute("x", right - width);
+  label.setAttribute("x", right - width / 2);
 }
 
 function setKpi(section, name, text, level) {
@@ -382,6 +403,7 @@ function showTab(name) {
   state.tab = name;
   for (const button of $$(".tabs button")) button.classList.toggle("on", button.dataset.tab === name);
   for (const tab of $$(".tab")) tab.classList.toggle("on", tab.id === `tab-${name}`);
+  if (name === "dead") loadDead();
   if (name === "stuck") loadStuck();
   if (name === "rows") loadRows();
   if (name === "events") loadEvents();
