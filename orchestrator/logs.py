@@ -64,7 +64,8 @@ class EventLog(Observer):
 
     def finished(self, result: Result, outcome: str | None) -> None:
         duration_s = self._durations.pop(result.event.id, None)
-        if outcome is None or not log.isEnabledFor(logging.INFO):
+        level = logging.WARNING if outcome == "dead" else logging.INFO
+        if outcome is None or not log.isEnabledFor(level):
             return
         event = result.event
         fields = event_fields(event) | {

@@ -45,3 +45,10 @@ def test_event_log_reports_duration_and_forgets_it(caplog: pytest.LogCaptureFixt
     assert dead.levelno == logging.WARNING
     assert dead.fields["duration_ms"] is None and dead.fields["error"] == "boom"  # type: ignore[attr-defined]
     assert log._durations == {}
+
+
+def test_dead_events_are_logged_at_warning_level(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="orchestrator.events"):
+        EventLog().finished(Result(event(), "done", handler="h.x", outcome="applied"), "applied")
+        EventLog().finished(Result(event(4), "dead", handler="h.x", error="boom"), "dead")
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]

@@ -249,7 +249,8 @@ const ROW_COLUMNS = [
   ["row", (r) => rowLink(r.workflow, r.key)],
   ["state", (r) => pill(r.state, "")],
   ["in state for", (r) => (r.age_s === null ? "?" : seconds(r.age_s)), "num"],
-  ["latest event", (r) => (r.event_id ? `${r.event_id} · ${shortHandler(r.handler) || "no handler"}` : ""), "mono"],
+  ["latest event", (r) => (r.event_id ? `${r.event_id} · ${change(r)}` : ""), "nowrap"],
+  ["handler", (r) => shortHandler(r.handler)],
   ["why it is there", (r) => r.why, "why"],
 ];
 
