@@ -55,16 +55,30 @@ def status(store: Store) -> dict[str, Any]:
     return {"workflows": out}
 
 
+BACKLOG_FIELDS = ("due", "waiting", "timers", "running", "dead", "oldest_due_age_s")
+
+
+def backlog(store: Store) -> dict[str, dict[str, Any]]:
+    """Per workflow with open or dead events: ``due`` (runnable, not taken), ``waiting`` (for
+    a retry), ``timers`` (deadlines to come), ``running``, ``dead``, ``oldest_due_age_s``
+    (seconds the oldest due event has waited since it became runnable; None when none is due)
+    and ``min_open_id``. A workflow with none of these is absent."""
+    return {r["workflow"]: {k: r[k] for k in (*BACKLOG_FIELDS, "min_open_id")}
+            for r in store.rows("event_backlog")}
+
+
 def events(store: Store, *, status: str | None = None, workflow: str | None = None,
-           row: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """Events, newest first, filtered by status, workflow and row key."""
+           row: str | None = None, search: str | None = None,
+           limit: int = 50) -> list[dict[str, Any]]:
+    """Events, newest first, filtered by status, workflow, row key and a text to find in the
+    handler's name or the last error."""
     if status is not None and status not in EVENT_STATUSES:
         raise OrchestratorError(f"unknown event status {status!r} "
                                 f"(one of {', '.join(EVENT_STATUSES)})")
     if limit < 1:
         raise OrchestratorError("--limit must be at least 1")
     rows = store.rows("list_events", {"status": status, "workflow": workflow, "row_key": row,
-                                      "limit": limit})
+                                      "search": search or None, "limit": limit})
     return [_plain(r) for r in rows]
 
 

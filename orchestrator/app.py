@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 
 from orchestrator import credentials, db, schema
 from orchestrator.config import Settings
 from orchestrator.dispatcher import Dispatcher, dispatcher_name
 from orchestrator.embedded import EmbeddedServer
+from orchestrator.metrics import Metrics
 from orchestrator.registry import Registry
 from orchestrator.store import Store
 
@@ -43,6 +45,7 @@ class Orchestrator:
                                  prepare=not settings.transaction_pooling)
         self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s,
                            lock_timeout_s=settings.lock_timeout_s)
+        self._on_close: list[Callable[[], None]] = []
 
     def __enter__(self) -> Orchestrator:
         db.open_pool(self.pool, self.dsn, password=self.password)
@@ -50,6 +53,8 @@ class Orchestrator:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        for close in self._on_close:
+            close()
         self.pool.close()
 
     def migrate(self) -> list[str]:
@@ -59,7 +64,16 @@ class Orchestrator:
 
     def dispatcher(self, *, until_idle: bool = False) -> Dispatcher:
         """A dispatcher on this pool; it LISTENs on ``listen_dsn`` (else ``dsn``) unless listen
-        is off, in which case it only polls."""
+        is off, in which case it only polls. With ``metrics_port`` set, its Prometheus metrics
+        are served until this Orchestrator closes (ConfigError when the port cannot be bound)."""
         listen = (self.settings.listen_dsn or self.dsn) if self.settings.listen else None
-        return Dispatcher(self.registry, self.store, self.settings, listen_dsn=listen,
-                          until_idle=until_idle, password=self.password)
+        metrics = None
+        if self.settings.metrics_port is not None:
+            metrics = Metrics(self.registry, self.store)
+            metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+            self._on_close.append(metrics.close)
+        dispatcher = Dispatcher(self.registry, self.store, self.settings, listen_dsn=listen,
+                                until_idle=until_idle, password=self.password, observer=metrics)
+        if metrics is not None:
+            metrics.watch(dispatcher.listener)
+        return dispatcher

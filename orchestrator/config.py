@@ -17,6 +17,7 @@ import platformdirs
 from orchestrator.errors import ConfigError
 
 ENV_PREFIX = "ORCHESTRATOR_"
+LOG_FORMATS = ("text", "json")
 
 
 def _default_data_dir() -> Path:
@@ -100,6 +101,36 @@ class Settings:
         default_factory=_default_data_dir,
         metadata={"help": "Where the embedded PostgreSQL keeps its data."},
     )
+    metrics_port: int | None = field(
+        default=None,
+        metadata={"help": "Serve Prometheus metrics on this port (/metrics); off when unset, "
+                          "0 picks a free port."},
+    )
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "Address the metrics endpoint binds to (0.0.0.0: every interface)."},
+    )
+    log_format: str = field(
+        default="text",
+        metadata={"help": "text (for a person) or json (one object per line, for log "
+                          "pipelines)."},
+    )
+    dashboard_host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "Address the dashboard binds to; any other than localhost needs a "
+                          "token."},
+    )
+    dashboard_port: int = field(default=8070, metadata={"help": "The dashboard's port."})
+    dashboard_token: str | None = field(
+        default=None, repr=False,
+        metadata={"help": "Token the dashboard requires for redrives (required when bound to "
+                          "an address other than localhost)."},
+    )
+    stuck_after_s: float = field(
+        default=60.0,
+        metadata={"help": "The dashboard calls a row stuck when it has been in a non-terminal "
+                          "state this long."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "batch_size", "pool_size", "max_attempts"):
@@ -116,6 +147,15 @@ class Settings:
                               "(a direct connection) or turn listen off to poll only")
         if self.password_command and self.password_provider:
             raise ConfigError("give password_command or password_provider, not both")
+        for name in ("metrics_port", "dashboard_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be a port number (0-65535), got {port}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}, "
+                              f"got {self.log_format!r}")
+        if self.stuck_after_s <= 0:
+            raise ConfigError(f"stuck_after_s must be positive, got {self.stuck_after_s}")
 
     @classmethod
     def load(
@@ -146,7 +186,7 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
     if kind == "bool":
         return _parse_bool(f.name, raw)
     try:
-        if kind == "int":
+        if kind in ("int", "int | None"):
             return int(raw)
         if kind == "float":
             return float(raw)

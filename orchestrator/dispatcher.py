@@ -25,6 +25,8 @@ from orchestrator.credentials import PasswordProvider
 from orchestrator.db import Listener
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.events import Event
+from orchestrator.logs import EventLog
+from orchestrator.observe import Observer, Observers
 from orchestrator.registry import Registry
 from orchestrator.runner import Job, Runner
 from orchestrator.store import FinishReport, Result, Store
@@ -82,14 +84,17 @@ class Dispatcher:
 
     def __init__(self, registry: Registry, store: Store, settings: Settings, *,
                  listen_dsn: str | None, until_idle: bool = False,
-                 password: PasswordProvider | None = None) -> None:
+                 password: PasswordProvider | None = None,
+                 observer: Observer | None = None) -> None:
         self.registry = registry
         self.store = store
         self.settings = settings
         self.until_idle = until_idle
         self.stats = Stats()
+        # Every finished attempt is logged; metrics, when on, observe the same hooks.
+        self.observer = Observers(EventLog(), *([observer] if observer else []))
         self._inbox: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
-        self._runner = Runner(registry, store, settings, self._inbox.put)
+        self._runner = Runner(registry, store, settings, self._inbox.put, self.observer)
         self._listener = (Listener(listen_dsn, self.wake, ping_s=settings.listen_ping_s,
                                    password=password) if listen_dsn else None)
         self._in_flight: dict[int, Job] = {}
@@ -110,6 +115,11 @@ class Dispatcher:
             Chore(settings.poll_interval_s, self._claim_timers),
             Chore(settings.poll_interval_s, self._look_for_suspects),
         ]
+
+    @property
+    def listener(self) -> Listener | None:
+        """The LISTEN connection (None when there is none), for health reports."""
+        return self._listener
 
     # -- control, from any thread ------------------------------------------------------------
 
@@ -248,6 +258,7 @@ class Dispatcher:
         if self._stopping.is_set():
             self.store.release([e.id for e in events])
             return
+        self.observer.claimed(events)
         now = time.monotonic()
         for event in events:
             started = self._runner.start(event, now)
@@ -286,6 +297,7 @@ class Dispatcher:
         for result in results:
             event = result.event
             outcome = report.outcomes.get(event.id)
+            self.observer.finished(result, outcome)  # logs it (logs.EventLog), counts it
             if outcome is None:
                 if event.id not in rejected:
                     self.stats.lost += 1
@@ -294,11 +306,8 @@ class Dispatcher:
                 continue
             if outcome == "retry":
                 self.stats.retried += 1
-                log.info("event %s attempt %s failed, retry in %.1fs: %s", event.id,
-                         event.attempt, result.delay_s, result.error)
             elif outcome == "dead":
                 self.stats.dead += 1
-                log.warning("event %s is dead: %s", event.id, result.error)
             elif hasattr(self.stats, outcome):
                 setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
 

@@ -21,6 +21,7 @@ from orchestrator.config import Settings
 from orchestrator.db import Transaction
 from orchestrator.errors import BadOutcome, HandlerTimeout, IllegalTransition, OrchestratorError
 from orchestrator.events import Event, Next, Retry, as_outcome
+from orchestrator.observe import Observer
 from orchestrator.registry import HandlerSpec, Registry
 from orchestrator.store import Result, Store
 
@@ -76,11 +77,13 @@ class Runner:
     """
 
     def __init__(self, registry: Registry, store: Store, settings: Settings,
-                 deliver: Callable[[tuple[str, Job, Any]], None]) -> None:
+                 deliver: Callable[[tuple[str, Job, Any]], None],
+                 observer: Observer | None = None) -> None:
         self.registry = registry
         self.store = store
         self.settings = settings
         self._deliver = deliver
+        self._observer = observer or Observer()
         self._workers = WorkerPool(settings.concurrency, self._execute)
 
     def start(self, event: Event, now: float) -> Job | Result:
@@ -140,12 +143,16 @@ class Runner:
     # -- on a worker thread ------------------------------------------------------------------
 
     def _execute(self, job: Job) -> None:
+        self._observer.started(job.event, job.spec.name)
+        began = time.monotonic()
         result = self._attempt(job)
+        ran_s = time.monotonic() - began
         with job.lock:
             if job.state == "abandoned":
                 job.tx.close()
                 return
             job.state = "finishing"
+        self._observer.ran(job.event, job.spec.name, ran_s)
         if result.kind == "done" and job.tx.started:
             self._finish_in_own_transaction(job, result)
             return

@@ -27,6 +27,8 @@ from orchestrator.workflow import Workflow
 log = logging.getLogger(__name__)
 
 ResultKind = Literal["done", "retry", "dead"]
+# The dashboard's stuck-row queries look at no more rows than this per call.
+EXAMINE_ROWS = 20_000
 CLAIM_KINDS = {  # the claim query's variants: which pending events, in which order
     "plain": ("e.op <> 'TIMER' AND NOT e.suspect", "e.id"),
     "suspect": ("e.op <> 'TIMER' AND e.suspect", "e.id"),
@@ -340,6 +342,34 @@ class Store:
         with self._conn() as conn:
             row = conn.execute(query, {"key": key}).fetchone()
         return None if row is None else str(row[0])
+
+    def rows_in_states(self, wf: Workflow, states: Sequence[str], *, older_than_s: float = 0.0,
+                       oldest_first: bool = True, limit: int = 100,
+                       examine: int = EXAMINE_ROWS) -> list[dict[str, Any]]:
+        """Rows of ``wf`` in ``states`` for at least ``older_than_s``, with when they entered
+        the state, their latest event and next deadline (the ``rows_in_states`` query), among
+        the first ``examine`` rows in those states."""
+        return self._rows_of(wf, "rows_in_states", {
+            "states": list(states), "older_than_s": older_than_s, "oldest_first": oldest_first,
+            "limit": limit, "examine": examine})
+
+    def stuck_counts(self, wf: Workflow, states: Sequence[str], older_than_s: float, *,
+                     examine: int = EXAMINE_ROWS) -> dict[str, int]:
+        """How many rows of ``wf`` have been in each of ``states`` for ``older_than_s``, among
+        the first ``examine`` rows in those states."""
+        rows = self._rows_of(wf, "stuck_counts", {"states": list(states),
+                                                 "older_than_s": older_than_s,
+                                                 "examine": examine})
+        return {r["state"]: int(r["rows"]) for r in rows}
+
+    def _rows_of(self, wf: Workflow, query: str,
+                 params: dict[str, Any]) -> list[dict[str, Any]]:
+        composed = sql.SQL(QUERIES[query]).format(
+            table=sql.Identifier(wf.schema, wf.table), key=sql.Identifier(wf.key),
+            state=sql.Identifier(wf.column))
+        with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(composed, params | {"workflow": wf.name, "column": wf.column})
+            return cur.fetchall()
 
     def move(self, wf: Workflow, key: str, source: str, dest: str) -> bool:
         """Move one row from ``source`` to ``dest`` (compare-and-set); False if it was no longer

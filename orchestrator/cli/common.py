@@ -39,9 +39,11 @@ out = Console(highlight=False)
 _debug = False
 
 
-def setting_option(name: str) -> Any:
-    """A flag for setting ``name``: its documented meaning, default and env variable."""
-    return typer.Option(f"--{name.replace('_', '-')}", show_default=False, help=help_for(name))
+def setting_option(name: str, flag: str | None = None) -> Any:
+    """A flag for setting ``name`` (``--name``, or ``flag``): its documented meaning, default
+    and env variable."""
+    return typer.Option(flag or f"--{name.replace('_', '-')}", show_default=False,
+                        help=help_for(name))
 
 
 def switch_option(name: str) -> Any:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from orchestrator import credentials, schema
+from orchestrator import credentials, logs, schema
 from orchestrator.app import Orchestrator
 from orchestrator.cli.common import (
     DataDir,
@@ -26,8 +27,11 @@ from orchestrator.cli.common import (
     settings_from,
     switch_option,
 )
+from orchestrator.config import Settings
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.embedded import EmbeddedServer
+
+log = logging.getLogger("orchestrator.cli")
 
 
 @app.command()
@@ -80,12 +84,16 @@ def run(
     retry_base_s: Annotated[float | None, setting_option("retry_base_s")] = None,
     retry_max_s: Annotated[float | None, setting_option("retry_max_s")] = None,
     shutdown_grace_s: Annotated[float | None, setting_option("shutdown_grace_s")] = None,
+    metrics_port: Annotated[int | None, setting_option("metrics_port")] = None,
+    metrics_host: Annotated[str | None, setting_option("metrics_host")] = None,
+    log_format: Annotated[str | None, setting_option("log_format")] = None,
     until_idle: Annotated[bool, typer.Option(
         help="Exit once no event of the served workflows is pending or running (for scripts "
              "and tests).")] = False,
 ) -> None:
     """Dispatch events to handlers until stopped (Ctrl-C or SIGTERM stop gracefully)."""
     settings = settings_from(**{k: v for k, v in locals().items() if k != "until_idle"})
+    logs.configure(settings.log_format)
     with Orchestrator(settings, registry_from(settings)) as orch:
         dispatcher = orch.dispatcher(until_idle=until_idle)
         _stop_on_signals(dispatcher)
@@ -93,7 +101,17 @@ def run(
         stats = dispatcher.run()
     elapsed = time.monotonic() - started
     summary = ", ".join(f"{k} {v}" for k, v in stats.as_dict().items() if v)
-    err.print(f"dispatcher stopped after {elapsed:.1f}s: {summary or 'nothing to do'}")
+    _say(settings, f"dispatcher stopped after {elapsed:.1f}s: {summary or 'nothing to do'}",
+         {"elapsed_s": round(elapsed, 3), "stats": stats.as_dict()})
+
+
+def _say(settings: Settings, message: str, fields: dict[str, Any] | None = None) -> None:
+    """A word to the operator: plain on stderr, or a log line when logs are JSON (so that
+    every line a log pipeline reads is one object)."""
+    if settings.log_format == "json":
+        log.info(message, extra={"fields": fields or {}})
+    else:
+        err.print(message)
 
 
 def _stop_on_signals(dispatcher: Dispatcher) -> None:
@@ -103,7 +121,8 @@ def _stop_on_signals(dispatcher: Dispatcher) -> None:
         if signum == signal.SIGINT and dispatcher_stopping[0]:
             raise KeyboardInterrupt
         dispatcher_stopping[0] = True
-        err.print("stopping: finishing the handlers in hand (Ctrl-C again to quit now)")
+        _say(dispatcher.settings,
+             "stopping: finishing the handlers in hand (Ctrl-C again to quit now)")
         dispatcher.stop()
 
     dispatcher_stopping = [False]

@@ -44,3 +44,16 @@ def test_help_names_default_and_env() -> None:
     text = help_for("lease_s")
     assert "Default: 30.0" in text
     assert "ORCHESTRATOR_LEASE_S" in text
+
+
+def test_observability_settings_parse_and_check() -> None:
+    env = {"ORCHESTRATOR_METRICS_PORT": "9100", "ORCHESTRATOR_LOG_FORMAT": "json",
+           "ORCHESTRATOR_DASHBOARD_TOKEN": "s3cret"}
+    settings = Settings.load(env)
+    assert settings.metrics_port == 9100 and settings.log_format == "json"
+    assert Settings.load({}).metrics_port is None
+    assert "s3cret" not in repr(settings)
+    with pytest.raises(ConfigError, match="log_format must be one of text, json"):
+        Settings.load({}, log_format="xml")
+    with pytest.raises(ConfigError, match="metrics_port must be a port number"):
+        Settings.load({}, metrics_port=70000)

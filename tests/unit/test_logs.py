@@ -1,0 +1,54 @@
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+import pytest
+
+from orchestrator.events import Event
+from orchestrator.logs import EventLog, JsonFormatter
+from orchestrator.store import Result
+
+
+def event(attempt: int = 1) -> Event:
+    return Event(id=7, workflow="food_order", key="12", column="status", op="UPDATE",
+                 old_value="placed", new_value="validated", old_row={}, new_row={"id": 12},
+                 attempt=attempt, created_at=datetime.now(UTC))
+
+
+def test_json_formatter_writes_one_object_with_fields_and_traceback() -> None:
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "hello %s", ("you",),
+                                   exc_info=sys.exc_info())
+    record.fields = {"event_id": 7}
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["message"] == "hello you" and data["level"] == "error" and data["event_id"] == 7
+    assert data["time"].endswith("+00:00")
+    assert "ValueError: bad" in data["exception"]
+
+
+def test_event_log_reports_duration_and_forgets_it(caplog: pytest.LogCaptureFixture) -> None:
+    log = EventLog()
+    e = event()
+    log.ran(e, "h.charge", 0.0125)
+    with caplog.at_level(logging.INFO, logger="orchestrator.events"):
+        log.finished(Result(e, "done", handler="h.charge", outcome="applied"), "applied")
+        log.finished(Result(event(2), "dead", handler="h.charge", error="boom"), "dead")
+    applied, dead = caplog.records
+    assert applied.getMessage() == ("event 7 food_order/12 status: placed -> validated: "
+                                    "applied by charge in 12.5 ms (attempt 1)")
+    assert applied.fields["duration_ms"] == 12.5  # type: ignore[attr-defined]
+    assert dead.levelno == logging.WARNING
+    assert dead.fields["duration_ms"] is None and dead.fields["error"] == "boom"  # type: ignore[attr-defined]
+    assert log._durations == {}
+
+
+def test_dead_events_are_logged_at_warning_level(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="orchestrator.events"):
+        EventLog().finished(Result(event(), "done", handler="h.x", outcome="applied"), "applied")
+        EventLog().finished(Result(event(4), "dead", handler="h.x", error="boom"), "dead")
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
