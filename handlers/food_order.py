@@ -120,8 +120,7 @@ def approve(event: Event, ctx: Context) -> Next:
 def assign_agent(event: Event, ctx: Context) -> Next | None:
     """Give the order to a free agent. With none free the order waits in `approved`: the next
     agent to finish a delivery takes the longest-waiting order (see ``free_agent``)."""
-    # Lock the order first: an agent freed right now skips it (SKIP LOCKED) rather than take it
-    # while we do, and if one already took it there is nothing left to do.
+    match_agents(ctx)
     order = ctx.db.execute("SELECT status, agent_id FROM orders WHERE id = %s FOR UPDATE",
                            (int(event.key),)).fetchone()
     if order != ("approved", None):
@@ -174,9 +173,21 @@ def refund(ctx: Context, order_id: int) -> None:
                    " WHERE order_id = %s AND refunded_at IS NULL", (order_id,))
 
 
+def match_agents(ctx: Context) -> None:
+    """Take the agent-matching lock until this transaction ends, before any row lock.
+
+    Matching free agents with waiting orders is decided by one transaction at a time: an order
+    looking for an agent waits while an agent is being freed (and then sees it free), and an
+    agent being freed waits while an order looks (and then sees it waiting). Without this, each
+    could miss the other, leaving an order waiting while every agent is idle.
+    """
+    ctx.db.execute("SELECT pg_advisory_xact_lock(hashtext('food_order.agent_matching'))")
+
+
 def free_agent(ctx: Context, order_id: int, *, delivered: bool = False) -> None:
     """Release the order's agent, who takes the longest-waiting approved order if there is
     one. Moving that order here, in this transaction, records its next event as usual."""
+    match_agents(ctx)
     agent = ctx.db.execute(
         "UPDATE agents SET active_order = NULL, deliveries = deliveries + %s"
         " WHERE active_order = %s RETURNING id", (int(delivered), order_id)).fetchone()
