@@ -159,8 +159,9 @@ class Store:
         """Write ``results`` in one transaction and claim the next event of each finished row.
 
         With ``conn`` (a handler's own open transaction) the writes join that transaction, which
-        commits only if the outcome applies: when the row moved on (stale), the handler's own
-        writes roll back with it and the event is finished as stale on its own.
+        commits only if the outcome is written: when the row moved on (stale) the handler's own
+        writes roll back and the event is finished as stale on its own; when the event is no
+        longer ours, or the write is refused, they roll back and nothing is written.
         ``quiet``: the new events need no NOTIFY (they are handed over, or this dispatcher claims
         them next). When one result cannot be written (say a constraint refuses the handler's
         values), each is tried on its own and the failures come back in ``rejected``.
@@ -170,13 +171,17 @@ class Store:
             with borrowed(self.pool) as own:
                 return self._finish_or_split(own, results, quiet)
         report = self._finish_or_split(conn, results, quiet, commit=False)
-        if not any(report.outcomes.get(r.event.id) == "stale" for r in results):
+        outcomes = [report.outcomes.get(r.event.id) for r in results]
+        if all(o is not None and o != "stale" for o in outcomes):
             with translated(conn):
                 conn.commit()
             return report
+        # Stale, no longer ours (the claim was lost) or refused: the handler's own writes must
+        # not outlive the outcome they belong to.
         _rollback(conn)
-        return self.finish([replace(r, next=None, outcome="stale") for r in results],
-                           quiet=quiet)
+        stale = [replace(r, next=None, outcome="stale")
+                 for r, o in zip(results, outcomes, strict=True) if o == "stale"]
+        return self.finish(stale, quiet=quiet) if stale else report
 
     def _finish_or_split(
         self, conn: psycopg.Connection[Any], results: Sequence[Result], quiet: bool,
