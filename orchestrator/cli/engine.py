@@ -83,6 +83,8 @@ def run(
     max_attempts: Annotated[int | None, setting_option("max_attempts")] = None,
     retry_base_s: Annotated[float | None, setting_option("retry_base_s")] = None,
     retry_max_s: Annotated[float | None, setting_option("retry_max_s")] = None,
+    lock_timeout_s: Annotated[float | None, setting_option("lock_timeout_s")] = None,
+    listen_ping_s: Annotated[float | None, setting_option("listen_ping_s")] = None,
     shutdown_grace_s: Annotated[float | None, setting_option("shutdown_grace_s")] = None,
     metrics_port: Annotated[int | None, setting_option("metrics_port")] = None,
     metrics_host: Annotated[str | None, setting_option("metrics_host")] = None,
