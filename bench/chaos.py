@@ -1,8 +1,9 @@
 """The food-order workflow with misbehaving handlers, for the fault bench.
 
-Same states, transitions and handlers as ``handlers.food_order``, each wrapped so that, by a
-reproducible chance per order, step and attempt, it raises, hangs past its timeout, returns
-garbage, or takes its whole process down. Rates come from FAULT_* environment variables.
+Same states, transitions and handlers as the demo's (``handlers/food_order.py``), each
+wrapped so that, by a reproducible chance per order, step and attempt, it raises, hangs past
+its timeout, returns garbage, or takes its whole process down. Rates come from FAULT_*
+environment variables.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from handlers import food_order as demo
+import orchestrator.demo.handlers.food_order as demo
 from orchestrator import Workflow
 from orchestrator.registry import HandlerSpec
 

@@ -196,8 +196,9 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
 def prepare(dsn: str, orders: int, seed: int) -> tuple[int, int]:
     settings = Settings.load({}, dsn=dsn, handlers="bench.chaos")
     with Orchestrator(settings, load_registry("bench.chaos")) as orch:
+        demo.setup(orch)
         orch.migrate()
-        return demo.seed(orch.store, orders, seed)
+        return demo.seed(orch, orders, seed)
 
 
 def place_probe(dsn: str) -> str:

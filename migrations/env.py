@@ -7,14 +7,18 @@ import os
 
 import psycopg
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import Connection, create_engine, pool
 
-VERSION_TABLE = "orchestrator_alembic_version"
+from orchestrator.migrations import VERSION_SCHEMA, VERSION_TABLE
 
 
-def _run(connection: object) -> None:
+def _run(connection: Connection) -> None:
+    # The version table lives in the orchestrator schema, which must exist before Alembic
+    # creates that table; revision 0001 then finds it there.
+    connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {VERSION_SCHEMA}")
+    connection.commit()
     context.configure(connection=connection, version_table=VERSION_TABLE,
-                      transaction_per_migration=True)
+                      version_table_schema=VERSION_SCHEMA, transaction_per_migration=True)
     with context.begin_transaction():
         context.run_migrations()
 

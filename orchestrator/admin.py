@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.errors import IllegalTransition, OrchestratorError, StoreError
-from orchestrator.store import Store
+from orchestrator.reports import Reports
 from orchestrator.workflow import Workflow
 
 EVENT_STATUSES = ("pending", "running", "done", "dead")
@@ -22,13 +22,13 @@ class UnknownRow(OrchestratorError):
     """No such row."""
 
 
-def workflows(store: Store) -> dict[str, Workflow]:
-    return {wf.name: wf for wf in store.installed_workflows()}
+def workflows(reports: Reports) -> dict[str, Workflow]:
+    return {wf.name: wf for wf in reports.installed_workflows()}
 
 
-def pick_workflow(store: Store, name: str | None) -> Workflow:
+def pick_workflow(reports: Reports, name: str | None) -> Workflow:
     """The named workflow, or the only one installed. Raises OrchestratorError otherwise."""
-    known = workflows(store)
+    known = workflows(reports)
     if name is None and len(known) == 1:
         return next(iter(known.values()))
     if name in known:
@@ -38,12 +38,12 @@ def pick_workflow(store: Store, name: str | None) -> Workflow:
     raise OrchestratorError(f"{what} (installed: {choices})")
 
 
-def status(store: Store) -> dict[str, Any]:
+def status(reports: Reports) -> dict[str, Any]:
     """Rows per state and open/dead events per workflow; the shape `status --json` prints."""
-    counts = {row["workflow"]: row for row in store.rows("event_counts")}
+    counts = {row["workflow"]: row for row in reports.event_counts()}
     out = []
-    for wf in workflows(store).values():
-        states = store.state_counts(wf)
+    for wf in workflows(reports).values():
+        states = reports.state_counts(wf)
         ev = counts.get(wf.name, {})
         out.append({
             "name": wf.name, "table": wf.qualified_table,
@@ -58,16 +58,16 @@ def status(store: Store) -> dict[str, Any]:
 BACKLOG_FIELDS = ("due", "waiting", "timers", "running", "dead", "oldest_due_age_s")
 
 
-def backlog(store: Store) -> dict[str, dict[str, Any]]:
+def backlog(reports: Reports) -> dict[str, dict[str, Any]]:
     """Per workflow with open or dead events: ``due`` (runnable, not taken), ``waiting`` (for
     a retry), ``timers`` (deadlines to come), ``running``, ``dead``, ``oldest_due_age_s``
     (seconds the oldest due event has waited since it became runnable; None when none is due)
     and ``min_open_id``. A workflow with none of these is absent."""
     return {r["workflow"]: {k: r[k] for k in (*BACKLOG_FIELDS, "min_open_id")}
-            for r in store.rows("event_backlog")}
+            for r in reports.event_backlog()}
 
 
-def events(store: Store, *, status: str | None = None, workflow: str | None = None,
+def events(reports: Reports, *, status: str | None = None, workflow: str | None = None,
            row: str | None = None, search: str | None = None,
            limit: int = 50) -> list[dict[str, Any]]:
     """Events, newest first, filtered by status, workflow, row key and a text to find in the
@@ -77,47 +77,46 @@ def events(store: Store, *, status: str | None = None, workflow: str | None = No
                                 f"(one of {', '.join(EVENT_STATUSES)})")
     if limit < 1:
         raise OrchestratorError("--limit must be at least 1")
-    rows = store.rows("list_events", {"status": status, "workflow": workflow, "row_key": row,
-                                      "search": search or None, "limit": limit})
+    rows = reports.list_events(status=status, workflow=workflow, row_key=row,
+                               search=search or None, limit=limit)
     return [_plain(r) for r in rows]
 
 
-def history(store: Store, wf: Workflow, key: str) -> dict[str, Any]:
+def history(reports: Reports, wf: Workflow, key: str) -> dict[str, Any]:
     """One row's timeline: every event with its failed attempts. UnknownRow if no such row."""
-    current = _row_state(store, wf, key)
-    params = {"workflow": wf.name, "row_key": key}
+    current = _row_state(reports, wf, key)
     errors: dict[int, list[dict[str, Any]]] = {}
-    for err in store.rows("row_errors", params):
+    for err in reports.row_errors(wf.name, key):
         errors.setdefault(err["event_id"], []).append(
             {"attempt": err["attempt"], "error": err["error"], "at": _iso(err["at"])})
     timeline = [_plain(e) | {"errors": errors.get(e["id"], [])}
-                for e in store.rows("row_history", params)]
+                for e in reports.row_history(wf.name, key)]
     return {"workflow": wf.name, "key": key, "state": current, "events": timeline}
 
 
-def redrive(store: Store, *, ids: Sequence[int] = (), all_dead: bool = False,
+def redrive(reports: Reports, *, ids: Sequence[int] = (), all_dead: bool = False,
             handler: str | None = None, workflow: str | None = None,
             dry_run: bool = False) -> list[dict[str, Any]]:
     """Requeue dead events: the given ids (every one must be dead, else nothing is done), or
     with ``all_dead`` every dead event matching the filters."""
     if ids:
-        found = {r["id"]: r["status"] for r in store.rows("event_statuses", {"ids": list(ids)})}
+        found = reports.event_statuses(ids)
         problems = [f"{i} ({found[i]})" if i in found else f"{i} (no such event)"
                     for i in ids if found.get(i) != "dead"]
         if problems:
             raise OrchestratorError(f"not dead, nothing redriven: event {', '.join(problems)}")
     elif not all_dead:
         raise OrchestratorError("name event ids, or use --dead to redrive dead events")
-    chosen = store.redrive(workflows(store), ids=ids, all_dead=all_dead, handler=handler,
+    chosen = reports.redrive(workflows(reports), ids=ids, all_dead=all_dead, handler=handler,
                            workflow=workflow, dry_run=dry_run)
     return [{"id": r["id"], "workflow": r["workflow"], "key": r["row_key"],
              "handler": r["handler"], "error": r["last_error"]} for r in chosen]
 
 
-def fire(store: Store, wf: Workflow, key: str, target: str) -> dict[str, str]:
+def fire(reports: Reports, wf: Workflow, key: str, target: str) -> dict[str, str]:
     """Move a row by hand to a state (or by a trigger name such as ``cancel``), checked
     against the workflow. Raises UnknownRow, IllegalTransition or OrchestratorError."""
-    current = _row_state(store, wf, key)
+    current = _row_state(reports, wf, key)
     dest = target if target in wf.states else wf.trigger_target(current, target)
     if dest is None:
         if not any(t.trigger == target for t in wf.transitions):
@@ -125,7 +124,7 @@ def fire(store: Store, wf: Workflow, key: str, target: str) -> dict[str, str]:
                                     f"workflow {wf.name!r}")
         raise IllegalTransition(wf.name, current, target)
     wf.check(current, dest)
-    if not store.move(wf, key, current, dest):
+    if not reports.move(wf, key, current, dest):
         raise OrchestratorError(f"{wf.name} {key} changed while firing; look again and retry")
     return {"workflow": wf.name, "key": key, "from": current, "to": dest}
 
@@ -154,9 +153,9 @@ def graph(wf: Workflow, *, fmt: str = "mermaid",
     raise OrchestratorError(f"unknown graph format {fmt!r} (mermaid or dot)")
 
 
-def _row_state(store: Store, wf: Workflow, key: str) -> str:
+def _row_state(reports: Reports, wf: Workflow, key: str) -> str:
     try:
-        state = store.row_state(wf, key)
+        state = reports.row_state(wf, key)
     except StoreError as exc:
         raise UnknownRow(f"{wf.name} has no row {key!r} ({exc})") from None
     if state is None:

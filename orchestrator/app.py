@@ -16,14 +16,22 @@ from orchestrator.dispatcher import Dispatcher, dispatcher_name
 from orchestrator.embedded import EmbeddedServer
 from orchestrator.metrics import Metrics
 from orchestrator.registry import Registry
+from orchestrator.reports import Reports
 from orchestrator.store import Store
 
 
-def resolve_dsn(settings: Settings) -> str:
-    """The DSN to use: the configured one, else the embedded server's (started if needed)."""
+def embedded_server(settings: Settings) -> EmbeddedServer:
+    """The embedded server of ``settings.data_dir`` (not started)."""
+    return EmbeddedServer(settings.data_dir / "pgdata")
+
+
+def resolve_dsn(settings: Settings, database: str | None = None) -> str:
+    """The DSN to use: the configured one, else the embedded server's (started if needed), for
+    its default database or ``database``."""
     if settings.dsn:
         return settings.dsn
-    return EmbeddedServer(settings.data_dir / "pgdata").start()
+    server = embedded_server(settings)
+    return server.start(database) if database else server.start()
 
 
 class Orchestrator:
@@ -45,6 +53,7 @@ class Orchestrator:
                                  prepare=not settings.transaction_pooling)
         self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s,
                            lock_timeout_s=settings.lock_timeout_s)
+        self.reports = Reports(self.pool)
         self._on_close: list[Callable[[], None]] = []
 
     def __enter__(self) -> Orchestrator:
@@ -60,7 +69,7 @@ class Orchestrator:
     def migrate(self) -> list[str]:
         """Upgrade the schema to the newest revision and install every workflow; their names."""
         schema.upgrade(self.dsn, password=self.password)
-        return schema.install_workflows(self.store, self.registry)
+        return schema.install_registry(self.pool, self.registry)
 
     def dispatcher(self, *, until_idle: bool = False) -> Dispatcher:
         """A dispatcher on this pool; it LISTENs on ``listen_dsn`` (else ``dsn``) unless listen
@@ -69,7 +78,7 @@ class Orchestrator:
         listen = (self.settings.listen_dsn or self.dsn) if self.settings.listen else None
         metrics = None
         if self.settings.metrics_port is not None:
-            metrics = Metrics(self.registry, self.store)
+            metrics = Metrics(self.registry, self.reports)
             metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
             self._on_close.append(metrics.close)
         dispatcher = Dispatcher(self.registry, self.store, self.settings, listen_dsn=listen,

@@ -52,8 +52,10 @@ class Settings:
         metadata={"help": "module:function called for every new connection with its "
                           "parameters; returns the password (a cloud IAM token)."},
     )
-    handlers: str = field(
-        default="handlers", metadata={"help": "Python package or module holding the workflows."}
+    handlers: str | None = field(
+        default=None,
+        metadata={"help": "Python package or module holding the workflows (default: a "
+                          "`handlers` package in the working directory)."},
     )
     concurrency: int = field(
         default=8, metadata={"help": "Handlers run at once by one dispatcher."}

@@ -23,7 +23,13 @@ from psycopg import conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from orchestrator.backoff import reconnect_delay_s
-from orchestrator.errors import ConfigError, CredentialsError, DatabaseUnavailable
+from orchestrator.errors import (
+    ConfigError,
+    CredentialsError,
+    DatabaseUnavailable,
+    NotMigrated,
+    StoreError,
+)
 from orchestrator.sql import QUERIES
 
 if TYPE_CHECKING:
@@ -300,3 +306,33 @@ def _shut_down(conn: psycopg.Connection[Any]) -> None:
         sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
         with sock:
             sock.shutdown(socket.SHUT_RDWR)
+
+
+def is_connection_error(exc: BaseException, conn: psycopg.Connection[Any] | None = None) -> bool:
+    """Whether ``exc`` means the server or the connection is gone (as opposed to a bad query)."""
+    if conn is not None and (conn.broken or conn.closed):
+        return True
+    if isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CrashShutdown
+                  | psycopg.errors.CannotConnectNow):
+        return True
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        state = getattr(exc, "sqlstate", None)
+        return state is None or state.startswith("08")
+    return False
+
+
+@contextmanager
+def translated(conn: psycopg.Connection[Any] | None = None) -> Iterator[None]:
+    """Turn driver errors into StoreError subclasses (passwords redacted)."""
+    try:
+        yield
+    except psycopg.errors.UndefinedTable as exc:
+        raise NotMigrated(f"{NotMigrated.__doc__} ({one_line(exc)})") from exc
+    except psycopg.Error as exc:
+        kind = DatabaseUnavailable if is_connection_error(exc, conn) else StoreError
+        raise kind(f"database error: {one_line(exc)}") from exc
+
+
+def is_psycopg(conn: object) -> bool:
+    """Whether ``conn`` is a psycopg 3 connection."""
+    return isinstance(conn, psycopg.Connection)

@@ -38,6 +38,10 @@ class DatabaseUnavailable(StoreError):
     """The database cannot be reached."""
 
 
+class MigrationError(StoreError):
+    """The migration failed."""
+
+
 class NotMigrated(StoreError):
     """The database has no orchestrator schema: run `orchestrator migrate` first."""
 

@@ -24,8 +24,9 @@ from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.events import Event
 from orchestrator.observe import Observer
 from orchestrator.registry import Registry
+from orchestrator.reports import Reports
 from orchestrator.runner import DEADLINE_HANDLER
-from orchestrator.store import Result, Store
+from orchestrator.store import Result
 from orchestrator.workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ PENDING_KINDS = {"due": "due", "retry": "waiting", "timer": "timers"}
 class Metrics(Observer):
     """A dispatcher's metrics in a registry of their own; ``serve`` exposes them over HTTP."""
 
-    def __init__(self, registry: Registry, store: Store, *, cache_s: float = 5.0) -> None:
+    def __init__(self, registry: Registry, store: Reports, *, cache_s: float = 5.0) -> None:
         self._handlers = registry
         self.registry = CollectorRegistry()
         self._listener: Listener | None = None
@@ -128,7 +129,7 @@ class DatabaseGauges(Collector):
     once per ``cache_s``; scrapes in between get the figures last read). When the database
     cannot be read, ``orchestrator_database_up`` is 0 and these gauges are left out."""
 
-    def __init__(self, store: Store, workflows: Sequence[Workflow], cache_s: float) -> None:
+    def __init__(self, store: Reports, workflows: Sequence[Workflow], cache_s: float) -> None:
         self._store = store
         self._workflows = workflows
         self._cache_s = cache_s

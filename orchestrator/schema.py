@@ -1,77 +1,70 @@
-"""Database schema: Alembic revisions (``migrations/``) and each workflow's triggers.
+"""Database schema: Alembic revisions of the orchestrator's own schema, and each workflow's
+triggers.
 
-``migrate`` upgrades to the newest revision, then installs every workflow of the registry: its
-row in ``orchestrator.workflows``, its legal transitions, and its guard and capture triggers.
-A session advisory lock makes concurrent migrations take turns.
+``upgrade`` brings the ``orchestrator`` schema to the newest revision (Alembic keeps its version
+in ``orchestrator.alembic_version``); ``install_registry`` then installs every workflow of a
+registry, and ``install_workflows`` does it in an application's own transaction. Nothing
+outside the ``orchestrator`` schema is created or changed, except the triggers installed on
+workflow tables, which ``downgrade`` to ``base`` removes with the schema. A session
+advisory lock makes concurrent migrations take turns. Errors leave as one-line MigrationError.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import sqlalchemy
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from psycopg_pool import ConnectionPool
 from sqlalchemy import Connection, create_engine, pool
 
-import migrations
-from orchestrator import db
+import orchestrator.migrations
+from orchestrator import db, install
+from orchestrator.errors import MigrationError, OrchestratorError
+from orchestrator.migrations import VERSION_SCHEMA, VERSION_TABLE
 from orchestrator.registry import Registry
-from orchestrator.sql import QUERIES
-from orchestrator.store import Store
+from orchestrator.sql import INSTALL
+from orchestrator.workflow import Workflow
 
 if TYPE_CHECKING:
     from orchestrator.credentials import PasswordProvider
 
-MIGRATIONS_DIR = Path(migrations.__file__).parent
-VERSION_TABLE = "orchestrator_alembic_version"
-
-
-def _config(connection: Connection) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.attributes["connection"] = connection
-    return cfg
-
-
-def _run(dsn: str, action: str, revision: str, password: PasswordProvider | None) -> None:
-    engine = create_engine("postgresql+psycopg://",
-                           creator=lambda: db.connect(dsn, password=password),
-                           poolclass=pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql(QUERIES["migrate_lock"])
-            conn.commit()
-            getattr(command, action)(_config(conn), revision)
-    finally:
-        engine.dispose()
+MIGRATIONS_DIR = Path(orchestrator.migrations.__file__).parent
+VERSION_OPTIONS = {"version_table": VERSION_TABLE, "version_table_schema": VERSION_SCHEMA}
 
 
 def upgrade(dsn: str, revision: str = "head", *,
             password: PasswordProvider | None = None) -> None:
-    """Apply revisions up to ``revision``."""
-    _run(dsn, "upgrade", revision, password)
+    """Apply revisions up to ``revision``. Raises MigrationError (one line) on failure."""
+    with _connection(dsn, password) as conn:
+        _adopt_old_version_table(conn)
+        command.upgrade(_config(conn), revision)
 
 
 def downgrade(dsn: str, revision: str = "base", *,
               password: PasswordProvider | None = None) -> None:
-    """Revert revisions down to ``revision`` (``base``: remove everything)."""
-    _run(dsn, "downgrade", revision, password)
+    """Revert revisions down to ``revision``; ``base`` removes the orchestrator schema and the
+    triggers on workflow tables, leaving those tables and their rows as they are."""
+    with _connection(dsn, password) as conn:
+        _adopt_old_version_table(conn)
+        command.downgrade(_config(conn), revision)
+        if revision == "base":
+            conn.exec_driver_sql(INSTALL["drop_schema"])
+            conn.commit()
 
 
 def current_revision(dsn: str, *, password: PasswordProvider | None = None) -> str | None:
     """The revision the database is at, or None before the first migration."""
-    engine = create_engine("postgresql+psycopg://",
-                           creator=lambda: db.connect(dsn, password=password),
-                           poolclass=pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-            return context.get_current_revision()
-    finally:
-        engine.dispose()
+    with _connection(dsn, password, lock=False) as conn:
+        context = MigrationContext.configure(conn, opts=dict(VERSION_OPTIONS))
+        return context.get_current_revision()
 
 
 def head_revision() -> str:
@@ -81,8 +74,64 @@ def head_revision() -> str:
     return head
 
 
-def install_workflows(store: Store, registry: Registry) -> list[str]:
-    """Install (or update) every workflow of ``registry``; their names."""
+def install_registry(work_pool: ConnectionPool, registry: Registry) -> list[str]:
+    """Install (or update) every workflow of ``registry``, each in its own transaction; their
+    names."""
     for wf in registry.workflows.values():
-        store.install_workflow(wf)
+        with db.borrowed(work_pool) as conn, db.translated(conn), conn.transaction():
+            install.install_workflow(conn, wf)
     return sorted(registry.workflows)
+
+
+def install_workflows(connection: Any, *workflows: Workflow) -> None:
+    """Install or update ``workflows`` inside the caller's open transaction: for an
+    application's own Alembic revision (``install_workflows(op.get_bind(), tickets)``), right after
+    it creates the workflow's table. ``connection`` is a SQLAlchemy Connection on the
+    ``postgresql+psycopg`` driver, or a psycopg connection. The orchestrator schema must be
+    migrated first (NotMigrated otherwise); DefinitionError for a missing table or column."""
+    raw = getattr(getattr(connection, "connection", None), "driver_connection", connection)
+    if not db.is_psycopg(raw):
+        raise OrchestratorError("install_workflows() needs a psycopg 3 connection: use the "
+                                "postgresql+psycopg:// driver")
+    with db.translated(raw):
+        for wf in workflows:
+            install.install_workflow(raw, wf)
+
+
+def _config(connection: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+@contextmanager
+def _connection(dsn: str, password: PasswordProvider | None, *,
+                lock: bool = True) -> Iterator[Connection]:
+    """A SQLAlchemy connection for Alembic, holding the migration lock; failures of Alembic
+    or the database leave as one-line MigrationError (DatabaseUnavailable when unreachable)."""
+    engine = create_engine("postgresql+psycopg://",
+                           creator=lambda: db.connect(dsn, password=password),
+                           poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if lock:
+                conn.exec_driver_sql(INSTALL["migrate_lock"])
+                conn.commit()
+            yield conn
+    except OrchestratorError:
+        raise
+    except CommandError as exc:
+        raise MigrationError(f"migration failed: {db.one_line(exc)}") from exc
+    except sqlalchemy.exc.DBAPIError as exc:
+        cause = exc.orig if exc.orig is not None else exc
+        raise MigrationError(f"migration failed: {db.one_line(cause)}") from exc
+    finally:
+        engine.dispose()
+
+
+def _adopt_old_version_table(conn: Connection) -> None:
+    """Builds before 0.1.0 kept Alembic's version in public.orchestrator_alembic_version: move
+    it into the orchestrator schema, where migrations/env.py looks for it now."""
+    conn.exec_driver_sql(INSTALL["adopt_old_version_table"])
+    conn.commit()

@@ -1,7 +1,8 @@
-"""Every database verb the engine needs: claim, finish, heartbeat, requeue, release, install.
+"""The dispatcher's database verbs: claim, finish, heartbeat, requeue, release.
 
-With db.py, the only module that talks to psycopg. Verbs take and return domain objects (Event,
-Result, Workflow); driver errors leave as StoreError or DatabaseUnavailable.
+Installing workflows is install.py's job and what operators read and redrive is reports.py's;
+with db.py these are the modules that talk to psycopg. Verbs take and return domain objects
+(Event, Result, Workflow); driver errors leave as StoreError or DatabaseUnavailable.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from orchestrator.db import borrowed, one_line
-from orchestrator.errors import DatabaseUnavailable, DefinitionError, NotMigrated, StoreError
+from orchestrator import install
+from orchestrator.db import borrowed, is_connection_error, one_line, translated
+from orchestrator.errors import DatabaseUnavailable
 from orchestrator.events import Event, Next, event_from_row
 from orchestrator.sql import QUERIES
 from orchestrator.workflow import Workflow
@@ -27,8 +28,6 @@ from orchestrator.workflow import Workflow
 log = logging.getLogger(__name__)
 
 ResultKind = Literal["done", "retry", "dead"]
-# The dashboard's stuck-row queries look at no more rows than this per call.
-EXAMINE_ROWS = 20_000
 CLAIM_KINDS = {  # the claim query's variants: which pending events, in which order
     "plain": ("e.op <> 'TIMER' AND NOT e.suspect", "e.id"),
     "suspect": ("e.op <> 'TIMER' AND e.suspect", "e.id"),
@@ -68,35 +67,6 @@ class FinishReport:
         self.outcomes.update(other.outcomes)
         self.handoffs += other.handoffs
         self.rejected += other.rejected
-
-
-def is_connection_error(exc: BaseException, conn: psycopg.Connection[Any] | None = None) -> bool:
-    """Whether ``exc`` means the server or the connection is gone (as opposed to a bad query)."""
-    if conn is not None and (conn.broken or conn.closed):
-        return True
-    if isinstance(exc, psycopg.errors.AdminShutdown | psycopg.errors.CrashShutdown
-                  | psycopg.errors.CannotConnectNow):
-        return True
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        state = getattr(exc, "sqlstate", None)
-        return state is None or state.startswith("08")
-    return False
-
-
-@contextmanager
-def translated(conn: psycopg.Connection[Any] | None = None) -> Iterator[None]:
-    """Turn driver errors into StoreError subclasses (passwords redacted)."""
-    try:
-        yield
-    except psycopg.errors.UndefinedTable as exc:
-        raise NotMigrated(f"{NotMigrated.__doc__} ({_first_line(exc)})") from exc
-    except psycopg.Error as exc:
-        kind = DatabaseUnavailable if is_connection_error(exc, conn) else StoreError
-        raise kind(f"database error: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    return one_line(exc)
 
 
 class Store:
@@ -192,9 +162,9 @@ class Store:
         except psycopg.Error as exc:
             _rollback(conn)
             if is_connection_error(exc, conn):
-                raise DatabaseUnavailable(f"database error: {_first_line(exc)}") from exc
+                raise DatabaseUnavailable(f"database error: {one_line(exc)}") from exc
             if len(results) == 1:
-                return FinishReport(rejected=[(results[0], _first_line(exc))])
+                return FinishReport(rejected=[(results[0], one_line(exc))])
         report = FinishReport()
         for result in results:
             report.merge(self._finish_or_split(conn, [result], quiet, commit))
@@ -313,116 +283,7 @@ class Store:
         with self._conn() as conn:
             conn.execute(QUERIES["terminate_backend"], {"pid": pid})
 
-    # -- operator verbs ----------------------------------------------------------------------
-
-    def rows(self, query: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Run the named query and return its rows as dicts (for reports)."""
-        with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(QUERIES[query], params or {})
-            return cur.fetchall() if cur.description else []
-
-    def insert_many(self, query: str, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-        """Run the named statement once per row in one transaction; the first column each
-        RETURNING gave (None where there is no RETURNING)."""
-        with self._conn() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(QUERIES[query], [_adapt_all(row) for row in rows], returning=True)
-            out: list[Any] = []
-            while True:
-                out.append(row[0] if cur.description and (row := cur.fetchone()) else None)
-                if not cur.nextset():
-                    return out
-
-    def state_counts(self, wf: Workflow) -> dict[str, int]:
-        """How many rows of ``wf`` are in each state (states with none are absent)."""
-        query = sql.SQL("SELECT {state}, count(*) FROM {table} GROUP BY 1").format(
-            state=sql.Identifier(wf.column), table=sql.Identifier(wf.schema, wf.table))
-        with self._conn() as conn:
-            return {str(k): int(v) for k, v in conn.execute(query).fetchall()}
-
-    def row_state(self, wf: Workflow, key: str) -> str | None:
-        """The state of one row, or None when there is no such row."""
-        query = sql.SQL("SELECT {state} FROM {table} WHERE {key} = %(key)s").format(
-            state=sql.Identifier(wf.column), table=sql.Identifier(wf.schema, wf.table),
-            key=sql.Identifier(wf.key))
-        with self._conn() as conn:
-            row = conn.execute(query, {"key": key}).fetchone()
-        return None if row is None else str(row[0])
-
-    def rows_in_states(self, wf: Workflow, states: Sequence[str], *, older_than_s: float = 0.0,
-                       oldest_first: bool = True, limit: int = 100,
-                       examine: int = EXAMINE_ROWS) -> list[dict[str, Any]]:
-        """Rows of ``wf`` in ``states`` for at least ``older_than_s``, with when they entered
-        the state, their latest event and next deadline (the ``rows_in_states`` query), among
-        the first ``examine`` rows in those states."""
-        return self._rows_of(wf, "rows_in_states", {
-            "states": list(states), "older_than_s": older_than_s, "oldest_first": oldest_first,
-            "limit": limit, "examine": examine})
-
-    def stuck_counts(self, wf: Workflow, states: Sequence[str], older_than_s: float, *,
-                     examine: int = EXAMINE_ROWS) -> dict[str, int]:
-        """How many rows of ``wf`` have been in each of ``states`` for ``older_than_s``, among
-        the first ``examine`` rows in those states."""
-        rows = self._rows_of(wf, "stuck_counts", {"states": list(states),
-                                                 "older_than_s": older_than_s,
-                                                 "examine": examine})
-        return {r["state"]: int(r["rows"]) for r in rows}
-
-    def _rows_of(self, wf: Workflow, query: str,
-                 params: dict[str, Any]) -> list[dict[str, Any]]:
-        composed = sql.SQL(QUERIES[query]).format(
-            table=sql.Identifier(wf.schema, wf.table), key=sql.Identifier(wf.key),
-            state=sql.Identifier(wf.column))
-        with self._conn() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(composed, params | {"workflow": wf.name, "column": wf.column})
-            return cur.fetchall()
-
-    def move(self, wf: Workflow, key: str, source: str, dest: str) -> bool:
-        """Move one row from ``source`` to ``dest`` (compare-and-set); False if it was no longer
-        in ``source``. The guard trigger still applies."""
-        with self._conn() as conn:
-            return self._move(conn, wf, key, source, dest) == 1
-
-    @staticmethod
-    def _move(conn: psycopg.Connection[Any], wf: Workflow, key: str, source: str,
-              dest: str) -> int:
-        query = sql.SQL("UPDATE {table} SET {state} = %(dest)s"
-                        " WHERE {key} = %(key)s AND {state} = %(source)s").format(
-            state=sql.Identifier(wf.column), table=sql.Identifier(wf.schema, wf.table),
-            key=sql.Identifier(wf.key))
-        return conn.execute(query, {"key": key, "source": source, "dest": dest}).rowcount
-
-    def redrive(self, workflows: Mapping[str, Workflow], *, ids: Sequence[int] = (),
-                all_dead: bool = False, handler: str | None = None,
-                workflow: str | None = None, dry_run: bool = False) -> list[dict[str, Any]]:
-        """Put dead events back in the queue with fresh attempts, in one transaction; the
-        redriven events. A row their death moved to its workflow's failure state goes back to
-        the state the event saw (an operator override of the guard)."""
-        params = {"ids": list(ids), "all": all_dead, "handler": handler, "workflow": workflow}
-        with self._conn() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-            dead = cur.execute(QUERIES["dead_events"], params).fetchall()
-            if dry_run or not dead:
-                return dead
-            chosen = [d["id"] for d in dead]
-            cur.execute(QUERIES["redrive"], {"ids": chosen})
-            cur.execute(QUERIES["record_redrive"], {"ids": chosen})
-            cur.execute(QUERIES["override"])
-            for d in dead:
-                wf = workflows.get(d["workflow"])
-                if wf and wf.failure_state:
-                    saw = d["new_row"].get(wf.column)
-                    self._move(conn, wf, d["row_key"], wf.failure_state, saw)
-            return dead
-
     # -- workflows ---------------------------------------------------------------------------
-
-    def installed_workflows(self) -> list[Workflow]:
-        """The workflows as last installed by `orchestrator migrate` (no handler code needed).
-        Raises NotMigrated before the first migration."""
-        with self._conn() as conn:
-            if not conn.execute(QUERIES["schema_present"]).fetchone()[0]:  # type: ignore[index]
-                raise NotMigrated()
-            rows = conn.execute(QUERIES["installed_workflows"]).fetchall()
-        return [Workflow.from_definition(definition) for _, definition in rows]
 
     def use_workflows(self, workflows: Sequence[Workflow]) -> None:
         """Check each workflow is installed as defined and remember it for write-backs.
@@ -431,92 +292,24 @@ class Store:
         database holds a different definition (another version of the handlers migrated last).
         """
         with self._conn() as conn:
-            self._verify(conn, workflows)
+            install.verify(conn, workflows)
             for wf in workflows:
-                self._columns[wf.name] = self._table_columns(conn, wf)
+                self._columns[wf.name] = install.table_columns(conn, wf)
                 self._workflows[wf.name] = wf
 
     def verify_workflows(self, workflows: Sequence[Workflow]) -> None:
         """Raise as use_workflows does when the installed definitions changed since."""
         with self._conn() as conn:
-            self._verify(conn, workflows)
-
-    @staticmethod
-    def _verify(conn: psycopg.Connection[Any], workflows: Sequence[Workflow]) -> None:
-        if not conn.execute(QUERIES["schema_present"]).fetchone()[0]:  # type: ignore[index]
-            raise NotMigrated()
-        installed = dict(conn.execute(QUERIES["installed_workflows"]).fetchall())
-        for wf in workflows:
-            if wf.name not in installed:
-                raise NotMigrated(f"workflow {wf.name!r} is not installed in the database: "
-                                  "run `orchestrator migrate`")
-            if (problem := _difference(installed[wf.name], wf.definition())) is not None:
-                raise DefinitionError(
-                    f"workflow {wf.name!r}: {problem}; every dispatcher must run the handlers "
-                    "that `orchestrator migrate` installed last")
+            install.verify(conn, workflows)
 
     def columns(self, workflow: str) -> frozenset[str]:
         """The columns of a workflow's table, as read by use_workflows."""
         return self._columns[workflow]
 
-    @staticmethod
-    def _table_columns(conn: psycopg.Connection[Any], wf: Workflow) -> frozenset[str]:
-        rows = conn.execute(QUERIES["table_columns"], {"table": wf.qualified_table}).fetchall()
-        return frozenset(row[0] for row in rows)
-
-    def install_workflow(self, wf: Workflow) -> None:
-        """Record ``wf`` and (re)create its guard and capture triggers, in one transaction.
-
-        Raises DefinitionError when its table, key or state column does not exist.
-        """
-        with self._conn() as conn, conn.transaction():
-            columns = self._table_columns(conn, wf)
-            if not columns:
-                raise DefinitionError(f"workflow {wf.name!r}: table {wf.qualified_table} does "
-                                      "not exist; create it in a migration first")
-            for col in (wf.key, wf.column, *wf.watch):
-                if col not in columns:
-                    raise DefinitionError(
-                        f"workflow {wf.name!r}: table {wf.qualified_table} has no column {col!r}")
-            conn.execute(QUERIES["upsert_workflow"], {
-                "name": wf.name, "table": wf.qualified_table, "key": wf.key,
-                "column": wf.column, "initial": wf.initial, "definition": Jsonb(wf.definition()),
-            })
-            conn.execute(QUERIES["delete_transitions"], {"name": wf.name})
-            conn.execute(QUERIES["delete_deadlines"], {"name": wf.name})
-            with conn.cursor() as cur:
-                cur.executemany(QUERIES["insert_transition"], [
-                    {"name": wf.name, "source": t.source, "dest": t.dest, "trigger": t.trigger}
-                    for t in wf.transitions])
-                cur.executemany(QUERIES["insert_deadline"], [
-                    {"name": wf.name, "state": d.state, "after_s": d.after_s, "dest": d.to}
-                    for d in wf.deadlines])
-            for statement in _trigger_ddl(wf, conn):
-                conn.execute(statement)
-
-
-def _difference(installed: Mapping[str, Any], mine: Mapping[str, Any]) -> str | None:
-    """What differs between the installed definition and this dispatcher's, or None."""
-    if installed == mine:
-        return None
-    if {k: v for k, v in installed.items() if k != "handlers"} != \
-            {k: v for k, v in mine.items() if k != "handlers"}:
-        return "the states or transitions in the database differ from this dispatcher's"
-    theirs, ours = installed.get("handlers", {}), mine["handlers"]
-    parts = [f"{what}: {', '.join(sorted(routes))}" for what, routes in (
-        ("missing here", set(theirs) - set(ours)), ("not installed", set(ours) - set(theirs)),
-        ("other handler", {r for r in set(ours) & set(theirs) if ours[r] != theirs[r]}))
-        if routes]
-    return "this dispatcher's handlers differ from the installed ones (" + "; ".join(parts) + ")"
-
 
 def _adapt(value: Any) -> Any:
     """Dicts and lists go to json/jsonb columns."""
     return Jsonb(value) if isinstance(value, dict | list) else value
-
-
-def _adapt_all(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _adapt(v) for k, v in row.items()}
 
 
 def _outcomes(sent: list[tuple[psycopg.Cursor[Any], list[Result]]]) -> dict[int, str]:
@@ -535,53 +328,3 @@ def _outcomes(sent: list[tuple[psycopg.Cursor[Any], list[Result]]]) -> dict[int,
 def _rollback(conn: psycopg.Connection[Any]) -> None:
     with suppress(psycopg.Error):  # a broken connection: the pool discards it
         conn.rollback()
-
-
-def _trigger_name(wf: Workflow, suffix: str) -> str:
-    return f"orchestrator_{wf.name}_{suffix}"[:63]
-
-
-def _trigger_ddl(wf: Workflow, conn: psycopg.Connection[Any]) -> list[sql.Composed]:
-    """CREATE OR REPLACE the guard and capture triggers; DROP captures of unwatched columns."""
-    table = sql.Identifier(wf.schema, wf.table)
-    name, key, state = sql.Literal(wf.name), sql.Literal(wf.key), sql.Literal(wf.column)
-
-    def trigger(suffix: str, timing: str, event: sql.Composable, func: str,
-                args: list[sql.Composable], when: sql.Composable | None = None) -> sql.Composed:
-        return sql.SQL(
-            "CREATE OR REPLACE TRIGGER {name} " + timing + " {event} ON {table} FOR EACH ROW "
-            "{when} EXECUTE FUNCTION " + func + "({args})"
-        ).format(name=sql.Identifier(_trigger_name(wf, suffix)), event=event, table=table,
-                 when=sql.SQL("WHEN ({})").format(when) if when else sql.SQL(""),
-                 args=sql.SQL(", ").join(args))
-
-    def update_of(column: str) -> tuple[sql.Composable, sql.Composable]:
-        col = sql.Identifier(column)
-        return (sql.SQL("UPDATE OF {}").format(col),
-                sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=col))
-
-    state_event, state_changed = update_of(wf.column)
-    # The state column's captures also keep the row's deadline timers.
-    timers = [sql.Literal("deadlines")] if wf.deadlines else []
-    wanted = {
-        "guard_insert": trigger("guard_insert", "BEFORE", sql.SQL("INSERT"),
-                                "orchestrator.guard_v1", [name, state]),
-        "guard_update": trigger("guard_update", "BEFORE", state_event, "orchestrator.guard_v1",
-                                [name, state], state_changed),
-        "capture_insert": trigger("capture_insert", "AFTER", sql.SQL("INSERT"),
-                                  "orchestrator.capture_v1", [name, key, state, *timers]),
-    }
-    # Triggers of one timing fire in name order: the state column's capture comes first.
-    for rank, column in enumerate((wf.column, *wf.watch)):
-        event, changed = update_of(column)
-        suffix = f"capture_{rank}_{column}"
-        extra = timers if column == wf.column else []
-        wanted[suffix] = trigger(suffix, "AFTER", event, "orchestrator.capture_v1",
-                                 [name, key, sql.Literal(column), *extra], changed)
-    existing = conn.execute(QUERIES["capture_triggers"], {
-        "table": wf.qualified_table, "prefix": _trigger_name(wf, "") + "%"}).fetchall()
-    keep = {_trigger_name(wf, suffix) for suffix in wanted}
-    drops: list[sql.Composed] = [
-        sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(tg), table)
-        for (tg,) in existing if tg not in keep]
-    return [*drops, *wanted.values()]

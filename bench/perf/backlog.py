@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.perf.case import drained, monitor, settle, wait_until
-from bench.perf.db import Session
-from bench.perf.dispatchers import Dispatchers, DispatcherSettings
+from orchestrator.bench.case import drained, monitor, settle, wait_until
+from orchestrator.bench.db import Session
+from orchestrator.bench.dispatchers import Dispatchers, DispatcherSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from bench.perf.db import BenchError, Session
+from orchestrator.bench.db import BenchError, Session
 
 MONITOR = "orchestrator-bench-monitor"
 # The monitor's queries are all index lookups. With the statistics of a table that just grew

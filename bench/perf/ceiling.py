@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.perf.db import BenchError, Session
+from orchestrator.bench.db import BenchError, Session
 from orchestrator.db import one_line
 from orchestrator.embedded import binary
 

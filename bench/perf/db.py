@@ -19,7 +19,7 @@ from orchestrator.db import CHANNEL, connect_kwargs, one_line
 from orchestrator.errors import OrchestratorError
 from orchestrator.sql import load_queries
 
-QUERIES = load_queries("bench.perf")
+QUERIES = load_queries("orchestrator.bench")
 BENCH_APP = "orchestrator-bench"
 
 

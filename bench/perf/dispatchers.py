@@ -1,5 +1,5 @@
-"""Dispatcher processes for a case: `orchestrator run` serving bench.perf.workflow, as a user
-runs it.
+"""Dispatcher processes for a case: `orchestrator run` serving orchestrator.bench.workflow, as
+a user runs it.
 
 Each process's pool connects with its own application_name (``bench-dispatcher-<n>``); LISTEN
 connections all carry the engine's listen name. So the bench can tell when every process is
@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.perf.db import BenchError, Session, with_application_name
+from orchestrator.bench.db import BenchError, Session, with_application_name
 from orchestrator.db import LISTEN_APPLICATION_NAME
 
-HANDLERS = "bench.perf.workflow"
+HANDLERS = "orchestrator.bench.workflow"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.perf.case import drained, monitor, reached, settle, wait_until
-from bench.perf.db import BenchError, Session
-from bench.perf.dispatchers import Dispatchers, DispatcherSettings
-from bench.perf.workflow import TRANSITIONS_PER_ORDER
+from orchestrator.bench.case import drained, monitor, reached, settle, wait_until
+from orchestrator.bench.db import BenchError, Session
+from orchestrator.bench.dispatchers import Dispatchers, DispatcherSettings
+from orchestrator.bench.workflow import TRANSITIONS_PER_ORDER
 
 
 @dataclass(frozen=True, slots=True)

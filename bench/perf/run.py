@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.perf import backlog, ceiling, latency, throughput
-from bench.perf.db import Session
-from bench.perf.dispatchers import DispatcherSettings
 from orchestrator.app import Orchestrator
+from orchestrator.bench import backlog, ceiling, latency, throughput
+from orchestrator.bench.db import Session
+from orchestrator.bench.dispatchers import DispatcherSettings
 from orchestrator.config import Settings
 from orchestrator.registry import load_registry
 
@@ -63,7 +63,7 @@ def prepare(dsn: str) -> None:
     """Create the bench's tables, migrate, and install the bench workflows."""
     with Session(dsn) as session:
         session.run("create_tables")
-    registry = load_registry("bench.perf.workflow")
+    registry = load_registry("orchestrator.bench.workflow")
     with Orchestrator(Settings.load(env={}, dsn=dsn), registry) as orch:
         orch.migrate()
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.perf.case import drained, monitor, reached, settle, wait_until
-from bench.perf.db import NotifyCounter, Session
-from bench.perf.dispatchers import Dispatchers, DispatcherSettings
+from orchestrator.bench.case import drained, monitor, reached, settle, wait_until
+from orchestrator.bench.db import NotifyCounter, Session
+from orchestrator.bench.dispatchers import Dispatchers, DispatcherSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ branch_labels = None
 depends_on = None
 
 UPGRADE = r"""
-CREATE SCHEMA orchestrator;
+-- The schema exists already when Alembic keeps its version table in it (migrations/env.py).
+CREATE SCHEMA IF NOT EXISTS orchestrator;
 
 -- The durable event log. A trigger appends a row in the transaction that changed the watched
 -- column; dispatchers claim rows from here. NOTIFY only wakes them: this table is the truth.
@@ -171,8 +172,14 @@ END
 $$;
 """
 
+# The schema itself stays while Alembic's version table is in it; `orchestrator migrate
+# --downgrade base` drops it once empty. Dropping the functions drops the triggers installed on
+# workflow tables with them; the tables and their rows stay.
 DOWNGRADE = """
-DROP SCHEMA orchestrator CASCADE;
+DROP FUNCTION orchestrator.capture_v1() CASCADE;
+DROP FUNCTION orchestrator.guard_v1() CASCADE;
+DROP TABLE orchestrator.transitions, orchestrator.deadlines, orchestrator.workflows,
+    orchestrator.event_errors, orchestrator.events;
 """
 
 

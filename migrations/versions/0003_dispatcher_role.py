@@ -3,8 +3,9 @@ schema.
 
 ``orchestrator_dispatcher`` is a group role (NOLOGIN) shared by every database of the server;
 this revision creates it when missing (which needs CREATEROLE) and grants it, in this database,
-what dispatching needs: read the workflow definitions, claim and finish events, record errors,
-and what the demo's handlers read and write. No CREATE, ALTER, DROP or TRUNCATE anywhere.
+what dispatching needs: read the workflow definitions, claim and finish events, record errors.
+Nothing outside the orchestrator schema: an application grants its own tables (builds before
+0.1.0 granted the demo's here; the demo now does it itself). No CREATE, ALTER, DROP or TRUNCATE.
 Dispatchers log in as a role of their own that is a member:
 ``CREATE ROLE app_dispatcher LOGIN IN ROLE orchestrator_dispatcher``. A role that writes a
 workflow's table needs INSERT on orchestrator.events too: the capture trigger runs as the writer.
@@ -41,18 +42,9 @@ GRANT SELECT, INSERT ON orchestrator.event_errors TO orchestrator_dispatcher;
 -- deadlines when a row enters a state.
 GRANT SELECT ON orchestrator.workflows, orchestrator.transitions, orchestrator.deadlines
     TO orchestrator_dispatcher;
-
--- The demo's handlers: write-backs update orders; the steps read the reference data, take and
--- free agents, and record payments.
-GRANT SELECT ON public.restaurants, public.menu_items, public.customers
-    TO orchestrator_dispatcher;
-GRANT SELECT, UPDATE ON public.orders, public.agents TO orchestrator_dispatcher;
-GRANT SELECT, INSERT, UPDATE ON public.payments TO orchestrator_dispatcher;
 """
 
 DOWNGRADE = r"""
-REVOKE ALL ON public.restaurants, public.menu_items, public.customers, public.orders,
-    public.agents, public.payments FROM orchestrator_dispatcher;
 REVOKE ALL ON ALL TABLES IN SCHEMA orchestrator FROM orchestrator_dispatcher;
 REVOKE ALL ON SCHEMA orchestrator FROM orchestrator_dispatcher;
 

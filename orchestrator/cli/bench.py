@@ -1,4 +1,5 @@
-"""The `orchestrator bench` command: a thin call into the ``bench.perf`` package."""
+"""The `orchestrator bench` command: a thin call into ``orchestrator.bench``
+(``bench/perf/`` in the repository)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.app import resolve_dsn
 from orchestrator.cli.common import DataDir, Dsn, Json, app, err, friendly, out, print_json
 from orchestrator.config import Settings
-from orchestrator.embedded import EmbeddedServer
 from orchestrator.errors import ConfigError
 
 BENCH_DATABASE = "orchestrator_bench"
@@ -50,8 +51,8 @@ def bench(
     not a test: the figures depend on the machine and on whatever else runs on it.
     """
     # Imported here: the bench package is not needed by any other command.
-    from bench.perf import report
-    from bench.perf.run import BenchConfig, run
+    from orchestrator.bench.report import table
+    from orchestrator.bench.run import BenchConfig, run
 
     config = BenchConfig(
         orders=orders, backlog_events=backlog, unloaded_orders=unloaded_orders, paced_s=paced_s,
@@ -59,9 +60,9 @@ def bench(
         concurrency=concurrency,
         pool_size=pool_size, batch_size=batch_size)
     settings = Settings.load(dsn=dsn, data_dir=data_dir)
-    target = settings.dsn or EmbeddedServer(settings.data_dir / "pgdata").start(BENCH_DATABASE)
+    target = resolve_dsn(settings, BENCH_DATABASE)
     results = run(config, target, say=lambda line: err.print(line, soft_wrap=True))
     if json:
         print_json(results)
     else:
-        out.print(report.table(results))
+        out.print(table(results))

@@ -7,6 +7,7 @@ exit 1; usage errors exit 2; nothing prints a stack trace unless --debug is give
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -18,15 +19,50 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from orchestrator.config import Settings, help_for
 from orchestrator.db import redact
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.registry import Registry, load_registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Options of the `orchestrator` command itself, and how many values each takes.
+GLOBAL_OPTIONS = {"--log-level": 1, "--debug": 0, "--no-debug": 0}
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """``args`` with the global options that follow the command moved before it, so that
+    `orchestrator run --log-level WARNING` means `orchestrator --log-level WARNING run`.
+    Nothing after a ``--`` moves."""
+    start = 0
+    while start < len(args) and args[start].startswith("-"):
+        start += 1 + GLOBAL_OPTIONS.get(args[start], 0)
+    front, rest, moved = args[:start], [], []
+    tokens = iter(args[start:])
+    for token in tokens:
+        name = token.split("=", 1)[0]
+        if token == "--":
+            rest += [token, *tokens]
+        elif name in GLOBAL_OPTIONS:
+            moved.append(token)
+            if "=" not in token and GLOBAL_OPTIONS[name]:
+                moved += [next(tokens, "")]
+        else:
+            rest.append(token)
+    return [*front, *moved, *rest]
+
+
+class Commands(TyperGroup):
+    """The command group; global options are accepted after the command too."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(list(args)))
+
+
 app = typer.Typer(
+    cls=Commands,
     help="A Postgres-driven workflow orchestrator: row changes drive handlers through a durable "
          "event log.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -101,10 +137,35 @@ def settings_from(**overrides: Any) -> Settings:
     return Settings.load(**overrides)
 
 
+DEMO_HANDLERS = "orchestrator.demo.handlers"
+
+
+def _is_demo_checkout(here: Path) -> bool:
+    """Whether ``here`` is this project's checkout, whose ``handlers`` package is the demo's:
+    served under its installed name, so that handler names match what `orchestrator demo`
+    installed."""
+    spec = importlib.util.find_spec(DEMO_HANDLERS)
+    found = spec.submodule_search_locations if spec else None
+    return bool(found) and (here / "handlers").resolve() in {
+        Path(p).resolve() for p in found or ()}
+
+
 def registry_from(settings: Settings) -> Registry:
+    """The workflows to serve: those of ``settings.handlers``, else of a ``handlers`` package
+    (or module) in the working directory. Raises ConfigError when there is neither."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # a handler package next to the user, like `python -m`
-    return load_registry(settings.handlers)
+    if settings.handlers:
+        return load_registry(settings.handlers)
+    here = Path.cwd()
+    if _is_demo_checkout(here):
+        return load_registry(DEMO_HANDLERS)
+    if (here / "handlers" / "__init__.py").is_file() or (here / "handlers.py").is_file():
+        return load_registry("handlers")
+    raise ConfigError(
+        "no handlers to serve: pass --handlers with your workflows' package or module (or set "
+        f"ORCHESTRATOR_HANDLERS), or run from a directory with a `handlers` package; {here} "
+        "has none")
 
 
 

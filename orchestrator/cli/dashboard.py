@@ -31,9 +31,9 @@ def dashboard(
                              stuck_after_s=stuck_after_s, pool_size=4)
     web.check_binding(settings.dashboard_host, settings.dashboard_token)
     with Orchestrator(settings) as orch:
-        orch.store.installed_workflows()  # an unmigrated database: say so now, in one line
+        orch.reports.installed_workflows()  # an unmigrated database: say so now, in one line
         sock = _bind(settings.dashboard_host, settings.dashboard_port)
-        page = web.create_app(orch.store, where=describe(orch.dsn),
+        page = web.create_app(orch.reports, where=describe(orch.dsn),
                               host=settings.dashboard_host, token=settings.dashboard_token,
                               stuck_after_s=settings.stuck_after_s)
         bound_host, bound_port = sock.getsockname()[:2]

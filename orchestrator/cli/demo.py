@@ -20,12 +20,11 @@ from orchestrator.cli.common import (
     friendly,
     out,
     print_json,
-    registry_from,
     settings_from,
 )
 from orchestrator.errors import OrchestratorError
 
-Orders = Annotated[int, typer.Option(help="How many orders to place.")]
+Orders = Annotated[int, typer.Option(help="How many orders to place (seed: 0 only sets up).")]
 Seed = Annotated[int, typer.Option(help="Random seed: the same seed gives the same orders.")]
 
 
@@ -33,14 +32,18 @@ Seed = Annotated[int, typer.Option(help="Random seed: the same seed gives the sa
 @friendly
 def seed(orders: Orders = 100, seed: Seed = 1, dsn: Dsn = None, data_dir: DataDir = None,
          json: Json = False) -> None:
-    """Insert N new food orders (placed), with the demo's restaurants, customers and agents."""
-    with Orchestrator(settings_from(dsn=dsn, data_dir=data_dir)) as orch:
-        orch.store.installed_workflows()
-        first, last = food_demo.seed(orch.store, orders, seed)
+    """Insert N new food orders (placed); first set up what the demo needs where missing: its
+    tables, restaurants, customers and agents, the orchestrator schema and the demo's
+    workflow."""
+    with Orchestrator(settings_from(dsn=dsn, data_dir=data_dir), food_demo.registry()) as orch:
+        food_demo.prepare(orch)
+        first, last = food_demo.seed(orch, orders, seed)
     if json:
         print_json({"orders": orders, "first_id": first, "last_id": last})
-    else:
+    elif orders:
         out.print(f"placed {orders} orders (ids {first}..{last})")
+    else:
+        out.print("the demo's tables, reference data and workflow are in place; no order placed")
 
 
 @app.command()
@@ -50,18 +53,22 @@ def demo(
     concurrency: Annotated[int, typer.Option(help="Handlers run at once.")] = 8,
     json: Json = False,
 ) -> None:
-    """The one-command tour: migrate, seed, run the food-order workflow to the end, summarize.
+    """The one-command tour: set up the demo's tables, migrate, seed, run the food-order
+    workflow to the end, summarize.
 
-    With no DSN it uses the embedded PostgreSQL. Exits 0 when every order reached a terminal
-    state (delivered, rejected, cancelled or failed).
+    With no DSN it uses the embedded PostgreSQL. It serves the demo's own handlers, whatever
+    --handlers says. Exits 0 when every order reached a terminal state (delivered, rejected,
+    cancelled or failed).
     """
+    if orders < 1:
+        raise OrchestratorError("--orders must be at least 1")
     settings = settings_from(dsn=dsn, data_dir=data_dir, concurrency=concurrency,
                              pool_size=concurrency + 2, retry_base_s=0.2, retry_max_s=2.0)
     # Retries and dead events are in the summary; per-event log lines would tear the live view.
     logging.getLogger("orchestrator").setLevel(max(logging.root.level, logging.ERROR))
-    with Orchestrator(settings, registry_from(settings)) as orch:
-        orch.migrate()
-        first, last = food_demo.seed(orch.store, orders, seed)
+    with Orchestrator(settings, food_demo.registry()) as orch:
+        food_demo.prepare(orch)
+        first, last = food_demo.seed(orch, orders, seed)
         if json:
             summary = food_demo.run(orch, first, last)
         else:

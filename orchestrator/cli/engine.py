@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator import credentials, logs, schema
-from orchestrator.app import Orchestrator
+from orchestrator.app import Orchestrator, embedded_server, resolve_dsn
 from orchestrator.cli.common import (
     DataDir,
     Dsn,
@@ -29,7 +29,6 @@ from orchestrator.cli.common import (
 )
 from orchestrator.config import Settings
 from orchestrator.dispatcher import Dispatcher
-from orchestrator.embedded import EmbeddedServer
 
 log = logging.getLogger("orchestrator.cli")
 
@@ -43,20 +42,28 @@ def migrate(
     password_command: PasswordCommand = None,
     password_provider: PasswordProvider = None,
     downgrade: Annotated[str | None, typer.Option(
-        help="Revert to this revision instead (`base` removes the orchestrator schema).",
-        show_default=False)] = None,
+        help="Revert to this revision instead (`base` removes the orchestrator schema and the "
+             "triggers it installed; your tables and rows stay).", show_default=False)] = None,
+    schema_only: Annotated[bool, typer.Option(
+        help="Create or upgrade the orchestrator schema only, installing no workflow (for an "
+             "application that installs them from its own Alembic revisions).")] = False,
 ) -> None:
     """Create or upgrade the orchestrator schema, then install each workflow's triggers.
 
+    It creates and changes nothing outside the `orchestrator` schema but those triggers.
     Behind a transaction-mode pooler, migrate over a direct connection (the migration holds a
     session lock)."""
     settings = settings_from(dsn=dsn, handlers=handlers, data_dir=data_dir,
                              password_command=password_command,
                              password_provider=password_provider)
+    password = credentials.from_settings(settings)
     if downgrade is not None:
-        target = settings.dsn or EmbeddedServer(settings.data_dir / "pgdata").start()
-        schema.downgrade(target, downgrade, password=credentials.from_settings(settings))
+        schema.downgrade(resolve_dsn(settings), downgrade, password=password)
         out.print(f"downgraded to {downgrade}")
+        return
+    if schema_only:
+        schema.upgrade(resolve_dsn(settings), password=password)
+        out.print(f"schema at {schema.head_revision()}; no workflow installed (--schema-only)")
         return
     with Orchestrator(settings, registry_from(settings)) as orch:
         names = orch.migrate()
@@ -136,15 +143,14 @@ def _stop_on_signals(dispatcher: Dispatcher) -> None:
 @friendly
 def db_url(data_dir: DataDir = None) -> None:
     """Print the embedded server's URI (starting it if needed), e.g. for `psql "$(...)"`."""
-    out.print(EmbeddedServer(settings_from(data_dir=data_dir).data_dir / "pgdata").start(),
-              soft_wrap=True)
+    out.print(embedded_server(settings_from(data_dir=data_dir)).start(), soft_wrap=True)
 
 
 @db_app.command("start")
 @friendly
 def db_start(data_dir: DataDir = None) -> None:
     """Start the embedded server (it keeps running until `orchestrator db stop`)."""
-    server = EmbeddedServer(settings_from(data_dir=data_dir).data_dir / "pgdata")
+    server = embedded_server(settings_from(data_dir=data_dir))
     out.print(f"embedded PostgreSQL running: {server.start()}", soft_wrap=True)
 
 
@@ -152,6 +158,5 @@ def db_start(data_dir: DataDir = None) -> None:
 @friendly
 def db_stop(data_dir: DataDir = None) -> None:
     """Stop the embedded server."""
-    server = EmbeddedServer(settings_from(data_dir=data_dir).data_dir / "pgdata")
-    server.stop()
+    embedded_server(settings_from(data_dir=data_dir)).stop()
     out.print("embedded PostgreSQL stopped")

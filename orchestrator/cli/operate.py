@@ -38,7 +38,7 @@ def opened(dsn: str | None, data_dir: Any) -> Iterator[Orchestrator]:
 def status(dsn: Dsn = None, data_dir: DataDir = None, json: Json = False) -> None:
     """Rows per state for each workflow; pending, running and dead events; oldest pending age."""
     with opened(dsn, data_dir) as orch:
-        report = admin.status(orch.store)
+        report = admin.status(orch.reports)
     if json:
         print_json(report)
         return
@@ -68,7 +68,7 @@ def events(
 ) -> None:
     """List events, newest first."""
     with opened(dsn, data_dir) as orch:
-        rows = admin.events(orch.store, status=status, workflow=workflow, row=order, limit=limit)
+        rows = admin.events(orch.reports, status=status, workflow=workflow, row=order, limit=limit)
     if json:
         print_json(rows)
         return
@@ -89,7 +89,7 @@ def history(
 ) -> None:
     """The timeline of one row: each change, its handler, attempts, errors and times."""
     with opened(dsn, data_dir) as orch:
-        report = admin.history(orch.store, admin.pick_workflow(orch.store, workflow), order_id)
+        report = admin.history(orch.reports, admin.pick_workflow(orch.reports, workflow), order_id)
     if json:
         print_json(report)
         return
@@ -122,7 +122,7 @@ def retry(
     """Redrive dead events: they go back to the queue with fresh attempts, and a row their
     death moved to the failure state returns to the state the event saw."""
     with opened(dsn, data_dir) as orch:
-        chosen = admin.redrive(orch.store, ids=event_ids or (), all_dead=dead, handler=handler,
+        chosen = admin.redrive(orch.reports, ids=event_ids or (), all_dead=dead, handler=handler,
                                workflow=workflow, dry_run=dry_run)
     if json:
         print_json({"dry_run": dry_run, "events": chosen})
@@ -142,7 +142,7 @@ def fire(
 ) -> None:
     """Request a transition by hand (e.g. cancel an order), checked against the workflow."""
     with opened(dsn, data_dir) as orch:
-        moved = admin.fire(orch.store, admin.pick_workflow(orch.store, workflow), order_id,
+        moved = admin.fire(orch.reports, admin.pick_workflow(orch.reports, workflow), order_id,
                            target)
     if json:
         print_json(moved)
@@ -160,8 +160,8 @@ def graph(
 ) -> None:
     """The state diagram from the workflow definition, as Mermaid or Graphviz dot text."""
     with opened(dsn, data_dir) as orch:
-        wf = admin.pick_workflow(orch.store, workflow)
-        live = orch.store.state_counts(wf) if counts else None
+        wf = admin.pick_workflow(orch.reports, workflow)
+        live = orch.reports.state_counts(wf) if counts else None
     out.print(admin.graph(wf, fmt=fmt, counts=live), soft_wrap=True, markup=False)
 
 

@@ -1,4 +1,5 @@
-"""Named runtime queries from queries.sql, loaded once at import."""
+"""Named runtime queries, loaded once at import: the dispatcher's (queries.sql), installing
+workflows (install.sql) and the operators' (reports.sql)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,5 @@ def load_queries(package: str, filename: str = "queries.sql") -> dict[str, Liter
 
 
 QUERIES = load_queries(__package__)
+INSTALL = load_queries(__package__, "install.sql")
+REPORTS = load_queries(__package__, "reports.sql")

@@ -30,7 +30,7 @@ from starlette.templating import Jinja2Templates
 
 from orchestrator import admin
 from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.store import Store
+from orchestrator.reports import Reports
 from orchestrator.web import diagram, explain
 from orchestrator.web.pulse import Pulse
 
@@ -57,7 +57,7 @@ def check_binding(host: str, token: str | None) -> None:
                           "a token for redrives (--token or ORCHESTRATOR_DASHBOARD_TOKEN)")
 
 
-def create_app(store: Store, *, where: str, host: str = "127.0.0.1", token: str | None = None,
+def create_app(store: Reports, *, where: str, host: str = "127.0.0.1", token: str | None = None,
                stuck_after_s: float = 60.0, refresh_s: float = 2.0) -> Starlette:
     """The dashboard over ``store``. ``where`` names the database on the page; ``host`` is
     the address it is bound to (requests for another host name are refused when local)."""
@@ -126,7 +126,7 @@ def create_app(store: Store, *, where: str, host: str = "127.0.0.1", token: str 
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
-def _rows(store: Store, workflow: str | None, state: str | None, stuck_after_s: float | None,
+def _rows(store: Reports, workflow: str | None, state: str | None, stuck_after_s: float | None,
           limit: int) -> list[dict[str, Any]]:
     """Rows of one state (newest first) or, with ``stuck_after_s``, every row stuck that long
     in a non-terminal state (oldest first), each with why it is there."""

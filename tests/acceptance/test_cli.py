@@ -88,12 +88,15 @@ def test_migrate_then_run_until_idle(admin_dsn: str, sql: Any) -> None:
     name = database.unique_name()
     fresh = database.create_database(admin_dsn, name)
     try:
-        done = cli("migrate", "--dsn", fresh)
-        assert done.returncode == 0, done.stderr
-        assert "workflows installed: food_order" in done.stdout
+        # The demo is an application like any other: its tables come first, from seed.
+        assert_one_line_error(cli("migrate", "--dsn", fresh),
+                              "table public.orders does not exist")
         done = cli("seed", "--orders", "20", "--dsn", fresh)
         assert done.returncode == 0, done.stderr
         assert "placed 20 orders" in done.stdout
+        done = cli("migrate", "--dsn", fresh)
+        assert done.returncode == 0, done.stderr
+        assert "workflows installed: food_order" in done.stdout
         done = cli("run", "--until-idle", "--dsn", fresh)
         assert done.returncode == 0, done.stderr
         import psycopg
@@ -141,6 +144,7 @@ def run_test_db_commands_manage_an_embedded_server(env: dict[str, str]) -> None:
         assert url.returncode == 0, url.stderr
         uri = url.stdout.strip()
         assert uri.startswith("postgresql://postgres@/orchestrator?host=")
+        assert cli("seed", "--orders", "1", env=env).returncode == 0
         assert cli("migrate", env=env).returncode == 0
         import psycopg
         with psycopg.connect(uri) as conn:

@@ -67,7 +67,7 @@ def test_a_scrape_during_a_demo_run_shows_the_figures_move(dsn: str) -> None:
                 total(after, "orchestrator_events_pending") == 0
 
         wait_for(settled, timeout_s=120, what="the demo orders to settle in the metrics")
-        charge = "handlers.food_order.charge"
+        charge = "orchestrator.demo.handlers.food_order.charge"
         assert total(after, "orchestrator_events_claimed_total", handler=charge) >= 60
         assert total(after, "orchestrator_events_done_total", outcome="applied") > 60
         assert total(after, "orchestrator_events_retried_total", handler=charge) >= 12

@@ -122,7 +122,7 @@ def test_operator_commands_on_an_unmigrated_database(admin_dsn: str) -> None:
     name = database.unique_name()
     bare = database.create_database(admin_dsn, name)
     try:
-        for args in (["status"], ["events"], ["fire", "1", "cancel"], ["seed"]):
+        for args in (["status"], ["events"], ["fire", "1", "cancel"]):
             assert_one_line_error(cli(*args, "--dsn", bare), "run `orchestrator migrate`")
     finally:
         database.drop_database(admin_dsn, name)

@@ -84,7 +84,7 @@ def test_an_operator_watches_a_demo_run_reads_a_timeline_and_redrives(
         page.locator(".tabs button[data-tab=dead]").click()
         expect(dead).to_have_count(3)
         page.locator("#dead-filters select[name=handler]").select_option(
-            "handlers.food_order.charge")
+            "orchestrator.demo.handlers.food_order.charge")
         page.locator("#redrive-matching").click()
         expect(page.locator("#confirm")).to_contain_text("Redrive 3 dead event(s) of handler "
                                                          "charge?")

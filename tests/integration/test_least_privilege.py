@@ -8,6 +8,7 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
+from orchestrator import schema
 from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
 from orchestrator.errors import StoreError
@@ -54,7 +55,7 @@ def test_the_role_cannot_migrate(dsn: str, registry: Registry) -> None:
     with roles.dispatcher_role(dsn) as role_dsn, \
             Orchestrator(Settings.load(env={}, dsn=role_dsn), registry) as orch, \
             pytest.raises(StoreError, match="permission denied"):
-        orch.store.install_workflow(registry.workflow("jobs"))
+        schema.install_registry(orch.pool, Registry([registry.workflow("jobs")]))
 
 
 def test_a_role_writing_a_workflow_table_needs_the_event_log_too(dsn: str, sql: Any) -> None:

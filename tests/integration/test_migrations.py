@@ -1,38 +1,184 @@
+"""The orchestrator's migrations own only the orchestrator schema: on a database full of an
+application's tables they add nothing elsewhere but the triggers of the workflows installed,
+and `downgrade base` leaves the application's tables and rows exactly as they were."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
 from typing import Any
 
-from orchestrator import schema
+import psycopg
+import pytest
+
+from orchestrator import Workflow, schema
+from orchestrator.app import Orchestrator
+from orchestrator.config import Settings
+from orchestrator.errors import MigrationError
+from orchestrator.registry import Registry
+from tests.conftest import FAST
 from tests.support import database
 
+# An application that was there first: tables named like the demo's, another schema, a
+# uuid key, a text key, mixed-case quoted names, and an Alembic history of its own.
+APPLICATION = """
+CREATE TABLE public.orders (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'new',
+                            note text);
+CREATE TABLE public.payments (id serial PRIMARY KEY, order_id bigint, amount numeric);
+CREATE TABLE public.alembic_version (version_num varchar(32) PRIMARY KEY);
+INSERT INTO public.alembic_version VALUES ('app_0042');
+CREATE SCHEMA app;
+CREATE TABLE app.tickets (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+                          status text NOT NULL DEFAULT 'open');
+CREATE SCHEMA "Billing";
+CREATE TABLE "Billing"."Invoice" ("Ref" text PRIMARY KEY, "State" text NOT NULL DEFAULT 'Draft');
+INSERT INTO public.orders VALUES (1, 'new', 'first'), (2, 'new', NULL);
+INSERT INTO public.payments (order_id, amount) VALUES (1, 9.5);
+INSERT INTO app.tickets (status) VALUES ('open');
+INSERT INTO "Billing"."Invoice" VALUES ('INV-1', 'Draft');
+"""
 
-def tables(dsn: str) -> set[str]:
-    import psycopg
-    with psycopg.connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT table_schema || '.' || table_name FROM information_schema.tables"
-            " WHERE table_schema IN ('orchestrator', 'public')").fetchall()
-    return {r[0] for r in rows}
+# Everything of the application's the catalog knows: relations, columns, functions, triggers.
+CATALOG = """
+SELECT 'relation', n.nspname || '.' || c.relname || ':' || c.relkind::text
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'orchestrator')
+  AND n.nspname NOT LIKE 'pg_toast%'
+UNION ALL
+SELECT 'function', n.nspname || '.' || p.proname
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'orchestrator')
+UNION ALL
+SELECT 'trigger', c.relname || '.' || t.tgname
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+WHERE NOT t.tgisinternal
+UNION ALL
+SELECT 'schema', nspname FROM pg_namespace WHERE nspname = 'orchestrator'
+ORDER BY 1, 2
+"""
+DATA = """
+SELECT * FROM (
+    SELECT 'orders' AS t, to_jsonb(o)::text AS r FROM public.orders o
+    UNION ALL SELECT 'payments', to_jsonb(p)::text FROM public.payments p
+    UNION ALL SELECT 'alembic', to_jsonb(a)::text FROM public.alembic_version a
+    UNION ALL SELECT 'tickets', to_jsonb(t)::text FROM app.tickets t
+    UNION ALL SELECT 'invoice', to_jsonb(i)::text FROM "Billing"."Invoice" i) rows
+ORDER BY t, r
+"""
+
+orders = Workflow("user_orders", table="public.orders", key="id", column="status",
+                  states=["new", "done"], initial="new", terminal=["done"],
+                  transitions=[{"trigger": "finish", "source": "new", "dest": "done"}])
+tickets = Workflow("user_tickets", table="app.tickets", key="id", column="status",
+                   states=["open", "closed"], initial="open", terminal=["closed"],
+                   transitions=[{"trigger": "close", "source": "open", "dest": "closed"}])
+invoices = Workflow("invoices", table="Billing.Invoice", key="Ref", column="State",
+                    states=["Draft", "Sent"], initial="Draft", terminal=["Sent"],
+                    transitions=[{"trigger": "send", "source": "Draft", "dest": "Sent"}])
 
 
-def test_upgrade_downgrade_upgrade(admin_dsn: str) -> None:
-    name = database.unique_name("orch_mig")
+@orders.on_enter("new")
+def finish_order(event: Any) -> str:
+    return "done"
+
+
+@tickets.on_enter("open")
+def close_ticket(event: Any) -> str:
+    return "closed"
+
+
+@invoices.on("Draft", "Sent")
+def send_invoice(event: Any) -> None:
+    return None
+
+
+@pytest.fixture
+def app_dsn(admin_dsn: str) -> Iterator[str]:
+    """An empty database holding only the application's tables and rows."""
+    name = database.unique_name("orch_app")
     dsn = database.create_database(admin_dsn, name)
-    try:
-        assert schema.current_revision(dsn) is None
-        schema.upgrade(dsn)
-        assert schema.current_revision(dsn) == schema.head_revision()
-        assert {"orchestrator.events", "orchestrator.workflows", "public.orders"} <= tables(dsn)
-        schema.downgrade(dsn, "base")
-        assert schema.current_revision(dsn) is None
-        assert not {t for t in tables(dsn) if t.startswith("orchestrator.")}
-        assert "public.orders" not in tables(dsn)
-        schema.upgrade(dsn)
-        assert schema.current_revision(dsn) == schema.head_revision()
-    finally:
-        database.drop_database(admin_dsn, name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(APPLICATION)  # type: ignore[arg-type]
+    yield dsn
+    database.drop_database(admin_dsn, name)
+
+
+def read(dsn: str, query: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query).fetchall()  # type: ignore[arg-type]
+
+
+def test_migrations_touch_nothing_outside_their_schema_and_downgrade_leaves_the_app(
+        app_dsn: str) -> None:
+    catalog, data = read(app_dsn, CATALOG), read(app_dsn, DATA)
+    schema.upgrade(app_dsn)
+    assert schema.current_revision(app_dsn) == schema.head_revision()
+    after = set(read(app_dsn, CATALOG)) - set(catalog)
+    assert after == {("schema", "orchestrator")}, "a migration created something outside"
+    assert read(app_dsn, "SELECT version_num FROM orchestrator.alembic_version") == [
+        (schema.head_revision(),)]
+    assert read(app_dsn, DATA) == data
+
+    schema.downgrade(app_dsn, "base")
+    assert read(app_dsn, CATALOG) == catalog
+    assert read(app_dsn, DATA) == data
+    schema.upgrade(app_dsn)
+    assert schema.current_revision(app_dsn) == schema.head_revision()
+
+
+def test_workflows_on_the_apps_own_tables_run_and_leave_no_trace_after_downgrade(
+        app_dsn: str) -> None:
+    catalog = read(app_dsn, CATALOG)
+    registry = Registry([orders, tickets, invoices])
+    settings = Settings.load(env={}, dsn=app_dsn, **FAST)
+    with Orchestrator(settings, registry) as orch:
+        assert orch.migrate() == ["invoices", "user_orders", "user_tickets"]
+        added = {name for kind, name in set(read(app_dsn, CATALOG)) - set(catalog)
+                 if kind == "trigger"}
+        assert added and all(".orchestrator_" in name for name in added)
+        with psycopg.connect(app_dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO public.orders (id) VALUES (3)")
+            conn.execute("INSERT INTO app.tickets DEFAULT VALUES")
+            conn.execute("""UPDATE "Billing"."Invoice" SET "State" = 'Sent'""")
+        stats = orch.dispatcher(until_idle=True).run()
+    assert stats.dead == 0
+    assert read(app_dsn, "SELECT id, status FROM public.orders WHERE id = 3") == [(3, "done")]
+    # The ticket that was there before the triggers has no event; the new one went through.
+    assert read(app_dsn, "SELECT status, count(*) FROM app.tickets GROUP BY 1 ORDER BY 1") == [
+        ("closed", 1), ("open", 1)]
+    keys = read(app_dsn, "SELECT workflow, row_key FROM orchestrator.events "
+                         "WHERE workflow = 'invoices'")
+    assert keys == [("invoices", "INV-1")]
+
+    data = read(app_dsn, DATA)
+    schema.downgrade(app_dsn, "base")
+    assert read(app_dsn, CATALOG) == catalog
+    assert read(app_dsn, DATA) == data
+    with psycopg.connect(app_dsn, autocommit=True) as conn:  # no guard left behind either
+        conn.execute("UPDATE public.orders SET status = 'anything' WHERE id = 3")
+
+
+def test_a_database_migrated_by_an_older_build_keeps_its_history(app_dsn: str) -> None:
+    schema.upgrade(app_dsn)
+    with psycopg.connect(app_dsn, autocommit=True) as conn:  # where builds before 0.1.0 kept it
+        conn.execute("ALTER TABLE orchestrator.alembic_version "
+                     "RENAME TO orchestrator_alembic_version")
+        conn.execute("ALTER TABLE orchestrator.orchestrator_alembic_version SET SCHEMA public")
+    schema.upgrade(app_dsn)
+    assert schema.current_revision(app_dsn) == schema.head_revision()
+    assert read(app_dsn, "SELECT to_regclass('public.orchestrator_alembic_version')") == [
+        (None,)]
+    assert read(app_dsn, "SELECT version_num FROM public.alembic_version") == [("app_0042",)]
+
+
+def test_a_migration_error_is_one_line(app_dsn: str) -> None:
+    schema.upgrade(app_dsn)
+    with pytest.raises(MigrationError) as failed:
+        schema.downgrade(app_dsn, "no_such_revision")
+    assert "\n" not in str(failed.value)
+    assert "no_such_revision" in str(failed.value)
 
 
 def test_migrate_twice_is_a_no_op(dsn: str, settings: Any, registry: Any) -> None:
-    from orchestrator.app import Orchestrator
     with Orchestrator(settings, registry) as orch:
         assert orch.migrate() == ["food_order", "jobs", "tickets"]
         assert orch.migrate() == ["food_order", "jobs", "tickets"]

@@ -13,18 +13,18 @@ from tests.support.tickets import tickets
 def test_rows_in_states_say_why_and_since_when(settings: Settings, sql: Any) -> None:
     sql("INSERT INTO tickets DEFAULT VALUES")
     with Orchestrator(settings) as orch:
-        (row,) = orch.store.rows_in_states(tickets, ["open"])
+        (row,) = orch.reports.rows_in_states(tickets, ["open"])
         assert row["status"] == "pending" and row["age_s"] >= 0
         assert row["deadline_to"] == "escalated" and 0 < row["deadline_in_s"] <= 1
-        assert orch.store.rows_in_states(tickets, ["open"], older_than_s=3600) == []
-        assert orch.store.stuck_counts(tickets, ["open", "answered"], 0.0) == {"open": 1}
-        assert orch.store.stuck_counts(tickets, ["open"], 3600) == {}
+        assert orch.reports.rows_in_states(tickets, ["open"], older_than_s=3600) == []
+        assert orch.reports.stuck_counts(tickets, ["open", "answered"], 0.0) == {"open": 1}
+        assert orch.reports.stuck_counts(tickets, ["open"], 3600) == {}
 
 
 def test_the_pulse_counts_what_finished_between_samples(settings: Settings, sql: Any,
                                                         run_idle: Any) -> None:
     with Orchestrator(settings) as orch:
-        pulse = Pulse(orch.store, stuck_after_s=60)
+        pulse = Pulse(orch.reports, stuck_after_s=60)
         pulse.sample()
         first = {w["name"]: w for w in pulse.snapshot()["workflows"]}
         assert first["jobs"]["throughput_per_s"] is None  # no floor yet: measuring

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from orchestrator import Remote, Workflow, signing
+from orchestrator import Remote, Workflow, schema, signing
 from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
 from orchestrator.dispatcher import Stats
@@ -86,7 +86,7 @@ def run_remote(dsn: str, sql: Any, handler: Remote, rows: int = 1, **options: An
     wf.on_enter("new", **options)(handler)
     settings = Settings.load(env={}, dsn=dsn, **FAST)
     with Orchestrator(settings, Registry([wf])) as orch:
-        orch.store.install_workflow(wf)
+        schema.install_registry(orch.pool, Registry([wf]))
         sql("INSERT INTO calls (note) SELECT NULL FROM generate_series(1, %s)", (rows,))
         stats = orch.dispatcher(until_idle=True).run()
     handler.close()

@@ -104,7 +104,7 @@ def drop_database(admin_dsn: str, name: str) -> None:
 
 
 def test_registry() -> Registry:
-    from handlers.food_order import food_order
+    from orchestrator.demo.handlers.food_order import food_order
 
     return Registry([jobs, food_order, tickets])
 
@@ -117,15 +117,15 @@ def build_template(admin_dsn: str) -> str:
 
 
 def prepare(dsn: str) -> None:
-    """Migrate an empty database, add the test tables, install the workflows, load the demo's
-    reference data."""
+    """Migrate an empty database, add the test tables and the demo's (with its reference
+    data), install the workflows."""
     schema.upgrade(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(TEST_TABLES)
     settings = Settings.load(env={}, dsn=dsn)
     with Orchestrator(settings, test_registry()) as orch:
-        schema.install_workflows(orch.store, orch.registry)
-        demo.load_reference(orch.store)
+        demo.load_reference(orch)
+        schema.install_registry(orch.pool, orch.registry)
 
 
 def unique_name(prefix: str = "orch_test") -> str:

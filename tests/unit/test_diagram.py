@@ -1,7 +1,7 @@
 from itertools import combinations
 
-from handlers.food_order import food_order
 from orchestrator import Workflow
+from orchestrator.demo.handlers.food_order import food_order
 from orchestrator.web import diagram
 from orchestrator.web.diagram import BOX_H, BOX_W
 from tests.support.tickets import tickets

@@ -1,8 +1,12 @@
-"""The food-order demo: seed data, reproducible orders, and a run with a summary.
+"""The food-order demo: an application of the orchestrator like any user's.
 
-The reference data (restaurants, menus, customers, agents) lives in
-``examples/food_order/seed.json``; orders are generated from a seed, so the same seed yields the
-same orders and, through the handlers' reproducible chance, the same final states.
+It sets up its own tables (``examples/food_order/schema.sql``, idempotent) in the database it is
+pointed at, loads its reference data (restaurants, menus, customers, agents from
+``seed.json``), places reproducible orders and runs them to the end with a summary. Orders are
+generated from a seed, so the same seed yields the same orders and, through the handlers'
+reproducible chance, the same final states. Those files ship in the package as
+``orchestrator.demo.files``, the handlers as ``orchestrator.demo.handlers``. Like any
+application it talks to its own tables with psycopg, on the orchestrator's pool.
 """
 
 from __future__ import annotations
@@ -11,28 +15,90 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
-from orchestrator.app import Orchestrator
-from orchestrator.dispatcher import Stats
-from orchestrator.errors import OrchestratorError
-from orchestrator.store import Store
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
-SEED_FILE = Path(__file__).resolve().parents[1] / "examples" / "food_order" / "seed.json"
+from orchestrator.app import Orchestrator
+from orchestrator.db import borrowed, translated
+from orchestrator.dispatcher import Stats
+from orchestrator.errors import DefinitionError, NotMigrated, OrchestratorError
+from orchestrator.registry import Registry, load_registry
+from orchestrator.sql import load_queries
+
+FILES = resources.files("orchestrator.demo.files")
+QUERIES = load_queries("orchestrator.demo.files")
+HANDLERS = "orchestrator.demo.handlers"
 TERMINAL = ("delivered", "rejected", "cancelled", "failed")
 REFERENCE_QUERIES = {"restaurants": "demo_restaurant", "menu_items": "demo_menu_item",
                      "customers": "demo_customer", "agents": "demo_agent"}
 
 
-def reference_data(path: Path = SEED_FILE) -> dict[str, list[dict[str, Any]]]:
+def registry() -> Registry:
+    """The demo's workflow and handlers."""
+    return load_registry(HANDLERS)
+
+
+def reference_data() -> dict[str, list[dict[str, Any]]]:
     try:
-        data: dict[str, list[dict[str, Any]]] = json.loads(path.read_text())
+        data: dict[str, list[dict[str, Any]]] = json.loads(
+            FILES.joinpath("seed.json").read_text(encoding="utf-8"))
     except OSError as exc:
         raise OrchestratorError(f"cannot read the demo's seed data: {exc}") from None
     return data
+
+
+@contextmanager
+def _connection(orch: Orchestrator) -> Iterator[psycopg.Connection[Any]]:
+    """One transaction on the orchestrator's pool, driver errors as StoreError."""
+    with borrowed(orch.pool) as conn, translated(conn), conn.transaction():
+        yield conn
+
+
+def setup(orch: Orchestrator) -> None:
+    """Create the demo's tables where they are missing, and grant the dispatchers' role what
+    the handlers need (idempotent; concurrent setups take turns)."""
+    schema = FILES.joinpath("schema.sql").read_text(encoding="utf-8")
+    with _connection(orch) as conn:
+        conn.execute(QUERIES["setup_lock"])
+        conn.execute(schema)
+
+
+def prepare(orch: Orchestrator) -> None:
+    """Everything the demo needs in ``orch``'s database: its tables first, then the
+    orchestrator schema and the demo's workflow (whose triggers go on those tables) unless
+    they are installed as defined already."""
+    setup(orch)
+    try:
+        orch.store.verify_workflows(list(orch.registry.workflows.values()))
+    except (NotMigrated, DefinitionError):
+        orch.migrate()
+
+
+def _rows(orch: Orchestrator, name: str, params: Mapping[str, Any] | None = None
+          ) -> list[dict[str, Any]]:
+    with _connection(orch) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(QUERIES[name], params or {})
+        return cur.fetchall()
+
+
+def _insert(orch: Orchestrator, name: str, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """Run the named INSERT once per row in one transaction; what each RETURNING gave."""
+    with _connection(orch) as conn, conn.cursor() as cur:
+        cur.executemany(QUERIES[name], [
+            {k: Jsonb(v) if isinstance(v, dict | list) else v for k, v in row.items()}
+            for row in rows], returning=True)
+        out: list[Any] = []
+        while True:
+            out.append(row[0] if cur.description and (row := cur.fetchone()) else None)
+            if not cur.nextset():
+                return out
 
 
 def plan_orders(count: int, seed: int, data: dict[str, list[dict[str, Any]]],
@@ -66,25 +132,28 @@ def plan_orders(count: int, seed: int, data: dict[str, list[dict[str, Any]]],
     return orders
 
 
-def load_reference(store: Store) -> dict[str, list[dict[str, Any]]]:
-    """Insert the restaurants, menus, customers and agents (rows already there are kept)."""
+def load_reference(orch: Orchestrator) -> dict[str, list[dict[str, Any]]]:
+    """Create the demo's tables if needed and insert the restaurants, menus, customers and
+    agents (rows already there are kept)."""
+    setup(orch)
     data = reference_data()
     for table, query in REFERENCE_QUERIES.items():
-        store.insert_many(query, data[table])
+        _insert(orch, query, data[table])
     return data
 
 
-def seed(store: Store, count: int, seed_value: int) -> tuple[int, int]:
-    """Insert the reference data (once) and ``count`` new orders; their first and last id."""
-    if count < 1:
-        raise OrchestratorError("--orders must be at least 1")
-    data = load_reference(store)
+def seed(orch: Orchestrator, count: int, seed_value: int) -> tuple[int, int]:
+    """Set up the demo's tables and reference data (once) and insert ``count`` new orders;
+    their first and last id."""
+    if count < 0:
+        raise OrchestratorError("--orders must be at least 0")
+    data = load_reference(orch)
     prefix = f"S{seed_value}-"
-    taken = store.rows("demo_refs_taken", {"prefix": prefix + "%"})[0]["count"]
+    taken = _rows(orch, "demo_refs_taken", {"prefix": prefix + "%"})[0]["count"]
     orders = plan_orders(count, seed_value, data, prefix)
     if taken:  # the same seed again in this database: the same orders under fresh references
         orders = [o | {"ref": f"{o['ref']}~{taken}"} for o in orders]
-    ids = store.insert_many("demo_order", orders)
+    ids = _insert(orch, "demo_order", orders) if orders else [0]
     return min(ids), max(ids)
 
 
@@ -118,8 +187,9 @@ class Summary:
                 "all_terminal": self.all_terminal, "dispatcher": self.dispatcher}
 
 
-def progress(store: Store, first: int, last: int) -> dict[str, int]:
-    rows = store.rows("demo_progress", {"first": first, "last": last})
+def progress(orch: Orchestrator, first: int, last: int) -> dict[str, int]:
+    """How many of the orders ``first``..``last`` are in each state."""
+    rows = _rows(orch, "demo_progress", {"first": first, "last": last})
     return {r["status"]: r["count"] for r in rows}
 
 
@@ -142,7 +212,7 @@ def run(orch: Orchestrator, first: int, last: int,
     try:
         while thread.is_alive():
             if on_tick:
-                on_tick(progress(orch.store, first, last))
+                on_tick(progress(orch, first, last))
             thread.join(timeout=0.25)
     except KeyboardInterrupt:
         dispatcher.stop()
@@ -151,14 +221,15 @@ def run(orch: Orchestrator, first: int, last: int,
     wall = time.monotonic() - started
     if failure:
         raise failure[0]
-    return summarize(orch.store, first, last, wall, result[0] if result else Stats())
+    return summarize(orch, first, last, wall, result[0] if result else Stats())
 
 
-def summarize(store: Store, first: int, last: int, wall_s: float, stats: Stats) -> Summary:
-    states = progress(store, first, last)
-    totals = store.rows("demo_totals", {"first": first, "last": last})[0]
+def summarize(orch: Orchestrator, first: int, last: int, wall_s: float,
+              stats: Stats) -> Summary:
+    states = progress(orch, first, last)
+    totals = _rows(orch, "demo_totals", {"first": first, "last": last})[0]
     applied, failed_attempts, dead = totals["applied"], totals["failed_attempts"], totals["dead"]
-    doubles = store.rows("demo_double_charges")[0]["count"]
+    doubles = _rows(orch, "demo_double_charges")[0]["count"]
     return Summary(orders=last - first + 1, final_states=states, transitions=applied,
                    failed_attempts=failed_attempts, dead_events=dead, double_charges=doubles,
                    wall_s=wall_s, dispatcher=stats.as_dict())

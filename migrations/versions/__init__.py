@@ -1,0 +1,1 @@
+"""Alembic revisions of the orchestrator schema, frozen once released."""

@@ -1,0 +1,166 @@
+"""Installing workflows: each one's definition, legal transitions and deadlines in the
+orchestrator schema, and its guard and capture triggers on the application's table.
+
+Every function takes an open psycopg connection and works inside its transaction, so an
+application's own Alembic revision can install a workflow together with the table it creates
+(see ``orchestrator.schema.install``). With db.py and store.py, one of the modules that talk to
+psycopg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from orchestrator.errors import DefinitionError, NotMigrated
+from orchestrator.sql import INSTALL
+from orchestrator.workflow import Workflow
+
+
+def schema_present(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the orchestrator schema has been migrated into this database."""
+    row = conn.execute(INSTALL["schema_present"]).fetchone()
+    return bool(row and row[0])
+
+
+def installed_definitions(conn: psycopg.Connection[Any]) -> dict[str, dict[str, Any]]:
+    """Each installed workflow's definition, by name. Raises NotMigrated before the first
+    migration."""
+    if not schema_present(conn):
+        raise NotMigrated()
+    return dict(conn.execute(INSTALL["installed_workflows"]).fetchall())
+
+
+def installed_workflows(conn: psycopg.Connection[Any]) -> list[Workflow]:
+    """The workflows as last installed (no handler code needed). Raises NotMigrated."""
+    return [Workflow.from_definition(d) for d in installed_definitions(conn).values()]
+
+
+def verify(conn: psycopg.Connection[Any], workflows: Sequence[Workflow]) -> None:
+    """Raise NotMigrated when the schema or one of ``workflows`` is not installed, and
+    DefinitionError when the database holds another definition of one (other handlers were
+    migrated last)."""
+    installed = installed_definitions(conn)
+    for wf in workflows:
+        if wf.name not in installed:
+            raise NotMigrated(f"workflow {wf.name!r} is not installed in the database: "
+                              "run `orchestrator migrate`")
+        if (problem := difference(installed[wf.name], wf.definition())) is not None:
+            raise DefinitionError(
+                f"workflow {wf.name!r}: {problem}; every dispatcher must run the handlers "
+                "that `orchestrator migrate` installed last")
+
+
+def difference(installed: Mapping[str, Any], mine: Mapping[str, Any]) -> str | None:
+    """What differs between an installed definition and this process's, or None."""
+    if installed == mine:
+        return None
+    if {k: v for k, v in installed.items() if k != "handlers"} != \
+            {k: v for k, v in mine.items() if k != "handlers"}:
+        return "the states or transitions in the database differ from this dispatcher's"
+    theirs, ours = installed.get("handlers", {}), mine["handlers"]
+    parts = [f"{what}: {', '.join(sorted(routes))}" for what, routes in (
+        ("missing here", set(theirs) - set(ours)), ("not installed", set(ours) - set(theirs)),
+        ("other handler", {r for r in set(ours) & set(theirs) if ours[r] != theirs[r]}))
+        if routes]
+    return "this dispatcher's handlers differ from the installed ones (" + "; ".join(parts) + ")"
+
+
+def table_columns(conn: psycopg.Connection[Any], wf: Workflow) -> frozenset[str]:
+    """The columns of ``wf``'s table (empty when there is no such table)."""
+    rows = conn.execute(INSTALL["table_columns"],
+                        {"schema": wf.schema, "table": wf.table}).fetchall()
+    return frozenset(row[0] for row in rows)
+
+
+def install_workflow(conn: psycopg.Connection[Any], wf: Workflow) -> None:
+    """Record ``wf`` and (re)create its guard and capture triggers, in the connection's
+    current transaction. Raises NotMigrated before the schema exists, DefinitionError when the
+    table, key or a watched column does not exist."""
+    if not schema_present(conn):
+        raise NotMigrated()
+    _check_table(conn, wf)
+    conn.execute(INSTALL["upsert_workflow"], {
+        "name": wf.name, "table": wf.qualified_table, "key": wf.key, "column": wf.column,
+        "initial": wf.initial, "definition": Jsonb(wf.definition())})
+    conn.execute(INSTALL["delete_transitions"], {"name": wf.name})
+    conn.execute(INSTALL["delete_deadlines"], {"name": wf.name})
+    with conn.cursor() as cur:
+        cur.executemany(INSTALL["insert_transition"], [
+            {"name": wf.name, "source": t.source, "dest": t.dest, "trigger": t.trigger}
+            for t in wf.transitions])
+        cur.executemany(INSTALL["insert_deadline"], [
+            {"name": wf.name, "state": d.state, "after_s": d.after_s, "dest": d.to}
+            for d in wf.deadlines])
+    for statement in trigger_ddl(conn, wf):
+        conn.execute(statement)
+
+
+def _check_table(conn: psycopg.Connection[Any], wf: Workflow) -> None:
+    columns = table_columns(conn, wf)
+    if not columns:
+        raise DefinitionError(f"workflow {wf.name!r}: table {wf.qualified_table} does not "
+                              "exist; create it in a migration first")
+    for col in (wf.key, wf.column, *wf.watch):
+        if col not in columns:
+            raise DefinitionError(
+                f"workflow {wf.name!r}: table {wf.qualified_table} has no column {col!r}")
+
+
+def trigger_name(wf: Workflow, suffix: str) -> str:
+    return f"orchestrator_{wf.name}_{suffix}"[:63]
+
+
+def trigger_ddl(conn: psycopg.Connection[Any], wf: Workflow) -> list[sql.Composed]:
+    """CREATE OR REPLACE the guard and capture triggers; DROP captures of columns no longer
+    watched. Triggers of one timing fire in name order: the state column's capture comes
+    first."""
+    wanted = {suffix: _trigger(wf, suffix, *spec) for suffix, spec in _trigger_specs(wf)}
+    existing = conn.execute(INSTALL["capture_triggers"], {
+        "schema": wf.schema, "table": wf.table, "prefix": trigger_name(wf, "") + "%"}).fetchall()
+    keep = {trigger_name(wf, suffix) for suffix in wanted}
+    drops = [sql.SQL(INSTALL["drop_trigger"]).format(
+        name=sql.Identifier(name), table=sql.Identifier(wf.schema, wf.table))
+        for (name,) in existing if name not in keep]
+    return [*drops, *wanted.values()]
+
+
+TriggerSpec = tuple[str, str | None, str, list[str]]  # timing, changed column, function, args
+
+
+def _trigger_specs(wf: Workflow) -> list[tuple[str, TriggerSpec]]:
+    """Each trigger of ``wf`` by name suffix: timing, the column whose change fires it (None:
+    on INSERT), the function and its arguments. The state column's captures also keep the
+    row's deadline timers."""
+    timers = ["deadlines"] if wf.deadlines else []
+    guard, capture = "orchestrator.guard_v1", "orchestrator.capture_v1"
+    specs: list[tuple[str, TriggerSpec]] = [
+        ("guard_insert", ("BEFORE", None, guard, [wf.name, wf.column])),
+        ("guard_update", ("BEFORE", wf.column, guard, [wf.name, wf.column])),
+        ("capture_insert", ("AFTER", None, capture, [wf.name, wf.key, wf.column, *timers])),
+    ]
+    for rank, column in enumerate((wf.column, *wf.watch)):
+        extra = timers if column == wf.column else []
+        specs.append((f"capture_{rank}_{column}",
+                      ("AFTER", column, capture, [wf.name, wf.key, column, *extra])))
+    return specs
+
+
+def _trigger(wf: Workflow, suffix: str, timing: str, column: str | None, function: str,
+             args: list[str]) -> sql.Composed:
+    if column is None:
+        event: sql.Composable = sql.SQL("INSERT")
+        when: sql.Composable = sql.SQL("")
+    else:
+        col = sql.Identifier(column)
+        event = sql.SQL("UPDATE OF {}").format(col)
+        when = sql.SQL("WHEN (OLD.{c} IS DISTINCT FROM NEW.{c})").format(c=col)
+    return sql.SQL(INSTALL["create_trigger"]).format(
+        name=sql.Identifier(trigger_name(wf, suffix)), timing=sql.SQL(timing), event=event,
+        table=sql.Identifier(wf.schema, wf.table), when=when,
+        function=sql.Identifier(*function.split(".")),
+        args=sql.SQL(", ").join(sql.Literal(a) for a in args))

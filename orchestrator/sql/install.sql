@@ -1,0 +1,77 @@
+-- Installing workflows, loaded once by orchestrator.install: their definitions, and the guard
+-- and capture triggers on their tables. Each starts with "-- name: x"; {name}-style parts are
+-- identifiers or keywords composed in with psycopg.sql, never text from a user.
+
+-- name: schema_present
+SELECT to_regclass('orchestrator.events') IS NOT NULL;
+
+-- name: installed_workflows
+SELECT name, definition FROM orchestrator.workflows;
+
+-- name: upsert_workflow
+INSERT INTO orchestrator.workflows
+    (name, table_name, key_column, state_column, initial_state, definition)
+VALUES (%(name)s, %(table)s, %(key)s, %(column)s, %(initial)s, %(definition)s)
+ON CONFLICT (name) DO UPDATE
+SET table_name = EXCLUDED.table_name, key_column = EXCLUDED.key_column,
+    state_column = EXCLUDED.state_column, initial_state = EXCLUDED.initial_state,
+    definition = EXCLUDED.definition, updated_at = now();
+
+-- name: delete_transitions
+DELETE FROM orchestrator.transitions WHERE workflow = %(name)s;
+
+-- name: delete_deadlines
+DELETE FROM orchestrator.deadlines WHERE workflow = %(name)s;
+
+-- name: insert_deadline
+INSERT INTO orchestrator.deadlines (workflow, state, after_s, to_state)
+VALUES (%(name)s, %(state)s, %(after_s)s, %(dest)s);
+
+-- name: insert_transition
+INSERT INTO orchestrator.transitions (workflow, from_state, to_state, trigger)
+VALUES (%(name)s, %(source)s, %(dest)s, %(trigger)s);
+
+-- name: table_columns
+-- A workflow names its table exactly (case and all): quoted here before the lookup.
+SELECT a.attname
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  AND a.attnum > 0 AND NOT a.attisdropped;
+
+-- name: capture_triggers
+SELECT t.tgname
+FROM pg_trigger t
+WHERE t.tgrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  AND t.tgname LIKE %(prefix)s;
+
+-- name: migrate_lock
+SELECT pg_advisory_lock(hashtext('orchestrator.migrate'));
+
+-- name: create_trigger
+-- One guard or capture trigger of a workflow. {timing} is BEFORE or AFTER, {event} INSERT or
+-- UPDATE OF a column, {when} empty or a WHEN clause that fires only on a real change.
+CREATE OR REPLACE TRIGGER {name} {timing} {event} ON {table}
+FOR EACH ROW {when} EXECUTE FUNCTION {function}({args});
+
+-- name: drop_trigger
+DROP TRIGGER {name} ON {table};
+
+-- name: adopt_old_version_table
+-- Builds before 0.1.0 kept Alembic's version in public.orchestrator_alembic_version; it moves
+-- into the orchestrator schema, beside what it describes, under Alembic's usual name.
+DO $$
+BEGIN
+    IF to_regclass('public.orchestrator_alembic_version') IS NOT NULL
+       AND to_regclass('orchestrator.alembic_version') IS NULL
+       AND EXISTS (SELECT FROM pg_namespace WHERE nspname = 'orchestrator') THEN
+        ALTER TABLE public.orchestrator_alembic_version SET SCHEMA orchestrator;
+        ALTER TABLE orchestrator.orchestrator_alembic_version RENAME TO alembic_version;
+    END IF;
+END
+$$;
+
+-- name: drop_schema
+-- After a downgrade to base only Alembic's version table is left in the schema. RESTRICT: an
+-- object someone else put there keeps the schema, and the error says which.
+DROP TABLE IF EXISTS orchestrator.alembic_version;
+DROP SCHEMA IF EXISTS orchestrator RESTRICT;
