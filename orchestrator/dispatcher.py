@@ -27,9 +27,10 @@ from orchestrator.errors import DatabaseUnavailable
 from orchestrator.events import Event
 from orchestrator.logs import EventLog
 from orchestrator.observe import Observer, Observers
+from orchestrator.outcomes import FinishReport, Outcome, Result
 from orchestrator.registry import Registry
 from orchestrator.runner import Job, Runner
-from orchestrator.store import FinishReport, Result, Store
+from orchestrator.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,22 @@ class Stats:
     dead: int = 0
     lost: int = 0
     timed_out: int = 0
+
+    def count(self, outcome: Outcome) -> None:
+        """Count one outcome a write recorded."""
+        match outcome:
+            case Outcome.APPLIED:
+                self.applied += 1
+            case Outcome.STALE:
+                self.stale += 1
+            case Outcome.NOOP:
+                self.noop += 1
+            case Outcome.NO_HANDLER:
+                self.no_handler += 1
+            case Outcome.RETRY:
+                self.retried += 1
+            case Outcome.DEAD:
+                self.dead += 1
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -298,18 +315,11 @@ class Dispatcher:
             event = result.event
             outcome = report.outcomes.get(event.id)
             self.observer.finished(result, outcome)  # logs it (logs.EventLog), counts it
-            if outcome is None:
-                if event.id not in rejected:
-                    self.stats.lost += 1
-                    log.warning("event %s: claim lost (lease expired?); outcome discarded",
-                                event.id)
-                continue
-            if outcome == "retry":
-                self.stats.retried += 1
-            elif outcome == "dead":
-                self.stats.dead += 1
-            elif hasattr(self.stats, outcome):
-                setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
+            if outcome is not None:
+                self.stats.count(outcome)
+            elif event.id not in rejected:
+                self.stats.lost += 1
+                log.warning("event %s: claim lost (lease expired?); outcome discarded", event.id)
 
     def _expire(self, now: float) -> None:
         for job in list(self._in_flight.values()):

@@ -22,8 +22,9 @@ from orchestrator.db import Transaction
 from orchestrator.errors import BadOutcome, HandlerTimeout, IllegalTransition, OrchestratorError
 from orchestrator.events import Event, Next, Retry, as_outcome
 from orchestrator.observe import Observer
+from orchestrator.outcomes import EventStatus, Outcome, Result
 from orchestrator.registry import HandlerSpec, Registry
-from orchestrator.store import Result, Store
+from orchestrator.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,11 @@ class Runner:
         """Begin an attempt: a Job running on a worker, or at once a Result when there is
         nothing to run (no handler for this change, or attempts already used up)."""
         if event.op == "TIMER":  # a deadline came due: move the row if it is still there
-            return Result(event, "done", handler=DEADLINE_HANDLER, outcome="applied",
+            return Result(event, Outcome.APPLIED, handler=DEADLINE_HANDLER,
                           next=Next(event.new_value))
         spec = self.registry.route(event)
         if spec is None:
-            return Result(event, "done", outcome="no_handler")
+            return Result(event, Outcome.NO_HANDLER)
         max_attempts = spec.max_attempts or self.settings.max_attempts
         if event.attempt > max_attempts:
             return self.failure(event, spec, "gave up: an earlier attempt never finished "
@@ -132,12 +133,12 @@ class Runner:
             if delay_s is None:
                 delay_s = retry_delay_s(event.attempt, base_s=self.settings.retry_base_s,
                                         max_s=self.settings.retry_max_s)
-            return Result(event, "retry", handler=name, error=error, delay_s=delay_s)
+            return Result(event, Outcome.RETRY, handler=name, error=error, delay_s=delay_s)
         wf = self.registry.workflows.get(event.workflow)
         state = event.new_row.get(wf.column) if wf else None
         move = (Next(wf.failure_state) if wf and wf.failure_state and state not in wf.terminal
                 else None)
-        return Result(event, "dead", handler=name, outcome="dead", next=move,
+        return Result(event, Outcome.DEAD, handler=name, next=move,
                       error=f"{error} (attempt {event.attempt} of {max_attempts})")
 
     # -- on a worker thread ------------------------------------------------------------------
@@ -153,7 +154,7 @@ class Runner:
                 return
             job.state = "finishing"
         self._observer.ran(job.event, job.spec.name, ran_s)
-        if result.kind == "done" and job.tx.started:
+        if result.status is EventStatus.DONE and job.tx.started:
             self._finish_in_own_transaction(job, result)
             return
         job.tx.close()
@@ -183,19 +184,18 @@ class Runner:
             log.debug("handler %s failed on event %s", spec.name, event.id, exc_info=True)
             return self.failure(event, spec, f"{type(exc).__name__}: {exc}")
 
-    def _done(self, event: Event, spec: HandlerSpec, outcome: Next | None) -> Result:
-        if outcome is None:
-            return Result(event, "done", handler=spec.name, outcome="noop")
+    def _done(self, event: Event, spec: HandlerSpec, next_: Next | None) -> Result:
+        if next_ is None:
+            return Result(event, Outcome.NOOP, handler=spec.name)
         wf = self.registry.workflow(event.workflow)
-        if outcome.state is not None:
-            wf.check(event.new_row.get(wf.column), outcome.state)
-        if unknown := set(outcome.values) - self.store.columns(wf.name):
+        if next_.state is not None:
+            wf.check(event.new_row.get(wf.column), next_.state)
+        if unknown := set(next_.values) - self.store.columns(wf.name):
             raise BadOutcome(f"handler returned values for unknown columns {sorted(unknown)} "
                              f"of {wf.qualified_table}")
-        if wf.column in outcome.values:
+        if wf.column in next_.values:
             raise BadOutcome(f"set the state with Next(state=...), not values[{wf.column!r}]")
-        return Result(event, "done", handler=spec.name, outcome="applied",
-                      next=outcome)
+        return Result(event, Outcome.APPLIED, handler=spec.name, next=next_)
 
     def stop(self) -> None:
         self._workers.stop()

@@ -193,8 +193,8 @@ def test_a_stale_event_changes_nothing(settings: Settings, registry: Registry, s
         # The row moves on (an operator, another app) while the handler is running.
         sql("UPDATE jobs SET status = 'working' WHERE id = %s", (job,))
         from orchestrator.events import Next
-        from orchestrator.store import Result
-        report = orch.store.finish([Result(event, "done", handler="h", outcome="applied",
+        from orchestrator.outcomes import Outcome, Result
+        report = orch.store.finish([Result(event, Outcome.APPLIED, handler="h",
                                            next=Next("working", {"note": "stale write"}))])
     assert report.outcomes == {event.id: "stale"}
     assert sql("SELECT status, note FROM jobs") == [("working", None)]
@@ -211,10 +211,10 @@ def test_a_finish_after_losing_the_lease_is_discarded(
         assert orch.store.claim(10) == []  # suspect now: claimed apart, to run alone
         (again,) = orch.store.claim(10, suspect=True)
         assert again.id == event.id and again.attempt == 2
-        from orchestrator.store import Result
-        late = orch.store.finish([Result(event, "done", outcome="noop")])
+        from orchestrator.outcomes import Outcome, Result
+        late = orch.store.finish([Result(event, Outcome.NOOP)])
         assert late.outcomes == {}
-        on_time = orch.store.finish([Result(again, "done", outcome="noop")])
+        on_time = orch.store.finish([Result(again, Outcome.NOOP)])
         assert on_time.outcomes == {event.id: "noop"}
     assert sql("SELECT error FROM orchestrator.event_errors") == [
         (f"lease expired: dispatcher {orch.store.dispatcher} stopped renewing it",)]
