@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from orchestrator.db import borrowed, one_line
+from orchestrator.db import Transaction, borrowed, one_line
 from orchestrator.errors import DatabaseUnavailable, DefinitionError, NotMigrated, StoreError
 from orchestrator.events import Event, event_from_row
 from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Result
@@ -274,6 +274,11 @@ class Store:
             row = conn.execute(QUERIES["has_open_events"],
                                {"workflows": list(self._workflows)}).fetchone()
         return bool(row and row[0])
+
+    def transaction(self, *, pooled: bool) -> Transaction:
+        """A transaction for a handler's own writes; it takes a pooled connection only when
+        first used. ``pooled``: connections go through a transaction-mode pooler."""
+        return Transaction(self.pool, pooled=pooled)
 
     def terminate_backend(self, pid: int) -> None:
         """End a server session (a hung handler's transaction), releasing its locks."""
