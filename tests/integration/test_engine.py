@@ -169,6 +169,21 @@ def test_handler_writes_commit_with_the_outcome_and_roll_back_with_a_failure(
     assert effects == [(ok,)]
 
 
+def test_a_write_back_the_database_refuses_is_a_failed_attempt(sql: Any, run_idle: Any) -> None:
+    sql("ALTER TABLE jobs ADD CONSTRAINT note_short CHECK (length(note) < 5)")
+    job = insert_job(sql, ret="set_note")  # Next("working", {"note": "set by handler"})
+    stats = run_idle()
+    assert events(sql, job)[0][3:6] == ("dead", "dead", 3)
+    assert status(sql, job) == "failed"
+    refused = ('write-back failed: new row for relation "jobs" violates check constraint'
+               ' "note_short"')
+    errors = [e[0] for e in sql("SELECT error FROM orchestrator.event_errors ORDER BY id")]
+    assert len(errors) == 3 and all(e.startswith(refused) for e in errors)
+    assert errors[2].endswith("(attempt 3 of 3)")
+    assert stats.retried == 2 and stats.dead == 1 and stats.lost == 0
+    assert sql("SELECT count(*) FROM job_effects") == [(0,)]  # rolled back with the outcome
+
+
 def test_values_are_written_with_the_state(sql: Any, run_idle: Any) -> None:
     job = insert_job(sql, ret="set_note")
     run_idle()
@@ -218,6 +233,22 @@ def test_a_finish_after_losing_the_lease_is_discarded(
         assert on_time.outcomes == {event.id: "noop"}
     assert sql("SELECT error FROM orchestrator.event_errors") == [
         (f"lease expired: dispatcher {orch.store.dispatcher} stopped renewing it",)]
+
+
+def test_released_events_are_pending_again_with_the_attempt_not_counted(
+        settings: Settings, registry: Registry, sql: Any) -> None:
+    insert_job(sql)
+    insert_job(sql)
+    with Orchestrator(settings, registry) as orch:
+        orch.store.use_workflows([jobs])
+        first, second = orch.store.claim(10)
+        assert orch.store.release([first.id]) == 1
+        assert orch.store.release(all_but=[second.id]) == 0  # nothing else is claimed
+        (again,) = orch.store.claim(10)
+        assert again.id == first.id and again.attempt == 1
+        assert orch.store.release(all_but=[]) == 2
+    assert sql("SELECT status, attempts, claimed_by, lease_until FROM orchestrator.events") == [
+        ("pending", 0, None, None)] * 2
 
 
 def test_claims_keep_one_event_per_row_at_a_time(
