@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.events import Event
 from orchestrator.observe import Observer
-from orchestrator.store import Result
+from orchestrator.outcomes import Outcome, Result
 
 log = logging.getLogger("orchestrator.events")
 
@@ -62,26 +62,26 @@ class EventLog(Observer):
     def ran(self, event: Event, handler: str, duration_s: float) -> None:
         self._durations[event.id] = duration_s
 
-    def finished(self, result: Result, outcome: str | None) -> None:
+    def finished(self, result: Result, outcome: Outcome | None) -> None:
         duration_s = self._durations.pop(result.event.id, None)
-        level = logging.WARNING if outcome == "dead" else logging.INFO
+        level = logging.WARNING if outcome is Outcome.DEAD else logging.INFO
         if outcome is None or not log.isEnabledFor(level):
             return
         event = result.event
         fields = event_fields(event) | {
-            "handler": result.handler, "outcome": outcome,
+            "handler": result.handler, "outcome": outcome.value,
             "duration_ms": None if duration_s is None else round(duration_s * 1000, 3),
         }
         where = f"event {event.id} {event.workflow}/{event.key} {event.transition}"
         took = "" if duration_s is None else f" in {duration_s * 1000:.1f} ms"
-        if outcome == "retry":
+        if outcome is Outcome.RETRY:
             fields |= {"error": result.error, "retry_in_s": round(result.delay_s, 3)}
             log.info("%s: attempt %s failed%s, retry in %.1fs: %s", where, event.attempt, took,
                      result.delay_s, result.error, extra={"fields": fields})
-        elif outcome == "dead":
+        elif outcome is Outcome.DEAD:
             fields["error"] = result.error
             log.warning("%s is dead: %s", where, result.error, extra={"fields": fields})
         else:
             by = f" by {result.handler.rsplit('.', 1)[-1]}" if result.handler else ""
-            log.info("%s: %s%s%s (attempt %s)", where, outcome, by, took, event.attempt,
+            log.info("%s: %s%s%s (attempt %s)", where, outcome.value, by, took, event.attempt,
                      extra={"fields": fields})

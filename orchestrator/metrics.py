@@ -23,10 +23,10 @@ from orchestrator.db import Listener
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.events import Event
 from orchestrator.observe import Observer
+from orchestrator.outcomes import Outcome, Result
 from orchestrator.registry import Registry
 from orchestrator.reports import Reports
 from orchestrator.runner import DEADLINE_HANDLER
-from orchestrator.store import Result
 from orchestrator.workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,14 @@ class Metrics(Observer):
     def ran(self, event: Event, handler: str, duration_s: float) -> None:
         self.handler_duration.labels(event.workflow, handler).observe(duration_s)
 
-    def finished(self, result: Result, outcome: str | None) -> None:
+    def finished(self, result: Result, outcome: Outcome | None) -> None:
         labels = (result.event.workflow, result.handler or NO_HANDLER)
-        if outcome == "retry":
+        if outcome is Outcome.RETRY:
             self.events_retried.labels(*labels).inc()
-        elif outcome == "dead":
+        elif outcome is Outcome.DEAD:
             self.events_dead.labels(*labels).inc()
         elif outcome is not None:
-            self.events_done.labels(*labels, outcome).inc()
+            self.events_done.labels(*labels, outcome.value).inc()
 
     def _handler_of(self, event: Event) -> str:
         if event.op == "TIMER":

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from orchestrator.events import Event
-from orchestrator.store import Result
+from orchestrator.outcomes import Outcome, Result
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,10 @@ class Observer:
         """On a worker thread: the handler returned or raised after ``duration_s`` (one that
         timed out is abandoned and never reported here)."""
 
-    def finished(self, result: Result, outcome: str | None) -> None:
+    def finished(self, result: Result, outcome: Outcome | None) -> None:
         """On the loop thread, after ``result`` was written: ``outcome`` is what the write
-        recorded (applied, stale, noop, no_handler, retry, dead), or None when the write did
-        not take (the claim was lost, or the result was refused and is retried as a failure)."""
+        recorded, or None when the write did not take (the claim was lost, or the result was
+        refused and is retried as a failure)."""
 
 
 class Observers(Observer):
@@ -53,7 +53,7 @@ class Observers(Observer):
         for o in self.observers:
             _safely(o.ran, event, handler, duration_s)
 
-    def finished(self, result: Result, outcome: str | None) -> None:
+    def finished(self, result: Result, outcome: Outcome | None) -> None:
         for o in self.observers:
             _safely(o.finished, result, outcome)
 

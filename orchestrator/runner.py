@@ -14,21 +14,22 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import Enum
+from typing import Any
 
 from orchestrator.backoff import retry_delay_s
 from orchestrator.config import Settings
-from orchestrator.db import Transaction
 from orchestrator.errors import BadOutcome, HandlerTimeout, IllegalTransition, OrchestratorError
 from orchestrator.events import Event, Next, Retry, as_outcome
 from orchestrator.observe import Observer
+from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Result
 from orchestrator.registry import HandlerSpec, Registry
-from orchestrator.store import Result, Store
+from orchestrator.verbs import HandlerTransaction, RunnerStore
 
 log = logging.getLogger(__name__)
 
-JobState = Literal["running", "finishing", "abandoned"]
 DEADLINE_HANDLER = "deadline"
+Clock = Callable[[], float]
 
 
 class Context:
@@ -40,9 +41,11 @@ class Context:
     connection while it runs.
     """
 
-    def __init__(self, tx: Transaction, deadline: float, workflow: str) -> None:
+    def __init__(self, tx: HandlerTransaction, deadline: float, workflow: str,
+                 clock: Clock = time.monotonic) -> None:
         self._tx = tx
         self._deadline = deadline
+        self._clock = clock
         self.log = logging.getLogger(f"orchestrator.handler.{workflow}")
 
     @property
@@ -52,7 +55,15 @@ class Context:
     @property
     def remaining_s(self) -> float:
         """Seconds left before the handler's timeout."""
-        return max(0.0, self._deadline - time.monotonic())
+        return max(0.0, self._deadline - self._clock())
+
+
+class JobState(Enum):
+    """Where an attempt is; a worker and the loop's timeout race to move it on, under its lock."""
+
+    RUNNING = "running"  #: the handler runs on a worker thread
+    FINISHING = "finishing"  #: the handler returned in time; its result is on its way
+    ABANDONED = "abandoned"  #: the handler outran its timeout; whatever it returns is dropped
 
 
 @dataclass(eq=False)
@@ -63,44 +74,72 @@ class Job:
     spec: HandlerSpec
     timeout_s: float
     deadline: float
-    tx: Transaction
-    state: JobState = "running"
+    tx: HandlerTransaction
+    state: JobState = JobState.RUNNING
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+# -- what the runner reports to the loop, from a worker thread ----------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """The handler came to ``result``; the loop writes it with its next batch."""
+
+    job: Job
+    result: Result
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The handler's own transaction wrote ``result`` with its writes; ``report`` says how."""
+
+    job: Job
+    result: Result
+    report: FinishReport
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The handler's own transaction could not write its result (the database went away): its
+    writes rolled back, and its claim is released once the database is back."""
+
+    job: Job
+    error: OrchestratorError
+
+
+Report = Ran | Finished | Lost
+
+
 class Runner:
-    """Routes events to handlers and turns each attempt into a Result.
+    """Routes events to handlers and turns each attempt into a Result, reported to ``deliver``
+    (a Ran, Finished or Lost) from the worker thread that ran it."""
 
-    Results go to ``deliver``: ``("result", job, result)`` for the dispatcher to write in its
-    next batch, or ``("finished", job, report)`` when the handler's own transaction already
-    wrote it.
-    """
-
-    def __init__(self, registry: Registry, store: Store, settings: Settings,
-                 deliver: Callable[[tuple[str, Job, Any]], None],
-                 observer: Observer | None = None) -> None:
+    def __init__(self, registry: Registry, store: RunnerStore, settings: Settings,
+                 deliver: Callable[[Report], None], observer: Observer | None = None, *,
+                 clock: Clock = time.monotonic) -> None:
         self.registry = registry
         self.store = store
         self.settings = settings
         self._deliver = deliver
         self._observer = observer or Observer()
+        self._clock = clock
         self._workers = WorkerPool(settings.concurrency, self._execute)
 
     def start(self, event: Event, now: float) -> Job | Result:
         """Begin an attempt: a Job running on a worker, or at once a Result when there is
         nothing to run (no handler for this change, or attempts already used up)."""
         if event.op == "TIMER":  # a deadline came due: move the row if it is still there
-            return Result(event, "done", handler=DEADLINE_HANDLER, outcome="applied",
+            return Result(event, Outcome.APPLIED, handler=DEADLINE_HANDLER,
                           next=Next(event.new_value))
         spec = self.registry.route(event)
         if spec is None:
-            return Result(event, "done", outcome="no_handler")
+            return Result(event, Outcome.NO_HANDLER)
         max_attempts = spec.max_attempts or self.settings.max_attempts
         if event.attempt > max_attempts:
             return self.failure(event, spec, "gave up: an earlier attempt never finished "
                                 "(its dispatcher stopped)", final=True)
         timeout_s = spec.timeout_s or self.settings.handler_timeout_s
-        tx = Transaction(self.store.pool, pooled=self.settings.transaction_pooling)
+        tx = self.store.transaction(pooled=self.settings.transaction_pooling)
         job = Job(event, spec, timeout_s, now + timeout_s, tx)
         self._workers.submit(job)
         return job
@@ -108,9 +147,9 @@ class Runner:
     def expire(self, job: Job) -> Result | None:
         """Abandon ``job`` if its handler is still running; the failed attempt's Result."""
         with job.lock:
-            if job.state != "running":
+            if job.state is not JobState.RUNNING:
                 return None
-            job.state = "abandoned"
+            job.state = JobState.ABANDONED
         if job.tx.pid is not None:
             self._terminate(job.tx.pid)
         self._workers.replace_stuck()
@@ -132,46 +171,46 @@ class Runner:
             if delay_s is None:
                 delay_s = retry_delay_s(event.attempt, base_s=self.settings.retry_base_s,
                                         max_s=self.settings.retry_max_s)
-            return Result(event, "retry", handler=name, error=error, delay_s=delay_s)
+            return Result(event, Outcome.RETRY, handler=name, error=error, delay_s=delay_s)
         wf = self.registry.workflows.get(event.workflow)
         state = event.new_row.get(wf.column) if wf else None
         move = (Next(wf.failure_state) if wf and wf.failure_state and state not in wf.terminal
                 else None)
-        return Result(event, "dead", handler=name, outcome="dead", next=move,
+        return Result(event, Outcome.DEAD, handler=name, next=move,
                       error=f"{error} (attempt {event.attempt} of {max_attempts})")
 
     # -- on a worker thread ------------------------------------------------------------------
 
     def _execute(self, job: Job) -> None:
         self._observer.started(job.event, job.spec.name)
-        began = time.monotonic()
+        began = self._clock()
         result = self._attempt(job)
-        ran_s = time.monotonic() - began
+        ran_s = self._clock() - began
         with job.lock:
-            if job.state == "abandoned":
+            if job.state is JobState.ABANDONED:
                 job.tx.close()
                 return
-            job.state = "finishing"
+            job.state = JobState.FINISHING
         self._observer.ran(job.event, job.spec.name, ran_s)
-        if result.kind == "done" and job.tx.started:
+        if result.status is EventStatus.DONE and job.tx.started:
             self._finish_in_own_transaction(job, result)
             return
         job.tx.close()
-        self._deliver(("result", job, result))
+        self._deliver(Ran(job, result))
 
     def _finish_in_own_transaction(self, job: Job, result: Result) -> None:
         try:
             report = self.store.finish([result], conn=job.tx.connection, quiet=False)
         except OrchestratorError as exc:
             job.tx.close()
-            self._deliver(("lost", job, exc))
+            self._deliver(Lost(job, exc))
             return
         job.tx.close()
-        self._deliver(("finished", job, (result, report)))
+        self._deliver(Finished(job, result, report))
 
     def _attempt(self, job: Job) -> Result:
         event, spec = job.event, job.spec
-        ctx = Context(job.tx, job.deadline, event.workflow)
+        ctx = Context(job.tx, job.deadline, event.workflow, self._clock)
         try:
             returned = spec.fn(event, ctx) if spec.takes_context else spec.fn(event)
             return self._done(event, spec, as_outcome(returned))
@@ -183,19 +222,18 @@ class Runner:
             log.debug("handler %s failed on event %s", spec.name, event.id, exc_info=True)
             return self.failure(event, spec, f"{type(exc).__name__}: {exc}")
 
-    def _done(self, event: Event, spec: HandlerSpec, outcome: Next | None) -> Result:
-        if outcome is None:
-            return Result(event, "done", handler=spec.name, outcome="noop")
+    def _done(self, event: Event, spec: HandlerSpec, next_: Next | None) -> Result:
+        if next_ is None:
+            return Result(event, Outcome.NOOP, handler=spec.name)
         wf = self.registry.workflow(event.workflow)
-        if outcome.state is not None:
-            wf.check(event.new_row.get(wf.column), outcome.state)
-        if unknown := set(outcome.values) - self.store.columns(wf.name):
+        if next_.state is not None:
+            wf.check(event.new_row.get(wf.column), next_.state)
+        if unknown := set(next_.values) - self.store.columns(wf.name):
             raise BadOutcome(f"handler returned values for unknown columns {sorted(unknown)} "
                              f"of {wf.qualified_table}")
-        if wf.column in outcome.values:
+        if wf.column in next_.values:
             raise BadOutcome(f"set the state with Next(state=...), not values[{wf.column!r}]")
-        return Result(event, "done", handler=spec.name, outcome="applied",
-                      next=outcome)
+        return Result(event, Outcome.APPLIED, handler=spec.name, next=next_)
 
     def stop(self) -> None:
         self._workers.stop()
@@ -223,7 +261,7 @@ class WorkerPool:
                 self._run(job)
             except Exception:
                 log.exception("worker failed on event %s", job.event.id)
-            if job.state == "abandoned":
+            if job.state is JobState.ABANDONED:
                 return  # a replacement took this thread's place
 
     def submit(self, job: Job) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -19,15 +19,15 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from orchestrator import install
-from orchestrator.db import borrowed, is_connection_error, one_line, translated
+from orchestrator.db import Transaction, borrowed, is_connection_error, one_line, translated
 from orchestrator.errors import DatabaseUnavailable
-from orchestrator.events import Event, Next, event_from_row
+from orchestrator.events import Event, event_from_row
+from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Result
 from orchestrator.sql import QUERIES
 from orchestrator.workflow import Workflow
 
 log = logging.getLogger(__name__)
 
-ResultKind = Literal["done", "retry", "dead"]
 CLAIM_KINDS = {  # the claim query's variants: which pending events, in which order
     "plain": ("e.op <> 'TIMER' AND NOT e.suspect", "e.id"),
     "suspect": ("e.op <> 'TIMER' AND e.suspect", "e.id"),
@@ -35,38 +35,6 @@ CLAIM_KINDS = {  # the claim query's variants: which pending events, in which or
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What one attempt at an event came to, ready to be written.
-
-    ``done``: finished; ``next`` (if any) is written to the row with compare-and-set.
-    ``retry``: back to the queue after ``delay_s``. ``dead``: given up; ``next`` (if any) moves
-    the row to the workflow's failure state.
-    """
-
-    event: Event
-    kind: ResultKind
-    handler: str | None = None
-    outcome: str = "noop"
-    next: Next | None = None
-    error: str | None = None
-    delay_s: float = 0.0
-
-
-@dataclass(slots=True)
-class FinishReport:
-    """What a finish call wrote: each event's outcome (applied, stale, noop, no_handler, retry,
-    dead; an event missing here was no longer ours), the events handed straight to this
-    dispatcher, and results whose write failed, with the error, to record as failed attempts."""
-
-    outcomes: dict[int, str] = field(default_factory=dict)
-    handoffs: list[Event] = field(default_factory=list)
-    rejected: list[tuple[Result, str]] = field(default_factory=list)
-
-    def merge(self, other: FinishReport) -> None:
-        self.outcomes.update(other.outcomes)
-        self.handoffs += other.handoffs
-        self.rejected += other.rejected
 
 
 class Store:
@@ -142,15 +110,15 @@ class Store:
                 return self._finish_or_split(own, results, quiet)
         report = self._finish_or_split(conn, results, quiet, commit=False)
         outcomes = [report.outcomes.get(r.event.id) for r in results]
-        if all(o is not None and o != "stale" for o in outcomes):
+        if all(o is not None and o is not Outcome.STALE for o in outcomes):
             with translated(conn):
                 conn.commit()
             return report
         # Stale, no longer ours (the claim was lost) or refused: the handler's own writes must
         # not outlive the outcome they belong to.
         _rollback(conn)
-        stale = [replace(r, next=None, outcome="stale")
-                 for r, o in zip(results, outcomes, strict=True) if o == "stale"]
+        stale = [replace(r, next=None, outcome=Outcome.STALE)
+                 for r, o in zip(results, outcomes, strict=True) if o is Outcome.STALE]
         return self.finish(stale, quiet=quiet) if stale else report
 
     def _finish_or_split(
@@ -176,7 +144,7 @@ class Store:
     ) -> FinishReport:
         # Pipeline mode: every statement, the hand-over claim and the commit go out in one
         # round trip; statements still run in order inside one transaction.
-        finished = [r.event for r in results if r.kind != "retry"]
+        finished = [r.event for r in results if r.outcome is not Outcome.RETRY]
         with conn.pipeline():
             conn.execute(QUERIES["index_plans"])
             conn.execute(QUERIES["write_settings"],
@@ -198,7 +166,7 @@ class Store:
         self, conn: psycopg.Connection[Any], results: Sequence[Result]
     ) -> list[tuple[psycopg.Cursor[Any], list[Result]]]:
         """Send each result's statement; those sharing a statement go out in one executemany,
-        which costs psycopg about a third of the CPU of separate executes."""
+        which spares psycopg the per-statement work of separate executes."""
         groups: dict[Any, list[tuple[Result, dict[str, Any]]]] = {}
         for r in results:
             query, params = self._statement(r, conn)
@@ -216,18 +184,19 @@ class Store:
             "id": e.id, "attempt": e.attempt, "dispatcher": self.dispatcher,
             "handler": r.handler, "error": r.error,
         }
-        if r.kind == "retry":
+        if r.outcome is Outcome.RETRY:
             return QUERIES["retry"], params | {"delay_s": r.delay_s}
-        status = "dead" if r.kind == "dead" else "done"
+        status, outcome = r.status.value, r.outcome.value
         if r.next is None:
-            return QUERIES["finish"], params | {"status": status, "outcome": r.outcome}
+            return QUERIES["finish"], params | {"status": status, "outcome": outcome}
         wf = self._workflows[e.workflow]
         values = dict(r.next.values)
         if r.next.state is not None:
             values[wf.column] = r.next.state
         params |= {
-            "status": status, "outcome": r.outcome,
-            "stale_outcome": "dead" if r.kind == "dead" else "stale",
+            "status": status, "outcome": outcome,
+            "stale_outcome": (Outcome.DEAD if r.status is EventStatus.DEAD
+                              else Outcome.STALE).value,
             "next_state": r.next.state, "key": e.key, "expected": e.new_row.get(wf.column),
         }
         names = tuple(sorted(values))
@@ -236,8 +205,8 @@ class Store:
 
     def _write_back_sql(self, wf: Workflow, names: tuple[str, ...],
                         conn: psycopg.Connection[Any]) -> bytes:
-        # Kept as bytes: psycopg would compose a sql.Composed again on every execute, which
-        # was the largest item of the dispatcher's own CPU time per write-back.
+        # Kept as bytes: psycopg would compose a sql.Composed again on every execute of every
+        # write-back; composed once per workflow and set of columns, it is sent as it is.
         cache_key = (wf.name, names)
         if (query := self._write_back.get(cache_key)) is None:
             assignments = sql.SQL(", ").join(
@@ -278,6 +247,11 @@ class Store:
                                {"workflows": list(self._workflows)}).fetchone()
         return bool(row and row[0])
 
+    def transaction(self, *, pooled: bool) -> Transaction:
+        """A transaction for a handler's own writes; it takes a pooled connection only when
+        first used. ``pooled``: connections go through a transaction-mode pooler."""
+        return Transaction(self.pool, pooled=pooled)
+
     def terminate_backend(self, pid: int) -> None:
         """End a server session (a hung handler's transaction), releasing its locks."""
         with self._conn() as conn:
@@ -312,16 +286,16 @@ def _adapt(value: Any) -> Any:
     return Jsonb(value) if isinstance(value, dict | list) else value
 
 
-def _outcomes(sent: list[tuple[psycopg.Cursor[Any], list[Result]]]) -> dict[int, str]:
+def _outcomes(sent: list[tuple[psycopg.Cursor[Any], list[Result]]]) -> dict[int, Outcome]:
     """Each written event's outcome, from the result sets of _send_statements (one per
     result, in order); an event with no row was no longer ours."""
-    outcomes: dict[int, str] = {}
+    outcomes: dict[int, Outcome] = {}
     for cur, members in sent:
         for i, r in enumerate(members):
             if i:
                 cur.nextset()
             if (row := cur.fetchone()) is not None:
-                outcomes[r.event.id] = row[0]
+                outcomes[r.event.id] = Outcome(row[0])
     return outcomes
 
 

@@ -40,9 +40,9 @@ RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_v
 -- dispatcher, with no NOTIFY round trip. Same per-row rule as claim: nothing runs for a row
 -- while another of its events is running (a row whose event another dispatcher took over).
 -- The ids are computed first (one index lookup per finished row) and the update finds them
--- by id: written as a join, a plan made while the table looked empty drove it from the
--- pending events and re-ran the per-row lookups for each of them (54 ms a call at 3000
--- pending events).
+-- by id: written as a join, a plan made while the table looked empty could drive it from the
+-- pending events instead and repeat the per-row lookups for each of them, a cost that grows
+-- with the backlog.
 UPDATE orchestrator.events e
 SET status = 'running', attempts = e.attempts + 1, claimed_by = %(dispatcher)s,
     lease_until = now() + make_interval(secs => %(lease_s)s), started_at = now()
@@ -62,6 +62,8 @@ RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_v
           e.old_row, e.new_row, e.attempts, e.created_at;
 
 -- name: has_suspects
+-- Whether an event whose dispatcher died (see requeue_expired) waits to be run alone; the
+-- dispatcher then finishes the work in hand before it claims one.
 SELECT EXISTS (
     SELECT 1 FROM orchestrator.events
     WHERE status = 'pending' AND suspect AND run_after <= now()
@@ -102,6 +104,7 @@ RETURNING outcome;
 
 -- name: retry
 -- Puts a failed event back in the queue for a later attempt; the row stays blocked meanwhile.
+-- The outcome column stays empty until the event finishes; 'retry' is only reported.
 UPDATE orchestrator.events
 SET status = 'pending', run_after = now() + make_interval(secs => %(delay_s)s),
     handler = %(handler)s, last_error = %(error)s, claimed_by = NULL, lease_until = NULL,
@@ -172,6 +175,8 @@ WHERE claimed_by = %(dispatcher)s AND status = 'running'
 RETURNING id;
 
 -- name: has_open_events
+-- For --until-idle: whether any event of these workflows is pending or running. One EXISTS per
+-- status, so that each probes its own partial index.
 SELECT EXISTS (SELECT 1 FROM orchestrator.events
                WHERE status = 'pending' AND workflow = ANY(%(workflows)s))
     OR EXISTS (SELECT 1 FROM orchestrator.events

@@ -169,6 +169,21 @@ def test_handler_writes_commit_with_the_outcome_and_roll_back_with_a_failure(
     assert effects == [(ok,)]
 
 
+def test_a_write_back_the_database_refuses_is_a_failed_attempt(sql: Any, run_idle: Any) -> None:
+    sql("ALTER TABLE jobs ADD CONSTRAINT note_short CHECK (length(note) < 5)")
+    job = insert_job(sql, ret="set_note")  # Next("working", {"note": "set by handler"})
+    stats = run_idle()
+    assert events(sql, job)[0][3:6] == ("dead", "dead", 3)
+    assert status(sql, job) == "failed"
+    refused = ('write-back failed: new row for relation "jobs" violates check constraint'
+               ' "note_short"')
+    errors = [e[0] for e in sql("SELECT error FROM orchestrator.event_errors ORDER BY id")]
+    assert len(errors) == 3 and all(e.startswith(refused) for e in errors)
+    assert errors[2].endswith("(attempt 3 of 3)")
+    assert stats.retried == 2 and stats.dead == 1 and stats.lost == 0
+    assert sql("SELECT count(*) FROM job_effects") == [(0,)]  # rolled back with the outcome
+
+
 def test_values_are_written_with_the_state(sql: Any, run_idle: Any) -> None:
     job = insert_job(sql, ret="set_note")
     run_idle()
@@ -193,8 +208,8 @@ def test_a_stale_event_changes_nothing(settings: Settings, registry: Registry, s
         # The row moves on (an operator, another app) while the handler is running.
         sql("UPDATE jobs SET status = 'working' WHERE id = %s", (job,))
         from orchestrator.events import Next
-        from orchestrator.store import Result
-        report = orch.store.finish([Result(event, "done", handler="h", outcome="applied",
+        from orchestrator.outcomes import Outcome, Result
+        report = orch.store.finish([Result(event, Outcome.APPLIED, handler="h",
                                            next=Next("working", {"note": "stale write"}))])
     assert report.outcomes == {event.id: "stale"}
     assert sql("SELECT status, note FROM jobs") == [("working", None)]
@@ -211,13 +226,29 @@ def test_a_finish_after_losing_the_lease_is_discarded(
         assert orch.store.claim(10) == []  # suspect now: claimed apart, to run alone
         (again,) = orch.store.claim(10, suspect=True)
         assert again.id == event.id and again.attempt == 2
-        from orchestrator.store import Result
-        late = orch.store.finish([Result(event, "done", outcome="noop")])
+        from orchestrator.outcomes import Outcome, Result
+        late = orch.store.finish([Result(event, Outcome.NOOP)])
         assert late.outcomes == {}
-        on_time = orch.store.finish([Result(again, "done", outcome="noop")])
+        on_time = orch.store.finish([Result(again, Outcome.NOOP)])
         assert on_time.outcomes == {event.id: "noop"}
     assert sql("SELECT error FROM orchestrator.event_errors") == [
         (f"lease expired: dispatcher {orch.store.dispatcher} stopped renewing it",)]
+
+
+def test_released_events_are_pending_again_with_the_attempt_not_counted(
+        settings: Settings, registry: Registry, sql: Any) -> None:
+    insert_job(sql)
+    insert_job(sql)
+    with Orchestrator(settings, registry) as orch:
+        orch.store.use_workflows([jobs])
+        first, second = orch.store.claim(10)
+        assert orch.store.release([first.id]) == 1
+        assert orch.store.release(all_but=[second.id]) == 0  # nothing else is claimed
+        (again,) = orch.store.claim(10)
+        assert again.id == first.id and again.attempt == 1
+        assert orch.store.release(all_but=[]) == 2
+    assert sql("SELECT status, attempts, claimed_by, lease_until FROM orchestrator.events") == [
+        ("pending", 0, None, None)] * 2
 
 
 def test_claims_keep_one_event_per_row_at_a_time(

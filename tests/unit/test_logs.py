@@ -7,7 +7,7 @@ import pytest
 
 from orchestrator.events import Event
 from orchestrator.logs import EventLog, JsonFormatter
-from orchestrator.store import Result
+from orchestrator.outcomes import Outcome, Result
 
 
 def event(attempt: int = 1) -> Event:
@@ -36,8 +36,9 @@ def test_event_log_reports_duration_and_forgets_it(caplog: pytest.LogCaptureFixt
     e = event()
     log.ran(e, "h.charge", 0.0125)
     with caplog.at_level(logging.INFO, logger="orchestrator.events"):
-        log.finished(Result(e, "done", handler="h.charge", outcome="applied"), "applied")
-        log.finished(Result(event(2), "dead", handler="h.charge", error="boom"), "dead")
+        log.finished(Result(e, Outcome.APPLIED, handler="h.charge"), Outcome.APPLIED)
+        log.finished(Result(event(2), Outcome.DEAD, handler="h.charge", error="boom"),
+                     Outcome.DEAD)
     applied, dead = caplog.records
     assert applied.getMessage() == ("event 7 food_order/12 status: placed -> validated: "
                                     "applied by charge in 12.5 ms (attempt 1)")
@@ -49,6 +50,7 @@ def test_event_log_reports_duration_and_forgets_it(caplog: pytest.LogCaptureFixt
 
 def test_dead_events_are_logged_at_warning_level(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="orchestrator.events"):
-        EventLog().finished(Result(event(), "done", handler="h.x", outcome="applied"), "applied")
-        EventLog().finished(Result(event(4), "dead", handler="h.x", error="boom"), "dead")
+        EventLog().finished(Result(event(), Outcome.APPLIED, handler="h.x"), Outcome.APPLIED)
+        EventLog().finished(Result(event(4), Outcome.DEAD, handler="h.x", error="boom"),
+                            Outcome.DEAD)
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
