@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 from transitions import Machine
 
-from orchestrator.errors import DefinitionError, IllegalTransition
-from orchestrator.registry import HandlerTable, Route
+from orchestrator.errors import DefinitionError, IllegalTransition, RegistrationError
+from orchestrator.routing import HandlerTable, Route
 
 F = TypeVar("F", bound=Callable[..., Any])
 FAIL_TRIGGER = "fail"
@@ -89,7 +89,7 @@ class Workflow:
             transitions=[{"trigger": t.trigger, "source": t.source, "dest": t.dest}
                          for t in self.transitions],
         )
-        self.handlers = HandlerTable(self)
+        self.handlers = HandlerTable(self.name)
 
     @property
     def qualified_table(self) -> str:
@@ -204,16 +204,32 @@ class Workflow:
         Options: ``max_attempts``, ``timeout_s``. Raises RegistrationError at import time for a
         transition the workflow does not allow or one that already has a handler.
         """
-        return self.handlers.decorator(Route(self.column, source, dest), **options)
+        return self._register(Route(self.column, source, dest), options)
 
     def on_enter(self, state: str, **options: Any) -> Callable[[F], F]:
         """Register for every arrival in ``state`` (including a new row when it is the initial
         state); a handler registered with ``on`` for a specific transition takes precedence."""
-        return self.handlers.decorator(Route(self.column, None, state, any_source=True), **options)
+        return self._register(Route(self.column, None, state, any_source=True), options)
 
     def on_change(self, column: str, **options: Any) -> Callable[[F], F]:
         """Register for every change of a watched column (one of ``watch``)."""
-        return self.handlers.decorator(Route(column, None, None, any_source=True), **options)
+        return self._register(Route(column, None, None, any_source=True), options)
+
+    def _register(self, route: Route, options: dict[str, Any]) -> Callable[[F], F]:
+        where = f"workflow {self.name!r}"
+        if route.column == self.column:
+            if route.dest is None:
+                raise RegistrationError(f"{where}: use on()/on_enter() for the state column")
+            if route.dest not in self.states:
+                raise RegistrationError(f"{where} has no state {route.dest!r}")
+            if not route.any_source and not self.allows(route.source, route.dest):
+                raise RegistrationError(
+                    f"{where} does not allow {route.source!r} -> {route.dest!r}; "
+                    "add the transition to the workflow or fix the handler's route"
+                )
+        elif route.column not in self.watch:
+            raise RegistrationError(f"{where} does not watch column {route.column!r}")
+        return self.handlers.decorator(route, **options)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, table={self.qualified_table!r})"

@@ -1,8 +1,11 @@
+import ast
+import inspect
+from types import ModuleType
 from typing import Any
 
 import pytest
 
-from orchestrator import Event, Next, Workflow
+from orchestrator import Event, Next, Workflow, registry, routing, workflow
 from orchestrator.errors import (
     DefinitionError,
     HandlerModuleError,
@@ -137,3 +140,14 @@ def test_loading_a_missing_handler_module_is_one_clear_error() -> None:
 def test_loading_the_handlers_package_finds_food_order() -> None:
     registry = load_registry("handlers")
     assert "food_order" in registry.workflows
+
+
+def test_imports_run_one_way_routing_then_workflow_then_registry() -> None:
+    def imported(module: ModuleType) -> set[str]:
+        tree = ast.parse(inspect.getsource(module))
+        return {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module}
+
+    assert imported(routing) & {"orchestrator.workflow", "orchestrator.registry"} == set()
+    assert "orchestrator.registry" not in imported(workflow)
+    assert {"orchestrator.routing", "orchestrator.workflow"} <= imported(registry)
