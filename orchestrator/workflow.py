@@ -46,7 +46,8 @@ class Deadline:
 
 
 TransitionSpec = Mapping[str, Any] | Sequence[Any]
-# transitions reads these as wildcards ("*": every state, "=": the source itself).
+# Not state names: the empty name, and the wildcards of transitions ("*": every state, "=": the
+# source itself).
 RESERVED_STATE_NAMES = ("", "*", "=")
 
 
