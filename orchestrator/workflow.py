@@ -1,19 +1,22 @@
 """A workflow: a table, its key, its state column, the states and the legal transitions.
 
-States and transitions are data, checked when the Workflow is built; the ``transitions`` library
-holds the graph (for queries and diagrams). Handlers attach with ``@workflow.on(...)``.
+States and transitions are data, checked when the Workflow is built and then held by a
+``transitions`` Machine, which answers every question about the graph: which moves are legal,
+where a trigger leads, the edges a diagram draws. A workflow can also be declared from an
+existing Machine or its config dict. Handlers attach with ``@workflow.on(...)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from transitions import Machine
+from transitions import Transition as TransitionsMove
 
-from orchestrator.errors import DefinitionError, IllegalTransition
-from orchestrator.registry import HandlerTable, Route
+from orchestrator.errors import DefinitionError, IllegalTransition, RegistrationError
+from orchestrator.routing import HandlerTable, Route
 
 F = TypeVar("F", bound=Callable[..., Any])
 FAIL_TRIGGER = "fail"
@@ -43,6 +46,9 @@ class Deadline:
 
 
 TransitionSpec = Mapping[str, Any] | Sequence[Any]
+# Not state names: the empty name, and the wildcards of transitions ("*": every state, "=": the
+# source itself).
+RESERVED_STATE_NAMES = ("", "*", "=")
 
 
 class Workflow:
@@ -53,6 +59,11 @@ class Workflow:
     ``(trigger, source, dest)`` tuples. With a ``failure_state``, every non-terminal state may also
     move there (trigger ``fail``): that is where rows go whose handler exhausted its attempts.
     ``watch`` names further columns whose changes are recorded as events.
+
+    The graph is held by ``machine``, a ``transitions.Machine`` without a model: its states
+    (terminal ones marked ``final``), its initial state and one event per trigger. ``states``,
+    ``initial``, ``terminal``, ``transitions`` and the legality checks all read it; it is not
+    to be changed after the Workflow is built.
     """
 
     def __init__(
@@ -75,43 +86,78 @@ class Workflow:
         self.schema = self.schema or "public"
         self.key = key
         self.column = column
-        self.states: tuple[str, ...] = tuple(states)
-        self.initial = initial
-        self.terminal = frozenset(terminal)
         self.failure_state = failure_state
         self.watch: tuple[str, ...] = tuple(dict.fromkeys(c for c in watch if c != column))
-        self._check_states()
-        self.transitions = self._expand(transitions)
-        self._legal = frozenset((t.source, t.dest) for t in self.transitions)
-        self.deadlines = self._check_deadlines(deadlines)
+        ends = frozenset(terminal)
+        _check_states(name, tuple(states), initial, ends, failure_state)
         self.machine = Machine(
-            model=None, states=list(self.states), initial=initial, auto_transitions=False,
-            transitions=[{"trigger": t.trigger, "source": t.source, "dest": t.dest}
-                         for t in self.transitions],
-        )
-        self.handlers = HandlerTable(self)
+            model=None, states=[{"name": s, "final": s in ends} for s in states],
+            initial=initial, auto_transitions=False)
+        self._add_transitions(transitions)
+        self.deadlines = self._check_deadlines(deadlines)
+        self.handlers = HandlerTable(self.name)
+
+    @classmethod
+    def from_machine(cls, name: str, machine: Machine, *, table: str,
+                     terminal: Iterable[str] | None = None, **options: Any) -> Workflow:
+        """A workflow over the states, initial state and transitions of a ``transitions``
+        Machine; ``options`` are Workflow's other keywords (``failure_state``, ``key``, ...).
+
+        ``terminal`` defaults to the machine's ``final`` states. Left out: auto transitions
+        (``to_<state>``), moves out of a terminal state and moves that keep the state (a
+        ``"*"`` source gives both in transitions), and internal transitions. Callbacks are
+        not run: handlers are. Raises DefinitionError for a transition with conditions, which
+        the orchestrator cannot evaluate, and as Workflow() does.
+        """
+        if machine.initial is None:
+            raise DefinitionError(f"workflow {name!r}: the machine has no initial state")
+        ends = (frozenset(terminal) if terminal is not None
+                else frozenset(n for n, state in machine.states.items() if state.final))
+        moves = [(trigger, move.source, move.dest) for trigger, move in _moves(machine)
+                 if move.source not in ends and move.dest not in (None, move.source)]
+        return cls(name, table=table, states=list(machine.states), initial=machine.initial,
+                   terminal=ends, transitions=moves, **options)
+
+    @classmethod
+    def from_config(cls, name: str, config: Mapping[str, Any], *, table: str,
+                    terminal: Iterable[str] | None = None, **options: Any) -> Workflow:
+        """A workflow from a ``transitions`` configuration (a ``MachineConfig`` dict: ``states``,
+        ``initial``, ``transitions``; its other keys are callbacks and options for running a
+        machine, which the orchestrator does not). As from_machine, whose rules it follows."""
+        try:
+            machine = Machine(model=None, states=config["states"],
+                              initial=config.get("initial"), auto_transitions=False,
+                              transitions=config.get("transitions", []))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DefinitionError(f"workflow {name!r}: not a transitions config: {exc}") from exc
+        return cls.from_machine(name, machine, table=table, terminal=terminal, **options)
 
     @property
     def qualified_table(self) -> str:
         return f"{self.schema}.{self.table}"
 
-    def _check_states(self) -> None:
-        if not self.name or not self.name.replace("_", "").isalnum():
-            raise DefinitionError(f"workflow name {self.name!r} must be letters, digits and _")
-        if len(set(self.states)) != len(self.states):
-            raise DefinitionError(f"workflow {self.name!r} lists a state twice")
-        for what, state in [("initial", self.initial), ("failure", self.failure_state)]:
-            if state is not None and state not in self.states:
-                raise DefinitionError(f"workflow {self.name!r}: {what} state {state!r} unknown")
-        if unknown := self.terminal - set(self.states):
-            raise DefinitionError(f"workflow {self.name!r}: terminal {sorted(unknown)} unknown")
-        if self.failure_state and self.failure_state not in self.terminal:
-            raise DefinitionError(f"workflow {self.name!r}: failure state must be terminal")
-        if self.initial in self.terminal:
-            raise DefinitionError(f"workflow {self.name!r}: initial state cannot be terminal")
+    @property
+    def states(self) -> tuple[str, ...]:
+        return tuple(self.machine.states)
 
-    def _expand(self, specs: Iterable[TransitionSpec]) -> tuple[Transition, ...]:
-        out: dict[tuple[str, str], Transition] = {}
+    @property
+    def initial(self) -> str:
+        return str(self.machine.initial)
+
+    @property
+    def terminal(self) -> frozenset[str]:
+        return frozenset(n for n, state in self.machine.states.items() if state.final)
+
+    @property
+    def transitions(self) -> tuple[Transition, ...]:
+        """Every legal move, grouped by trigger in the order the triggers were first given."""
+        return tuple(Transition(trigger, move.source, str(move.dest))
+                     for trigger, move in _moves(self.machine))
+
+    def _add_transitions(self, specs: Iterable[TransitionSpec]) -> None:
+        """Add each move to the machine, a ``"*"`` source expanded to the non-terminal states
+        (transitions' own ``"*"`` would include terminal ones); then the moves to the failure
+        state that no trigger already gives."""
         active = [s for s in self.states if s not in self.terminal]
         for spec in specs:
             if isinstance(spec, Mapping):
@@ -121,14 +167,17 @@ class Workflow:
             sources = active if source == "*" else [source] if isinstance(source, str) else source
             for src in sources:
                 self._check_move(src, dest)
-                if (src, dest) in out:
-                    raise DefinitionError(f"workflow {self.name!r}: {src!r} -> {dest!r} twice")
-                out[(src, dest)] = Transition(trigger, src, dest)
+                self._add_move(trigger, src, dest)
         if self.failure_state:
             for src in active:
-                out.setdefault((src, self.failure_state),
-                               Transition(FAIL_TRIGGER, src, self.failure_state))
-        return tuple(out.values())
+                if not self.allows(src, self.failure_state):
+                    self._add_move(FAIL_TRIGGER, src, self.failure_state)
+
+    def _add_move(self, trigger: str, src: str, dest: str) -> None:
+        try:
+            self.machine.add_transition(trigger, src, dest)
+        except ValueError as exc:  # e.g. a trigger named like the model attribute, "state"
+            raise DefinitionError(f"workflow {self.name!r}: trigger {trigger!r}: {exc}") from exc
 
     def _check_deadlines(self, deadlines: Iterable[Deadline]) -> tuple[Deadline, ...]:
         by_state: dict[str, Deadline] = {}
@@ -145,18 +194,21 @@ class Workflow:
 
     def _check_move(self, src: str, dest: str) -> None:
         for state in (src, dest):
-            if state not in self.states:
+            if state not in self.machine.states:
                 raise DefinitionError(f"workflow {self.name!r}: transition names unknown {state!r}")
-        if src in self.terminal:
+        if self.machine.states[src].final:
             raise DefinitionError(f"workflow {self.name!r}: terminal {src!r} cannot move on")
+        if self.allows(src, dest):
+            raise DefinitionError(f"workflow {self.name!r}: {src!r} -> {dest!r} twice")
 
-    # -- queries ---------------------------------------------------------------------------
+    # -- queries (each answered by the machine) ------------------------------------------------
 
     def allows(self, source: str | None, dest: str) -> bool:
         """Whether a row may move from ``source`` to ``dest`` (None: a new row in ``dest``)."""
         if source is None:
             return dest == self.initial
-        return (source, dest) in self._legal
+        return any(move.dest == dest for trigger in self.machine.get_triggers(source)
+                   for move in self.machine.events[trigger].transitions[source])
 
     def check(self, source: str | None, dest: str) -> None:
         """Raise IllegalTransition unless ``allows(source, dest)``."""
@@ -165,10 +217,14 @@ class Workflow:
 
     def trigger_target(self, source: str, trigger: str) -> str | None:
         """Where ``trigger`` leads from ``source``, or None if it does not apply there."""
-        for t in self.transitions:
-            if t.source == source and t.trigger == trigger:
-                return t.dest
-        return None
+        event = self.machine.events.get(trigger)
+        moves = event.transitions.get(source, []) if event is not None else []
+        return str(moves[0].dest) if moves else None
+
+    def sources(self, trigger: str) -> tuple[str, ...]:
+        """The states ``trigger`` applies in (none for a name that is not a trigger)."""
+        event = self.machine.events.get(trigger)
+        return tuple(s for s, moves in event.transitions.items() if moves) if event else ()
 
     def definition(self) -> dict[str, Any]:
         """The workflow and its handler routes as plain data: stored by `migrate`, compared by
@@ -204,16 +260,70 @@ class Workflow:
         Options: ``max_attempts``, ``timeout_s``. Raises RegistrationError at import time for a
         transition the workflow does not allow or one that already has a handler.
         """
-        return self.handlers.decorator(Route(self.column, source, dest), **options)
+        return self._register(Route(self.column, source, dest), options)
 
     def on_enter(self, state: str, **options: Any) -> Callable[[F], F]:
         """Register for every arrival in ``state`` (including a new row when it is the initial
         state); a handler registered with ``on`` for a specific transition takes precedence."""
-        return self.handlers.decorator(Route(self.column, None, state, any_source=True), **options)
+        return self._register(Route(self.column, None, state, any_source=True), options)
 
     def on_change(self, column: str, **options: Any) -> Callable[[F], F]:
         """Register for every change of a watched column (one of ``watch``)."""
-        return self.handlers.decorator(Route(column, None, None, any_source=True), **options)
+        return self._register(Route(column, None, None, any_source=True), options)
+
+    def _register(self, route: Route, options: dict[str, Any]) -> Callable[[F], F]:
+        where = f"workflow {self.name!r}"
+        if route.column == self.column:
+            if route.dest is None:
+                raise RegistrationError(f"{where}: use on()/on_enter() for the state column")
+            if route.dest not in self.states:
+                raise RegistrationError(f"{where} has no state {route.dest!r}")
+            if not route.any_source and not self.allows(route.source, route.dest):
+                raise RegistrationError(
+                    f"{where} does not allow {route.source!r} -> {route.dest!r}; "
+                    "add the transition to the workflow or fix the handler's route"
+                )
+        elif route.column not in self.watch:
+            raise RegistrationError(f"{where} does not watch column {route.column!r}")
+        return self.handlers.decorator(route, **options)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, table={self.qualified_table!r})"
+
+
+def _check_states(name: str, states: tuple[str, ...], initial: str,
+                  terminal: frozenset[str], failure_state: str | None) -> None:
+    """Raise DefinitionError unless the states are consistent (before the machine is built)."""
+    where = f"workflow {name!r}"
+    if not name or not name.replace("_", "").isalnum():
+        raise DefinitionError(f"workflow name {name!r} must be letters, digits and _")
+    if len(set(states)) != len(states):
+        raise DefinitionError(f"{where} lists a state twice")
+    if reserved := [s for s in states if s in RESERVED_STATE_NAMES]:
+        raise DefinitionError(f"{where}: {reserved[0]!r} cannot name a state")
+    for what, state in [("initial", initial), ("failure", failure_state)]:
+        if state is not None and state not in states:
+            raise DefinitionError(f"{where}: {what} state {state!r} unknown")
+    if unknown := terminal - set(states):
+        raise DefinitionError(f"{where}: terminal {sorted(unknown)} unknown")
+    if failure_state and failure_state not in terminal:
+        raise DefinitionError(f"{where}: failure state must be terminal")
+    if initial in terminal:
+        raise DefinitionError(f"{where}: initial state cannot be terminal")
+
+
+def _moves(machine: Machine) -> Iterator[tuple[str, TransitionsMove]]:
+    """Each trigger's moves in ``machine``, without its auto transitions (``to_<state>``).
+    Raises DefinitionError for a move with conditions."""
+    prefix = "to_" if machine.model_attribute == "state" else f"to_{machine.model_attribute}_"
+    auto = {prefix + s for s in machine.states} if machine.auto_transitions else set()
+    for trigger, event in machine.events.items():
+        if trigger in auto:
+            continue
+        for moves in event.transitions.values():
+            for move in moves:
+                if move.conditions:
+                    raise DefinitionError(
+                        f"transition {trigger!r} {move.source!r} -> {move.dest!r} has conditions, "
+                        "which the orchestrator cannot evaluate: make them handlers' decisions")
+                yield trigger, move

@@ -1,10 +1,14 @@
 """The dashboard: a small ASGI app (Starlette) over the operator verbs of ``admin``.
 
 Reads are plain JSON endpoints; the page polls the overview, which a Pulse samples from the
-database on its own timer. The one state-changing action, redrive, calls ``admin.redrive``,
-the code path of ``orchestrator retry``. It must come as JSON from the page's own origin (so
-another site cannot forge it from an operator's browser) and, when a token is configured,
-carry it in the ``X-Orchestrator-Token`` header.
+database on its own timer. The one state-changing action, redrive, calls ``admin.redrive``
+(the code path of ``orchestrator retry``) in a worker thread. It must come as JSON from the
+page's own origin (so another site cannot forge it from an operator's browser) and, when a
+token is configured, carry it in the ``X-Orchestrator-Token`` header.
+
+Each endpoint is a named function over the ``Dashboard`` kept in the app's state. An
+OrchestratorError becomes a JSON error: 503 when the database is unreachable, 404 for an
+unknown row, 400 for any other request the operator can fix.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -29,7 +35,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from orchestrator import admin
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.errors import ConfigError, DatabaseUnavailable, OrchestratorError
 from orchestrator.reports import Reports
 from orchestrator.web import diagram, explain
 from orchestrator.web.pulse import Pulse
@@ -38,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 TOKEN_HEADER = "X-Orchestrator-Token"
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 MAX_LIMIT = 500
+PAGES = Jinja2Templates(directory=HERE / "templates")
 
 
 def is_local(host: str) -> bool:
@@ -57,73 +64,120 @@ def check_binding(host: str, token: str | None) -> None:
                           "a token for redrives (--token or ORCHESTRATOR_DASHBOARD_TOKEN)")
 
 
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    """What the endpoints share: the store, the pulse sampling it, and the page's settings.
+    Kept in the app's ``state.dashboard``."""
+
+    store: Reports
+    pulse: Pulse
+    where: str
+    token: str | None
+    stuck_after_s: float
+    refresh_s: float
+
+
 def create_app(store: Reports, *, where: str, host: str = "127.0.0.1", token: str | None = None,
                stuck_after_s: float = 60.0, refresh_s: float = 2.0) -> Starlette:
     """The dashboard over ``store``. ``where`` names the database on the page; ``host`` is
     the address it is bound to (requests for another host name are refused when local)."""
-    pulse = Pulse(store, stuck_after_s, every_s=refresh_s)
-    pages = Jinja2Templates(directory=HERE / "templates")
-
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        pulse.start()
-        yield
-        pulse.stop()
-
-    def index(request: Request) -> Response:
-        flows = [{"name": wf.name, "table": wf.qualified_table, "svg": diagram.svg(wf),
-                  "states": wf.states, "terminal": sorted(wf.terminal)}
-                 for wf in admin.workflows(store).values()]
-        plain = [{k: v for k, v in f.items() if k != "svg"} for f in flows]
-        return pages.TemplateResponse(request, "index.html", {
-            "where": where, "workflows": flows, "flows_json": plain,
-            "stuck_after_s": stuck_after_s,
-            "refresh_ms": int(refresh_s * 1000), "token_required": bool(token)})
-
-    def overview(_: Request) -> Response:
-        return _json(pulse.snapshot())
-
-    def events(request: Request) -> Response:
-        q = request.query_params
-        return _json(admin.events(store, status=q.get("status") or None,
-                                  workflow=q.get("workflow") or None, row=q.get("row") or None,
-                                  search=q.get("search") or None, limit=_limit(q.get("limit"))))
-
-    def rows(request: Request) -> Response:
-        q = request.query_params
-        return _json(_rows(store, q.get("workflow") or None, q.get("state") or None,
-                           stuck_after_s if q.get("stuck") else None, _limit(q.get("limit"))))
-
-    def history(request: Request) -> Response:
-        q = request.query_params
-        wf = admin.pick_workflow(store, q.get("workflow") or None)
-        return _json(admin.history(store, wf, q.get("key", "").strip()))
-
-    async def redrive(request: Request) -> Response:
-        if (refused := _refuse(request, token)) is not None:
-            return refused
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise OrchestratorError("send a JSON object")
-        dry_run = bool(body.get("dry_run"))
-        chosen = admin.redrive(store, ids=[int(i) for i in body.get("ids") or []],
-                               all_dead=bool(body.get("dead")),
-                               handler=body.get("handler") or None,
-                               workflow=body.get("workflow") or None, dry_run=dry_run)
-        return _json({"dry_run": dry_run, "events": chosen})
-
-    routes = [
-        Route("/", _guarded(index)),
-        Route("/api/overview", _guarded(overview)),
-        Route("/api/events", _guarded(events)),
-        Route("/api/rows", _guarded(rows)),
-        Route("/api/history", _guarded(history)),
-        Route("/api/redrive", _guarded_async(redrive), methods=["POST"]),
-        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
-    ]
     middleware = ([Middleware(TrustedHostMiddleware, allowed_hosts=[*LOCAL_NAMES, "[::1]"])]
                   if is_local(host) else [])
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=ROUTES, middleware=middleware, lifespan=_lifespan,
+                    exception_handlers={OrchestratorError: _error})
+    app.state.dashboard = Dashboard(store, Pulse(store, stuck_after_s, every_s=refresh_s),
+                                    where, token, stuck_after_s, refresh_s)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    pulse = _dashboard(app).pulse
+    await run_in_threadpool(pulse.start)  # its first sample reads the database
+    yield
+    await run_in_threadpool(pulse.stop)
+
+
+def _dashboard(app: Starlette) -> Dashboard:
+    dashboard: Dashboard = app.state.dashboard
+    return dashboard
+
+
+# Plain (def) endpoints read the database: Starlette runs them in its thread pool.
+
+def index(request: Request) -> Response:
+    """The page, with each workflow's diagram drawn in."""
+    dash = _dashboard(request.app)
+    flows = [{"name": wf.name, "table": wf.qualified_table, "svg": diagram.svg(wf),
+              "states": wf.states, "terminal": sorted(wf.terminal)}
+             for wf in admin.workflows(dash.store).values()]
+    plain = [{k: v for k, v in f.items() if k != "svg"} for f in flows]
+    return PAGES.TemplateResponse(request, "index.html", {
+        "where": dash.where, "workflows": flows, "flows_json": plain,
+        "stuck_after_s": dash.stuck_after_s, "refresh_ms": int(dash.refresh_s * 1000),
+        "token_required": bool(dash.token)})
+
+
+def overview(request: Request) -> Response:
+    """The pulse's latest sample (no database read)."""
+    return _json(_dashboard(request.app).pulse.snapshot())
+
+
+def events(request: Request) -> Response:
+    q = request.query_params
+    return _json(admin.events(_dashboard(request.app).store, status=q.get("status") or None,
+                              workflow=q.get("workflow") or None, row=q.get("row") or None,
+                              search=q.get("search") or None, limit=_limit(q.get("limit"))))
+
+
+def rows(request: Request) -> Response:
+    q, dash = request.query_params, _dashboard(request.app)
+    return _json(_rows(dash.store, q.get("workflow") or None, q.get("state") or None,
+                       dash.stuck_after_s if q.get("stuck") else None, _limit(q.get("limit"))))
+
+
+def history(request: Request) -> Response:
+    q, store = request.query_params, _dashboard(request.app).store
+    wf = admin.pick_workflow(store, q.get("workflow") or None)
+    return _json(admin.history(store, wf, q.get("key", "").strip()))
+
+
+async def redrive(request: Request) -> Response:
+    """``admin.redrive`` for a JSON body ``{"ids": [...]}`` or ``{"dead": true, "handler":
+    ..., "workflow": ...}``, with ``"dry_run"``; run in a thread, off the event loop."""
+    dash = _dashboard(request.app)
+    if (refused := _refuse(request, dash.token)) is not None:
+        return refused
+    try:
+        asked = _redrive_request(await request.json())
+    except (ValueError, TypeError) as exc:  # a body that is not JSON, an id not a number
+        return _json({"error": f"bad request: {exc}"}, 400)
+    chosen = await run_in_threadpool(admin.redrive, dash.store, **asked)
+    return _json({"dry_run": asked["dry_run"], "events": chosen})
+
+
+ROUTES = [
+    Route("/", index),
+    Route("/api/overview", overview),
+    Route("/api/events", events),
+    Route("/api/rows", rows),
+    Route("/api/history", history),
+    Route("/api/redrive", redrive, methods=["POST"]),
+    Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+]
+
+
+def _redrive_request(body: Any) -> dict[str, Any]:
+    """``admin.redrive``'s keywords from a request body. Raises OrchestratorError for a body
+    that is not an object, TypeError or ValueError for a field of the wrong kind."""
+    if not isinstance(body, dict):
+        raise OrchestratorError("send a JSON object")
+    texts = {field: body.get(field) or None for field in ("handler", "workflow")}
+    for field, value in texts.items():
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{field} must be a string")
+    return {"ids": [int(i) for i in body.get("ids") or []], "all_dead": bool(body.get("dead")),
+            "dry_run": bool(body.get("dry_run")), **texts}
 
 
 def _rows(store: Reports, workflow: str | None, state: str | None, stuck_after_s: float | None,
@@ -166,30 +220,12 @@ def _refuse(request: Request, token: str | None) -> Response | None:
     return None
 
 
-def _guarded(view: Callable[[Request], Response]) -> Callable[[Request], Response]:
-    """Errors an operator can fix become a JSON error: 404 for an unknown row, else 400."""
-    def run(request: Request) -> Response:
-        try:
-            return view(request)
-        except OrchestratorError as exc:
-            return _error(exc)
-    return run
-
-
-def _guarded_async(view: Callable[[Request], Any]) -> Callable[[Request], Any]:
-    async def run(request: Request) -> Response:
-        try:
-            response: Response = await view(request)
-            return response
-        except OrchestratorError as exc:
-            return _error(exc)
-        except (ValueError, TypeError) as exc:  # a body that is not JSON, an id not a number
-            return _json({"error": f"bad request: {exc}"}, 400)
-    return run
-
-
-def _error(exc: OrchestratorError) -> Response:
-    return _json({"error": str(exc)}, 404 if isinstance(exc, admin.UnknownRow) else 400)
+async def _error(_: Request, exc: Exception) -> Response:
+    """An OrchestratorError as a JSON error: 503 when the database cannot be reached (try
+    again later), 404 for an unknown row, else 400 (the request asks for something wrong)."""
+    status = (503 if isinstance(exc, DatabaseUnavailable)
+              else 404 if isinstance(exc, admin.UnknownRow) else 400)
+    return _json({"error": str(exc)}, status)
 
 
 def _limit(raw: str | None) -> int:

@@ -1,8 +1,12 @@
+import ast
+import inspect
+from types import ModuleType
 from typing import Any
 
 import pytest
+from transitions import Machine
 
-from orchestrator import Event, Next, Workflow
+from orchestrator import Event, Next, Workflow, registry, routing, workflow
 from orchestrator.errors import (
     DefinitionError,
     HandlerModuleError,
@@ -35,6 +39,53 @@ def test_transitions_expand_wildcards_and_failure_state() -> None:
     assert wf.schema == "public" and wf.table == "orders"
 
 
+def test_the_machine_holds_the_graph_and_answers_the_queries() -> None:
+    wf = make()
+    assert list(wf.machine.states) == ["a", "b", "c", "x", "dead"]
+    assert wf.machine.initial == "a"
+    assert {n for n, s in wf.machine.states.items() if s.final} == {"c", "x", "dead"}
+    assert wf.terminal == frozenset({"c", "x", "dead"})
+    assert wf.sources("cancel") == ("a", "b") and wf.sources("fail") == ("a", "b")
+    assert wf.sources("nope") == ()
+    assert sorted(wf.machine.get_triggers("b")) == ["cancel", "fail", "finish"]
+    assert ("cancel", "b", "x") in {(t.trigger, t.source, t.dest) for t in wf.transitions}
+
+
+def test_a_workflow_from_a_transitions_machine() -> None:
+    machine = Machine(states=["a", "b", {"name": "c", "final": True}, {"name": "x", "final": True},
+                              {"name": "dead", "final": True}],
+                      initial="a", transitions=[["go", "a", "b"], ["finish", "b", "c"],
+                                                {"trigger": "cancel", "source": "*", "dest": "x"}])
+    wf = Workflow.from_machine("wf", machine, table="orders", failure_state="dead")
+    # The machine's "*" covers every state, final ones and x itself, and it has auto
+    # transitions (to_a, ...): the workflow keeps none of these.
+    assert wf.definition() == make().definition()
+    assert not wf.allows("c", "x") and not wf.allows("x", "x")
+    assert wf.trigger_target("a", "to_b") is None
+
+
+def test_a_workflow_from_a_transitions_config() -> None:
+    config = {"states": ["a", "b", "c", "x", "dead"], "initial": "a",
+              "transitions": [{"trigger": "go", "source": "a", "dest": "b"},
+                              ["finish", "b", "c"], ["cancel", "*", "x"]]}
+    wf = Workflow.from_config("wf", config, table="orders", terminal=["c", "x", "dead"],
+                              failure_state="dead")
+    assert wf.definition() == make().definition()
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"states": ["a", "b"], "initial": "a",
+      "transitions": [{"trigger": "go", "source": "a", "dest": "b", "conditions": "ok"}]},
+     "'go' 'a' -> 'b' has conditions"),
+    ({"states": ["a", "b"], "transitions": [["go", "a", "b"]]}, "no initial state"),
+    ({"initial": "a"}, "not a transitions config"),
+])
+def test_a_config_the_orchestrator_cannot_honour_is_refused(config: dict[str, Any],
+                                                            message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        Workflow.from_config("wf", config, table="orders")
+
+
 def test_check_raises_illegal_transition() -> None:
     with pytest.raises(IllegalTransition, match="does not allow 'a' -> 'c'"):
         make().check("a", "c")
@@ -49,6 +100,9 @@ def test_check_raises_illegal_transition() -> None:
     ({"transitions": [("go", "a", "b"), ("again", "a", "b")]}, "twice"),
     ({"states": ["a", "a"], "terminal": [], "failure_state": None, "transitions": []}, "twice"),
     ({"initial": "c"}, "initial state cannot be terminal"),
+    ({"states": ["a", "*"], "terminal": [], "failure_state": None, "transitions": []},
+     "'\\*' cannot name a state"),
+    ({"transitions": [("state", "a", "b")]}, "trigger 'state'"),
 ])
 def test_inconsistent_definitions_are_refused(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(DefinitionError, match=message):
@@ -137,3 +191,14 @@ def test_loading_a_missing_handler_module_is_one_clear_error() -> None:
 def test_loading_the_handlers_package_finds_food_order() -> None:
     registry = load_registry("handlers")
     assert "food_order" in registry.workflows
+
+
+def test_imports_run_one_way_routing_then_workflow_then_registry() -> None:
+    def imported(module: ModuleType) -> set[str]:
+        tree = ast.parse(inspect.getsource(module))
+        return {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module}
+
+    assert imported(routing) & {"orchestrator.workflow", "orchestrator.registry"} == set()
+    assert "orchestrator.registry" not in imported(workflow)
+    assert {"orchestrator.routing", "orchestrator.workflow"} <= imported(registry)

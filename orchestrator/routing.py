@@ -1,0 +1,109 @@
+"""Which handler serves which change: routes, registered handlers and one workflow's table of them.
+
+This module knows nothing of workflows. A Workflow checks a route against its states before it
+asks its HandlerTable to register a function for it; the Registry asks each workflow's table for
+the handler of an event.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from orchestrator.errors import RegistrationError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Which changes a handler serves: a column, and a source/dest (None with any_source: any)."""
+
+    column: str
+    source: str | None
+    dest: str | None
+    any_source: bool = False
+
+    @property
+    def key(self) -> str:
+        """A stable text form, stored with the workflow's definition."""
+        source = "*" if self.any_source else self.source
+        return f"{self.column}:{source}->{self.dest or '*'}"
+
+    def __str__(self) -> str:
+        if self.dest is None:
+            return f"change of {self.column}"
+        if self.any_source:
+            return f"entering {self.dest!r}"
+        return f"{self.source!r} -> {self.dest!r}"
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """A registered handler and its per-handler limits (None: use the settings' defaults)."""
+
+    fn: Callable[..., Any]
+    name: str
+    workflow: str
+    route: Route
+    takes_context: bool
+    max_attempts: int | None = None
+    timeout_s: float | None = None
+
+
+class HandlerTable:
+    """The handlers of one workflow (named ``workflow``), keyed by route; one per route."""
+
+    def __init__(self, workflow: str) -> None:
+        self._workflow = workflow
+        self._by_route: dict[Route, HandlerSpec] = {}
+
+    def decorator(
+        self, route: Route, *, max_attempts: int | None = None, timeout_s: float | None = None
+    ) -> Callable[[F], F]:
+        """A decorator that registers its function for ``route`` (checked by the caller).
+        Raises RegistrationError for a function of the wrong arity or a route taken."""
+        def register(fn: F) -> F:
+            self.add(HandlerSpec(
+                fn=fn, name=f"{fn.__module__}.{fn.__qualname__}", workflow=self._workflow,
+                route=route, takes_context=_takes_context(fn), max_attempts=max_attempts,
+                timeout_s=timeout_s,
+            ))
+            return fn
+
+        return register
+
+    def add(self, spec: HandlerSpec) -> None:
+        """Register ``spec``. Raises RegistrationError when its route already has a handler."""
+        if (other := self._by_route.get(spec.route)) is not None:
+            raise RegistrationError(
+                f"workflow {self._workflow!r}: {spec.route} already has handler "
+                f"{other.name}; cannot also register {spec.name}"
+            )
+        self._by_route[spec.route] = spec
+
+    def find(self, column: str, source: str | None, dest: str | None) -> HandlerSpec | None:
+        """The handler for a change: exact transition first, then entering dest, then any."""
+        table = self._by_route
+        return (table.get(Route(column, source, dest))
+                or table.get(Route(column, None, dest, any_source=True))
+                or table.get(Route(column, None, None, any_source=True)))
+
+    def __iter__(self) -> Iterator[HandlerSpec]:
+        return iter(self._by_route.values())
+
+
+def _takes_context(fn: Callable[..., Any]) -> bool:
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return False
+    if len(params) not in (1, 2):
+        raise RegistrationError(
+            f"handler {fn.__qualname__} must take (event) or (event, ctx), not {len(params)} "
+            "positional parameters"
+        )
+    return len(params) == 2
