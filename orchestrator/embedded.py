@@ -291,15 +291,17 @@ def _copy_install(bin_dir: Path, state_dir: Path) -> Path:
 
 
 def _fingerprint(base: Path, parts: list[Path]) -> str:
-    """A digest of every file's path under ``base``, size and modification time."""
+    """A digest of every file's path under ``base`` and content: venvs holding the same wheel
+    share one copy, and a changed installation gets a new one."""
     digest = hashlib.sha256()
     for part in parts:
         for root, dirs, files in os.walk(part):
             dirs.sort()
             for name in sorted(files):
-                info = os.lstat(os.path.join(root, name))
-                rel = os.path.relpath(os.path.join(root, name), base)
-                digest.update(f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+                path = Path(root, name)
+                with path.open("rb") as file:
+                    content = hashlib.file_digest(file, "sha256").digest()
+                digest.update(f"{path.relative_to(base)}\0".encode() + content)
     return digest.hexdigest()[:16]
 
 
