@@ -290,7 +290,7 @@ def assert_path(orchestrator: Harness, workflow: str, key: object,
              f"  expected: {_arrows(expected)}",
              f"  actual:   {_arrows(actual) if actual else '(no events: no such row?)'}",
              f"  handlers run: {', '.join(orchestrator.handlers_run(workflow, key)) or 'none'}"]
-    lines += [f"  {_describe(e)}" for e in orchestrator.history(workflow, key)
+    lines += [f"  {_describe(e, row=False)}" for e in orchestrator.history(workflow, key)
               if e["status"] != "done"]
     raise AssertionError("\n".join(lines))
 
@@ -366,18 +366,20 @@ def _arrows(states: Sequence[str]) -> str:
     return " -> ".join(states)
 
 
-def _describe(event: dict[str, Any]) -> str:
-    """One line about an event: what changed, where it stands, its handler and last error."""
-    change = (f"{event['column_name']} {event['old_value']} -> {event['new_value']}"
-              if event["op"] != "INSERT" else f"insert ({event['new_value']})")
-    kind = "deadline " if event["op"] == "TIMER" else ""
-    line = (f"{event['status']} {kind}event {event['id']} (row {event['row_key']}, {change}), "
-            f"{event['attempts']} attempt(s)")
+def _describe(event: dict[str, Any], *, row: bool = True) -> str:
+    """One line about an event: its change, where it stands, its handler and last error."""
+    change = (f"{event['column_name']}: {event['old_value']} -> {event['new_value']}"
+              if event["op"] != "INSERT" else f"inserted in {event['new_value']}")
+    kind = "deadline" if event["op"] == "TIMER" else "event"
+    of_row = f" of row {event['row_key']}" if row else ""
+    attempts = int(event["attempts"])
+    line = (f"{event['status']} {kind} {event['id']}{of_row} ({change}): "
+            f"{attempts} attempt{'s' if attempts != 1 else ''}")
     if event["status"] == "pending" and event["run_after"] is not None:
         due_in_s = (event["run_after"] - datetime.now(UTC)).total_seconds()
         line += f", due in {due_in_s:.1f} s" if due_in_s > 0 else ", due now"
     if event["handler"]:
         line += f", handler {event['handler']}"
     if event["last_error"]:
-        line += f": {event['last_error']}"
+        line += f", last error: {event['last_error']}"
     return line
