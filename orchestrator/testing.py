@@ -182,6 +182,10 @@ class Harness:
         self.dsn: str = settings.dsn
         self._conn: psycopg.Connection[Any] | None = None
 
+    def __repr__(self) -> str:
+        database = psycopg.conninfo.conninfo_to_dict(self.dsn).get("dbname")
+        return f"Harness(database={database!r}, workflows={sorted(self.registry.workflows)})"
+
     def sql(self, query: Query, params: Params | None = None) -> list[tuple[Any, ...]]:
         """Run one statement in a transaction of its own; its rows ([] when it returns none).
         A failing statement raises psycopg's error."""
