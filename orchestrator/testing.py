@@ -160,7 +160,8 @@ def orchestrator_db(orchestrator_server: str, _orchestrator_templates: _Template
 @pytest.fixture(name="orchestrator")
 def orchestrator_harness(orchestrator_db: str, orchestrator_registry: Registry,
                          orchestrator_settings: dict[str, Any]) -> Iterator[Harness]:
-    """A Harness on this test's own database."""
+    """A Harness on this test's own database: ``sql``, ``run_until_idle``, ``path``,
+    ``handlers_run``, ``history``, ``dead_events``, ``open_events``."""
     settings = Settings.load(env={}, **(orchestrator_settings | {"dsn": orchestrator_db}))
     harness = Harness(settings, orchestrator_registry)
     yield harness
