@@ -42,7 +42,7 @@ from orchestrator.config import Settings
 from orchestrator.dispatcher import Stats
 from orchestrator.embedded import EmbeddedServer
 from orchestrator.registry import Registry, load_registry
-from orchestrator.sql import QUERIES
+from orchestrator.sql import REPORTS
 
 __all__ = ["FAST_SETTINGS", "IDLE_TIMEOUT_S", "Harness", "Schema", "assert_path"]
 
@@ -130,6 +130,8 @@ def orchestrator_server(pytestconfig: pytest.Config) -> Iterator[str]:
     # A folder of our own rather than pytest's tmp_path_factory: pytest removes old session
     # folders when another session starts, which would pull the data from under the server.
     workdir = Path(tempfile.mkdtemp(prefix="orchestrator-test-"))
+    if os.geteuid() == 0:
+        workdir.chmod(0o711)  # as root the server runs as another user, who must reach it
     server = EmbeddedServer(workdir / "pg", settings=THROWAWAY_SERVER)
     try:
         yield server.start("postgres")
@@ -225,7 +227,7 @@ class Harness:
         """Every event of one row, oldest first: dicts with the columns of
         ``orchestrator.events`` (op, column_name, old_value, new_value, status, outcome,
         handler, next_state, attempts, last_error, created_at, finished_at, run_after...)."""
-        return self._dicts(QUERIES["row_history"], {"workflow": workflow, "row_key": str(key)})
+        return self._dicts(REPORTS["row_history"], {"workflow": workflow, "row_key": str(key)})
 
     def path(self, workflow: str, key: object) -> list[str]:
         """The states a row went through, in order, up to the one it is in now: its state when
@@ -276,7 +278,7 @@ class Harness:
             return cur.execute(query, params).fetchall()
 
     def _events(self, status: str, workflow: str | None) -> list[dict[str, Any]]:
-        newest_first = self._dicts(QUERIES["list_events"], {
+        newest_first = self._dicts(REPORTS["list_events"], {
             "status": status, "workflow": workflow, "row_key": None, "search": None,
             "limit": _LISTED_MAX})
         return newest_first[::-1]
