@@ -12,6 +12,7 @@ from orchestrator.events import Event, Next, Retry
 from orchestrator.registry import Registry, load_registry
 from orchestrator.remote import Remote
 from orchestrator.runner import Context
+from orchestrator.schema import alembic_include_name, install_workflows
 from orchestrator.workflow import Deadline, Workflow
 
 __all__ = [
@@ -26,5 +27,7 @@ __all__ = [
     "Retry",
     "Settings",
     "Workflow",
+    "alembic_include_name",
+    "install_workflows",
     "load_registry",
 ]

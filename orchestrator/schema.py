@@ -98,6 +98,16 @@ def install_workflows(connection: Any, *workflows: Workflow) -> None:
             install.install_workflow(raw, wf)
 
 
+def alembic_include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """An ``include_name`` hook for an application's Alembic autogenerate: leave the
+    orchestrator schema (its tables and version table) out of the comparison. Pass it to
+    ``context.configure(..., include_schemas=True, include_name=alembic_include_name)``; without
+    include_schemas, autogenerate never looks at other schemas anyway."""
+    if type_ == "schema":
+        return name != VERSION_SCHEMA
+    return True
+
+
 def _config(connection: Connection) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
