@@ -67,7 +67,8 @@ def demo(
     # Retries and dead events are in the summary; per-event log lines would tear the live view.
     logging.getLogger("orchestrator").setLevel(max(logging.root.level, logging.ERROR))
     with Orchestrator(settings, food_demo.registry()) as orch:
-        food_demo.prepare(orch)
+        food_demo.setup(orch)  # the demo's tables, on which migrate installs the triggers
+        orch.migrate()
         first, last = food_demo.seed(orch, orders, seed)
         if json:
             summary = food_demo.run(orch, first, last)

@@ -73,12 +73,15 @@ def setup(orch: Orchestrator) -> None:
 def prepare(orch: Orchestrator) -> None:
     """Everything the demo needs in ``orch``'s database: its tables first, then the
     orchestrator schema and the demo's workflow (whose triggers go on those tables) unless
-    they are installed as defined already."""
+    they are installed already. An installed workflow is left as it is, even with other
+    handlers (a remote one, say): `orchestrator migrate` decides those."""
     setup(orch)
     try:
         orch.store.verify_workflows(list(orch.registry.workflows.values()))
-    except (NotMigrated, DefinitionError):
+    except NotMigrated:
         orch.migrate()
+    except DefinitionError:
+        pass
 
 
 def _rows(orch: Orchestrator, name: str, params: Mapping[str, Any] | None = None
