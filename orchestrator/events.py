@@ -83,12 +83,14 @@ def as_outcome(result: object) -> Next | None:
     )
 
 
-def event_from_row(row: tuple[Any, ...]) -> Event:
-    """Build an Event from the columns of the ``event_columns`` query fragment, in order."""
-    (id_, workflow, key, column, op, old_value, new_value, old_row, new_row, attempts,
-     created_at) = row
+def event_from_row(row: Mapping[str, Any]) -> Event:
+    """Build an Event from a claimed row of orchestrator.events, read by column name (the
+    RETURNING list of the claim queries)."""
+    old_row = row["old_row"]
     return Event(
-        id=id_, workflow=workflow, key=key, column=column, op=op, old_value=old_value,
-        new_value=new_value, old_row=MappingProxyType(old_row) if old_row else _EMPTY,
-        new_row=MappingProxyType(new_row), attempt=attempts, created_at=created_at,
+        id=row["id"], workflow=row["workflow"], key=row["row_key"], column=row["column_name"],
+        op=row["op"], old_value=row["old_value"], new_value=row["new_value"],
+        old_row=MappingProxyType(old_row) if old_row else _EMPTY,
+        new_row=MappingProxyType(row["new_row"]), attempt=row["attempts"],
+        created_at=row["created_at"],
     )

@@ -134,8 +134,7 @@ class Runner:
         spec = self.registry.route(event)
         if spec is None:
             return Result(event, Outcome.NO_HANDLER)
-        max_attempts = spec.max_attempts or self.settings.max_attempts
-        if event.attempt > max_attempts:
+        if event.attempt > self._max_attempts(spec):
             return self.failure(event, spec, "gave up: an earlier attempt never finished "
                                 "(its dispatcher stopped)", final=True)
         timeout_s = spec.timeout_s or self.settings.handler_timeout_s
@@ -155,6 +154,10 @@ class Runner:
         self._workers.replace_stuck()
         return self.failure(job.event, job.spec, str(HandlerTimeout(job.timeout_s)))
 
+    def _max_attempts(self, spec: HandlerSpec | None) -> int:
+        """The handler's own limit, else the settings'."""
+        return (spec and spec.max_attempts) or self.settings.max_attempts
+
     def _terminate(self, pid: int) -> None:
         try:
             self.store.terminate_backend(pid)
@@ -165,7 +168,7 @@ class Runner:
                 delay_s: float | None = None, final: bool = False) -> Result:
         """A failed attempt: retried with backoff while attempts remain, else dead (and the row
         moved to the workflow's failure state when it declares one)."""
-        max_attempts = (spec and spec.max_attempts) or self.settings.max_attempts
+        max_attempts = self._max_attempts(spec)
         name = spec.name if spec else None
         if not final and event.attempt < max_attempts:
             if delay_s is None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -62,7 +63,7 @@ class Store:
         with self._conn() as conn:
             with conn.pipeline():  # the statements and the commit: one round trip
                 conn.execute(QUERIES["index_plans"])
-                cur = conn.execute(query, params)
+                cur = conn.cursor(row_factory=dict_row).execute(query, params)
                 conn.commit()
             rows = cur.fetchall()
         return [event_from_row(row) for row in rows]
@@ -154,7 +155,7 @@ class Store:
                 if r.error is not None:
                     conn.execute(QUERIES["record_error"], {
                         "id": r.event.id, "attempt": r.event.attempt, "error": r.error})
-            handoff = conn.execute(QUERIES["claim_next_of_rows"], {
+            handoff = conn.cursor(row_factory=dict_row).execute(QUERIES["claim_next_of_rows"], {
                 "dispatcher": self.dispatcher, "lease_s": self.lease_s,
                 "workflows": [e.workflow for e in finished], "keys": [e.key for e in finished],
             })
