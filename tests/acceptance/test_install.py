@@ -93,12 +93,8 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def app_dsn(admin_dsn: str) -> Iterator[str]:
-    name = database.unique_name("orch_user")
-    dsn = database.create_database(admin_dsn, name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(APPLICATION)  # type: ignore[arg-type]
-    yield dsn
-    database.drop_database(admin_dsn, name)
+    with database.scratch_database(admin_dsn, "orch_user", APPLICATION) as dsn:
+        yield dsn
 
 
 def run(venv: Path, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -168,16 +164,12 @@ def test_with_no_handlers_anywhere_one_line_says_what_to_pass(venv: Path, projec
 
 
 def test_the_demo_runs_from_the_install(venv: Path, tmp_path: Path, admin_dsn: str) -> None:
-    name = database.unique_name("orch_demo")
-    dsn = database.create_database(admin_dsn, name)
-    try:
+    with database.scratch_database(admin_dsn, "orch_demo") as dsn:
         done = run(venv, tmp_path, "orchestrator", "demo", "--orders", "20", "--json",
                    "--dsn", dsn)
         assert done.returncode == 0, done.stderr
         assert read(dsn, "SELECT count(*) FROM orders WHERE status IN "
                          "('delivered', 'rejected', 'cancelled', 'failed')") == [(20,)]
-    finally:
-        database.drop_database(admin_dsn, name)
 
 
 ALEMBIC_ENV = '''
@@ -240,10 +232,8 @@ def test_an_application_with_its_own_alembic_history(venv: Path, project: Path,
     (project / "migrations" / "env.py").write_text(ALEMBIC_ENV)
     (project / "migrations" / "versions" / "app_0001.py").write_text(REVISION)
     (project / "alembic.ini").write_text("[alembic]\nscript_location = migrations\n")
-    name = database.unique_name("orch_alembic")
-    dsn = database.create_database(admin_dsn, name)
-    env = {"APP_DSN": dsn, "PYTHONPATH": str(project)}
-    try:
+    with database.scratch_database(admin_dsn, "orch_alembic") as dsn:
+        env = {"APP_DSN": dsn, "PYTHONPATH": str(project)}
         # The orchestrator's schema first, then the application's history, in which a revision
         # creates a table and installs its workflow.
         schema_only = run(venv, project, "orchestrator", "migrate", "--schema-only", "--dsn", dsn)
@@ -267,5 +257,3 @@ def test_an_application_with_its_own_alembic_history(venv: Path, project: Path,
         again = run(venv, project, "orchestrator", "migrate", "--handlers", "myapp.workflows",
                     "--dsn", dsn)
         assert again.returncode == 0, again.stderr
-    finally:
-        database.drop_database(admin_dsn, name)

@@ -93,13 +93,9 @@ def send_invoice(event: Any) -> None:
 
 @pytest.fixture
 def app_dsn(admin_dsn: str) -> Iterator[str]:
-    """An empty database holding only the application's tables and rows."""
-    name = database.unique_name("orch_app")
-    dsn = database.create_database(admin_dsn, name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(APPLICATION)  # type: ignore[arg-type]
-    yield dsn
-    database.drop_database(admin_dsn, name)
+    """A database holding only the application's tables and rows."""
+    with database.scratch_database(admin_dsn, "orch_app", APPLICATION) as dsn:
+        yield dsn
 
 
 def read(dsn: str, query: str) -> list[tuple[Any, ...]]:

@@ -107,6 +107,21 @@ def drop_database(admin_dsn: str, name: str) -> None:
             sql.Identifier(name)))
 
 
+@contextmanager
+def scratch_database(admin_dsn: str, prefix: str, setup: str = "") -> Iterator[str]:
+    """A database of its own (no orchestrator schema), with ``setup`` run in it; dropped
+    afterwards."""
+    name = unique_name(prefix)
+    dsn = create_database(admin_dsn, name)
+    try:
+        if setup:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(setup)  # type: ignore[arg-type]
+        yield dsn
+    finally:
+        drop_database(admin_dsn, name)
+
+
 def test_registry() -> Registry:
     from orchestrator.demo.handlers.food_order import food_order
 

@@ -39,6 +39,18 @@ def jobs() -> Workflow:
                     watch=["note"])
 
 
+def gated_jobs(gate: threading.Event) -> Workflow:
+    """jobs() whose rows start working once ``gate`` opens (each handler holds its slot)."""
+    wf = jobs()
+
+    @wf.on_enter("new")
+    def start(event: Event) -> str:
+        gate.wait(10)
+        return "working"
+
+    return wf
+
+
 class Loop:
     """A dispatcher on a fake store, both on one test clock; a NOTIFY is a direct wake."""
 
@@ -181,13 +193,7 @@ def test_a_write_the_database_refuses_is_a_failed_attempt() -> None:
 
 
 def test_a_row_that_moved_on_meanwhile_makes_the_outcome_stale(gate: threading.Event) -> None:
-    wf = jobs()
-
-    @wf.on_enter("new")
-    def start(event: Event) -> str:
-        gate.wait(10)
-        return "working"
-
+    wf = gated_jobs(gate)
     loop = Loop(wf, **NO_POLL)
     first = loop.store.insert("jobs", "1")
     with loop.running() as dispatcher:
@@ -291,13 +297,7 @@ def test_a_stop_finishes_the_work_in_hand_and_releases_the_rest_uncounted(
 
 
 def test_results_wait_out_a_database_outage_and_are_written_after(gate: threading.Event) -> None:
-    wf = jobs()
-
-    @wf.on_enter("new")
-    def start(event: Event) -> str:
-        gate.wait(10)
-        return "working"
-
+    wf = gated_jobs(gate)
     loop = Loop(wf, **NO_POLL)
     first = loop.store.insert("jobs", "1")
     with loop.running() as dispatcher:
@@ -385,13 +385,7 @@ def test_a_hung_handler_is_abandoned_at_its_timeout_and_its_worker_replaced(
 
 def test_a_claim_lost_meanwhile_is_counted_and_its_outcome_discarded(
         gate: threading.Event) -> None:
-    wf = jobs()
-
-    @wf.on_enter("new")
-    def start(event: Event) -> str:
-        gate.wait(10)
-        return "working"
-
+    wf = gated_jobs(gate)
     loop = Loop(wf, **NO_POLL)
     first = loop.store.insert("jobs", "1")
     with loop.running() as dispatcher:
@@ -404,13 +398,7 @@ def test_a_claim_lost_meanwhile_is_counted_and_its_outcome_discarded(
 
 
 def test_the_heartbeat_renews_the_leases_of_the_events_in_hand(gate: threading.Event) -> None:
-    wf = jobs()
-
-    @wf.on_enter("new")
-    def start(event: Event) -> str:
-        gate.wait(10)
-        return "working"
-
+    wf = gated_jobs(gate)
     loop = Loop(wf, **NO_POLL)
     first = loop.store.insert("jobs", "1")
     with loop.running() as dispatcher:
