@@ -122,6 +122,11 @@ def test_the_install_is_one_package(venv: Path) -> None:
     for part in ("migrations/versions/0001_orchestrator_schema.py", "demo/files/seed.json",
                  "demo/files/schema.sql", "demo/handlers/food_order.py", "bench/queries.sql"):
         assert (site / "orchestrator" / part).is_file(), part
+    imported = run(venv, Path(site.anchor), "python", "-c",
+                   "import orchestrator.bench.run, orchestrator.demo; "
+                   "print(orchestrator.__file__)")
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == str(site / "orchestrator" / "__init__.py")
 
 
 def test_an_existing_application_migrates_runs_and_downgrades_untouched(
