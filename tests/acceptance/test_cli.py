@@ -80,6 +80,17 @@ def test_bad_settings_are_one_line(dsn: str, args: list[str], fragment: str) -> 
     assert_one_line_error(cli(*args, "--dsn", dsn), fragment)
 
 
+def test_global_options_work_after_the_command(dsn: str, sql: Any) -> None:
+    sql("INSERT INTO jobs DEFAULT VALUES")
+    done = cli("run", "--until-idle", "--handlers", "tests.support.jobs", "--dsn", dsn,
+               "--log-level", "WARNING")
+    assert done.returncode == 0, done.stderr
+    assert sql("SELECT status FROM jobs") == [("finished",)]
+    assert " INFO " not in done.stderr, done.stderr  # at INFO, each attempt logs a line
+    failed = cli("status", "--dsn", "postgresql://nobody@127.0.0.1:1/x", "--debug")
+    assert failed.returncode == 1 and "Traceback" in failed.stderr  # --debug took effect
+
+
 def test_a_bad_flag_value_is_a_usage_error() -> None:
     assert cli("run", "--concurrency", "many").returncode == 2
 
