@@ -90,7 +90,7 @@ def test_the_database_restarting_mid_run_loses_nothing(
     server, dsn = own_server
     ids = [database.place_order(lambda s, p=None: q(dsn, s, p), f"D-{n}", customer_id=1 + n % 20)
            for n in range(150)]
-    proc = dispatcher(dsn, handlers="handlers", concurrency="8")
+    proc = dispatcher(dsn, handlers="orchestrator.demo.handlers", concurrency="8")
     wait_for(lambda: q(dsn, "SELECT count(*) FROM orders WHERE status = 'delivered'")[0][0] > 10,
              what="the run to be under way")
     server.stop(mode)

@@ -188,8 +188,8 @@ def test_loading_a_missing_handler_module_is_one_clear_error() -> None:
         load_registry("no_such_mod")
 
 
-def test_loading_the_handlers_package_finds_food_order() -> None:
-    registry = load_registry("handlers")
+def test_loading_the_demos_handlers_package_finds_food_order() -> None:
+    registry = load_registry("orchestrator.demo.handlers")
     assert "food_order" in registry.workflows
 
 
