@@ -49,15 +49,19 @@ def upgrade(dsn: str, revision: str = "head", *,
 
 
 def downgrade(dsn: str, revision: str = "base", *,
-              password: PasswordProvider | None = None) -> None:
+              password: PasswordProvider | None = None) -> bool:
     """Revert revisions down to ``revision``; ``base`` removes the orchestrator schema and the
-    triggers on workflow tables, leaving those tables and their rows as they are."""
+    triggers on workflow tables, leaving those tables and their rows as they are. False when
+    there is no orchestrator schema (nothing done)."""
     with _connection(dsn, password) as conn:
+        if not conn.exec_driver_sql(INSTALL["schema_exists"]).scalar():
+            return False  # nothing to revert, and no schema to make for Alembic's version
         _adopt_old_version_table(conn)
         command.downgrade(_config(conn), revision)
         if revision == "base":
             conn.exec_driver_sql(INSTALL["drop_schema"])
             conn.commit()
+    return True
 
 
 def current_revision(dsn: str, *, password: PasswordProvider | None = None) -> str | None:

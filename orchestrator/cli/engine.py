@@ -58,8 +58,10 @@ def migrate(
                              password_provider=password_provider)
     password = credentials.from_settings(settings)
     if downgrade is not None:
-        schema.downgrade(resolve_dsn(settings), downgrade, password=password)
-        out.print(f"downgraded to {downgrade}")
+        if schema.downgrade(resolve_dsn(settings), downgrade, password=password):
+            out.print(f"downgraded to {downgrade}")
+        else:
+            out.print("nothing to downgrade: the database has no orchestrator schema")
         return
     if schema_only:
         schema.upgrade(resolve_dsn(settings), password=password)

@@ -5,6 +5,9 @@
 -- name: schema_present
 SELECT to_regclass('orchestrator.events') IS NOT NULL;
 
+-- name: schema_exists
+SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = 'orchestrator');
+
 -- name: installed_workflows
 SELECT name, definition FROM orchestrator.workflows;
 

@@ -166,6 +166,12 @@ def test_a_database_migrated_by_an_older_build_keeps_its_history(app_dsn: str) -
     assert read(app_dsn, "SELECT version_num FROM public.alembic_version") == [("app_0042",)]
 
 
+def test_downgrading_a_database_without_the_schema_changes_nothing(app_dsn: str) -> None:
+    catalog = read(app_dsn, CATALOG)
+    assert schema.downgrade(app_dsn, "base") is False
+    assert read(app_dsn, CATALOG) == catalog
+
+
 def test_a_migration_error_is_one_line(app_dsn: str) -> None:
     schema.upgrade(app_dsn)
     with pytest.raises(MigrationError) as failed:
