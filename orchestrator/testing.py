@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, LiteralString, TypeAlias
+from typing import TYPE_CHECKING, Any, LiteralString, TypeAlias
 
 import psycopg
 import pytest
@@ -37,12 +37,12 @@ from psycopg.abc import Params
 from psycopg.rows import dict_row
 
 from orchestrator import db
-from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
-from orchestrator.dispatcher import Stats
-from orchestrator.embedded import EmbeddedServer
-from orchestrator.registry import Registry, load_registry
 from orchestrator.sql import REPORTS
+
+if TYPE_CHECKING:
+    from orchestrator.dispatcher import Stats
+    from orchestrator.registry import Registry
 
 __all__ = ["FAST_SETTINGS", "IDLE_TIMEOUT_S", "Harness", "Schema", "assert_path"]
 
@@ -98,6 +98,7 @@ def orchestrator_registry(pytestconfig: pytest.Config) -> Registry:
         pytest.fail("orchestrator.testing has no workflows to test: override the "
                     "orchestrator_registry fixture, or set orchestrator_handlers = "
                     "<module> in the pytest configuration", pytrace=False)
+    from orchestrator.registry import load_registry  # loaded when the fixture is used
     return load_registry(module)
 
 
@@ -132,6 +133,7 @@ def orchestrator_server(pytestconfig: pytest.Config) -> Iterator[str]:
     workdir = Path(tempfile.mkdtemp(prefix="orchestrator-test-"))
     if os.geteuid() == 0:
         workdir.chmod(0o711)  # as root the server runs as another user, who must reach it
+    from orchestrator.embedded import EmbeddedServer
     server = EmbeddedServer(workdir / "pg", settings=THROWAWAY_SERVER)
     try:
         yield server.start("postgres")
@@ -204,6 +206,7 @@ class Harness:
         """
         __tracebackhide__ = True
         timed_out = threading.Event()
+        from orchestrator.app import Orchestrator
         with Orchestrator(self.settings.replace(**overrides), self.registry) as app:
             dispatcher = app.dispatcher(until_idle=True)
 
@@ -330,6 +333,7 @@ class _Templates:
         dsn = _create_database(self.server_dsn, name)
         try:
             _create_app_schema(dsn, schema)
+            from orchestrator.app import Orchestrator
             with Orchestrator(Settings.load(env={}, dsn=dsn), registry) as app:
                 app.migrate()
         except BaseException:
