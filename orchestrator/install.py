@@ -79,10 +79,15 @@ def table_columns(conn: psycopg.Connection[Any], wf: Workflow) -> frozenset[str]
 
 def install_workflow(conn: psycopg.Connection[Any], wf: Workflow) -> None:
     """Record ``wf`` and (re)create its guard and capture triggers, in the connection's
-    current transaction. Raises NotMigrated before the schema exists, DefinitionError when the
-    table, key or a watched column does not exist."""
+    current transaction. Raises NotMigrated before the schema exists (or when it is older than
+    the trigger functions this version installs), DefinitionError when the table, key or a
+    watched column does not exist."""
     if not schema_present(conn):
         raise NotMigrated()
+    row = conn.execute(INSTALL["functions_present"]).fetchone()
+    if not (row and row[0]):
+        raise NotMigrated("the orchestrator schema is older than this version: run "
+                          "`orchestrator migrate` first")
     _check_table(conn, wf)
     conn.execute(INSTALL["upsert_workflow"], {
         "name": wf.name, "table": wf.qualified_table, "key": wf.key, "column": wf.column,
@@ -137,7 +142,7 @@ def _trigger_specs(wf: Workflow) -> list[tuple[str, TriggerSpec]]:
     on INSERT), the function and its arguments. The state column's captures also keep the
     row's deadline timers."""
     timers = ["deadlines"] if wf.deadlines else []
-    guard, capture = "orchestrator.guard_v1", "orchestrator.capture_v1"
+    guard, capture = "orchestrator.guard_v2", "orchestrator.capture_v2"
     specs: list[tuple[str, TriggerSpec]] = [
         ("guard_insert", ("BEFORE", None, guard, [wf.name, wf.column])),
         ("guard_update", ("BEFORE", wf.column, guard, [wf.name, wf.column])),

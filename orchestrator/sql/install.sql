@@ -38,6 +38,11 @@ FROM pg_attribute a
 WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
   AND a.attnum > 0 AND NOT a.attisdropped;
 
+-- name: functions_present
+-- Whether the schema has the trigger functions this version installs (revision 0004 on).
+SELECT to_regprocedure('orchestrator.capture_v2()') IS NOT NULL
+   AND to_regprocedure('orchestrator.guard_v2()') IS NOT NULL;
+
 -- name: capture_triggers
 SELECT t.tgname
 FROM pg_trigger t
