@@ -89,6 +89,10 @@ class CredentialsError(OrchestratorError):
     """The database password could not be obtained."""
 
 
+class Busy(OrchestratorError):
+    """Another expensive read is under way: ask again in a moment."""
+
+
 class RemoteHandlerError(OrchestratorError):
     """A remote handler did not answer with an outcome."""
 
