@@ -124,7 +124,8 @@ def repoint(pairs: list[tuple[str, str]]) -> str:
     """A DO block re-creating, in place, each trigger whose function is the first of a pair so
     that it calls the second: same name, table, timing, event, WHEN and arguments. The
     arguments are read from pg_trigger.tgargs (each ends with a zero byte); the orchestrator's
-    UPDATE triggers fire on one column, when its value really changes."""
+    UPDATE triggers fire on one column, when its value really changes. The clones a trigger on
+    a partitioned table has on its partitions follow their parent's."""
     values = ", ".join(f"('{old}'::regprocedure, '{new}')" for old, new in pairs)
     return f"""
 DO $$
@@ -144,7 +145,7 @@ BEGIN
         JOIN pg_namespace n ON n.oid = c.relnamespace
         JOIN (VALUES {values}) AS f (old_function, new_function)
           ON tg.tgfoid = f.old_function
-        WHERE NOT tg.tgisinternal
+        WHERE NOT tg.tgisinternal AND tg.tgparentid = 0
     LOOP
         args := '{{}}';
         rest := t.tgargs;

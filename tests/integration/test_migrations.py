@@ -204,10 +204,19 @@ ORDER BY 1
 
 def test_revision_0004_takes_over_the_installed_triggers_and_gives_them_back(
         dsn: str, sql: Any) -> None:
-    """A database at 0003 with workflows installed: upgrading re-creates each trigger in place
-    on the SECURITY DEFINER functions (same name, table, event, WHEN and arguments) and narrows
-    the dispatcher; downgrading restores 0003's functions and grants."""
+    """A database at 0003 with workflows installed, one on a partitioned table: upgrading
+    re-creates each trigger in place on the SECURITY DEFINER functions (same name, table,
+    event, WHEN and arguments; a partition's clones follow) and narrows the dispatcher;
+    downgrading restores 0003's functions and grants."""
+    sql("CREATE TABLE parts (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'new')"
+        " PARTITION BY RANGE (id)")
+    sql("CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100)")
+    with psycopg.connect(dsn) as conn:
+        schema.install_workflows(conn, Workflow(
+            "parts", table="public.parts", states=["new", "done"], initial="new",
+            terminal=["done"], transitions=[("finish", "new", "done")]))
     at_head = sql(TRIGGERS)
+    assert len([row for row in at_head if row[0] == "parts_1"]) == 4
     assert at_head and all("_v2(" in definition for _, _, definition in at_head)
     assert sql(PRIVILEGES) == [
         ("orchestrator_admin", False, False, True, True, True),
