@@ -28,9 +28,13 @@ def _default_data_dir() -> Path:
 class Settings:
     """How the orchestrator connects and dispatches. Units are in the field names."""
 
-    dsn: str | None = field(default=None, metadata={"help": "PostgreSQL connection string."})
+    # Connection strings and the password command may hold secrets: repr (and so str, and
+    # any error or log line showing the settings) leaves them out.
+    dsn: str | None = field(default=None, repr=False,
+                            metadata={"help": "PostgreSQL connection string."})
     listen_dsn: str | None = field(
-        default=None, metadata={"help": "Connection string for LISTEN (default: dsn)."}
+        default=None, repr=False,
+        metadata={"help": "Connection string for LISTEN (default: dsn)."}
     )
     listen: bool = field(
         default=True,
@@ -43,7 +47,7 @@ class Settings:
                           "server-side prepared statements; LISTEN then needs listen_dsn."},
     )
     password_command: str | None = field(
-        default=None,
+        default=None, repr=False,
         metadata={"help": "Shell command that prints the database password (a cloud IAM "
                           "token), run for every new connection."},
     )

@@ -45,7 +45,10 @@ CHANNEL = "orchestrator"
 LISTEN_APPLICATION_NAME = "orchestrator-listen"
 APPLICATION_NAME = "orchestrator"
 
-_PASSWORD_IN_URI = re.compile(r"(://[^:/@]*:)[^@]*@")
+# A URI's password runs from the user's ":" to the last "@" before the next blank: a password
+# written with a raw "@" or "/" in it is hidden whole (libpq would cut it at the first "@" and
+# report the rest as part of the host name).
+_PASSWORD_IN_URI = re.compile(r"(://[^:/@\s]*:)\S*@")
 _PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 

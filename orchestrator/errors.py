@@ -56,6 +56,19 @@ class IllegalTransition(OrchestratorError):
         self.to_state = to_state
 
 
+class OverrideRefused(OrchestratorError):
+    """Only members of orchestrator_admin (or superusers) may move a row outside its workflow."""
+
+    def __init__(self, user: str, event_ids: list[int]) -> None:
+        ids = ", ".join(map(str, event_ids))
+        super().__init__(
+            f"redriving event {ids} would move its row out of the failure state, which only "
+            f"members of orchestrator_admin may do, and {user} is not one (GRANT "
+            f"orchestrator_admin TO {user}); nothing was redriven")
+        self.user = user
+        self.event_ids = event_ids
+
+
 class BadOutcome(OrchestratorError):
     """A handler returned something that is not an outcome."""
 
@@ -74,6 +87,10 @@ class EmbeddedServerError(OrchestratorError):
 
 class CredentialsError(OrchestratorError):
     """The database password could not be obtained."""
+
+
+class Busy(OrchestratorError):
+    """Another expensive read is under way: ask again in a moment."""
 
 
 class RemoteHandlerError(OrchestratorError):

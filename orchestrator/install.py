@@ -9,6 +9,7 @@ psycopg.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,10 +80,15 @@ def table_columns(conn: psycopg.Connection[Any], wf: Workflow) -> frozenset[str]
 
 def install_workflow(conn: psycopg.Connection[Any], wf: Workflow) -> None:
     """Record ``wf`` and (re)create its guard and capture triggers, in the connection's
-    current transaction. Raises NotMigrated before the schema exists, DefinitionError when the
-    table, key or a watched column does not exist."""
+    current transaction. Raises NotMigrated before the schema exists (or when it is older than
+    the trigger functions this version installs), DefinitionError when the table, key or a
+    watched column does not exist."""
     if not schema_present(conn):
         raise NotMigrated()
+    row = conn.execute(INSTALL["functions_present"]).fetchone()
+    if not (row and row[0]):
+        raise NotMigrated("the orchestrator schema is older than this version: run "
+                          "`orchestrator migrate` first")
     _check_table(conn, wf)
     conn.execute(INSTALL["upsert_workflow"], {
         "name": wf.name, "table": wf.qualified_table, "key": wf.key, "column": wf.column,
@@ -111,21 +117,43 @@ def _check_table(conn: psycopg.Connection[Any], wf: Workflow) -> None:
                 f"workflow {wf.name!r}: table {wf.qualified_table} has no column {col!r}")
 
 
+# PostgreSQL keeps at most this many bytes of a name.
+MAX_NAME_BYTES = 63
+
+
 def trigger_name(wf: Workflow, suffix: str) -> str:
-    return f"orchestrator_{wf.name}_{suffix}"[:63]
+    """``orchestrator_<workflow>_<suffix>``; when that is longer than PostgreSQL keeps, its
+    first 54 bytes (whole characters) and 8 hex digits of its SHA-256, so that two triggers of
+    one workflow never share a name whatever the length of their columns' names. A workflow
+    name has at most 30 bytes, so the cut never reaches the rank that orders captures."""
+    name = f"orchestrator_{wf.name}_{suffix}"
+    data = name.encode()
+    if len(data) <= MAX_NAME_BYTES:
+        return name
+    head = data[:MAX_NAME_BYTES - 9].decode(errors="ignore")
+    return f"{head}_{hashlib.sha256(data).hexdigest()[:8]}"
 
 
 def trigger_ddl(conn: psycopg.Connection[Any], wf: Workflow) -> list[sql.Composed]:
-    """CREATE OR REPLACE the guard and capture triggers; DROP captures of columns no longer
-    watched. Triggers of one timing fire in name order: the state column's capture comes
-    first."""
-    wanted = {suffix: _trigger(wf, suffix, *spec) for suffix, spec in _trigger_specs(wf)}
-    existing = conn.execute(INSTALL["capture_triggers"], {
-        "schema": wf.schema, "table": wf.table, "prefix": trigger_name(wf, "") + "%"}).fetchall()
-    keep = {trigger_name(wf, suffix) for suffix in wanted}
+    """CREATE OR REPLACE the guard and capture triggers; DROP the triggers the orchestrator
+    made for ``wf`` earlier that it no longer wants (a column no longer watched, a name of an
+    older version). Triggers of one timing fire in name order: the state column's capture
+    comes first. Raises DefinitionError if two of its triggers would share a name, or one
+    would replace a trigger the orchestrator did not make for ``wf`` (another workflow's on
+    the same table, the application's own)."""
+    specs = _trigger_specs(wf)
+    wanted = {trigger_name(wf, suffix): _trigger(wf, suffix, *spec) for suffix, spec in specs}
+    if len(wanted) < len(specs):
+        raise DefinitionError(f"workflow {wf.name!r}: two of its triggers would share a name")
+    where = {"schema": wf.schema, "table": wf.table, "name": wf.name}
+    own = {name for (name,) in conn.execute(INSTALL["own_triggers"], where).fetchall()}
+    taken = {name for (name,) in conn.execute(INSTALL["table_triggers"], where).fetchall()}
+    if clash := sorted((set(wanted) & taken) - own):
+        raise DefinitionError(f"workflow {wf.name!r}: table {wf.qualified_table} already has a "
+                              f"trigger {clash[0]!r} that is not this workflow's")
     drops = [sql.SQL(INSTALL["drop_trigger"]).format(
         name=sql.Identifier(name), table=sql.Identifier(wf.schema, wf.table))
-        for (name,) in existing if name not in keep]
+        for name in sorted(own - set(wanted))]
     return [*drops, *wanted.values()]
 
 
@@ -137,7 +165,7 @@ def _trigger_specs(wf: Workflow) -> list[tuple[str, TriggerSpec]]:
     on INSERT), the function and its arguments. The state column's captures also keep the
     row's deadline timers."""
     timers = ["deadlines"] if wf.deadlines else []
-    guard, capture = "orchestrator.guard_v1", "orchestrator.capture_v1"
+    guard, capture = "orchestrator.guard_v2", "orchestrator.capture_v2"
     specs: list[tuple[str, TriggerSpec]] = [
         ("guard_insert", ("BEFORE", None, guard, [wf.name, wf.column])),
         ("guard_update", ("BEFORE", wf.column, guard, [wf.name, wf.column])),

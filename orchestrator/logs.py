@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,36 @@ from orchestrator.outcomes import Outcome, Result
 log = logging.getLogger("orchestrator.events")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Characters that move a terminal's cursor or start a line: C0 and C1 controls but the tab, and
+# the bidirectional overrides and isolates that reorder what is shown.
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters written out (``\\n``, ``\\x1b``, ``\\u202e``), for
+    text from outside (a handler's error, a remote's answer, a row's values) shown on one line
+    of a log or a terminal, where it could otherwise start a forged line or send escape
+    sequences."""
+    return _CONTROLS.sub(_written_out, text)
+
+
+def _written_out(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, one line per record: the message's control characters are written out
+    (``printable``); a traceback, when there is one, follows on its own lines."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,7 +72,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure(fmt: str) -> None:
     """Use ``fmt`` (``text`` or ``json``) for every handler of the root logger."""
-    formatter = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     for handler in logging.getLogger().handlers:
         handler.setFormatter(formatter)
 

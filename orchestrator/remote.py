@@ -6,23 +6,30 @@ the JSON answer to a handler's outcomes: the next state and values, nothing, or 
 timeout, a refused connection, a non-2xx status or an answer that is not the documented JSON
 raises RemoteHandlerError, so the engine retries with backoff and finally marks the event dead,
 exactly as for a Python handler that raises. Calls to one endpoint run at most
-``max_concurrency`` at once, over kept-alive connections.
+``max_concurrency`` at once, over kept-alive connections; each call ends by the handler's
+timeout whatever the endpoint does (``remote_http``), its answer is read up to
+``max_response_bytes``, and a delay it asks for is cut to ``max_delay_s``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import math
+import re
 import secrets as random_tokens
 import threading
+import time
 from collections.abc import Mapping, Sequence
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from orchestrator import signing
-from orchestrator.errors import RemoteHandlerError
+from orchestrator import remote_http, signing
+from orchestrator.errors import DefinitionError, RemoteHandlerError
 from orchestrator.events import Event, Next, Retry
 
 if TYPE_CHECKING:
@@ -30,6 +37,8 @@ if TYPE_CHECKING:
 
 REQUEST_VERSION = 1
 OUTCOMES = ("next", "none", "retry")
+MAX_RESPONSE_BYTES = 1_000_000
+MAX_DELAY_S = 3600.0
 
 
 class Remote:
@@ -37,28 +46,43 @@ class Remote:
 
     ``secrets``: the signing secrets (newest first); by default read from the environment
     variable ``secrets_env`` (comma-separated) at each call. ``headers`` go with every request
-    (say a function key). The request may take the handler's whole timeout (``ctx.remaining_s``).
+    (say a function key). A call, connecting and reading included, ends by the handler's
+    timeout (``ctx.remaining_s``); an answer longer than ``max_response_bytes`` fails the
+    attempt; a retry delay the endpoint asks for (``delay_s``, ``Retry-After``) is cut to
+    ``max_delay_s``. ``url`` must be https, or http to a loopback host (``localhost``,
+    ``127.0.0.1``, ``::1``) unless ``allow_http``. ``proxy``: an HTTP(S) proxy's URL (default:
+    the environment's, as httpx). Raises DefinitionError for a URL or limit it cannot use.
     """
 
     def __init__(self, name: str, url: str, *, secrets: Sequence[str] | None = None,
                  secrets_env: str = signing.SECRETS_ENV, max_concurrency: int = 4,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, max_delay_s: float = MAX_DELAY_S,
+                 allow_http: bool = False, proxy: str | None = None) -> None:
         if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
+            raise DefinitionError("max_concurrency must be at least 1")
+        if max_response_bytes < 1 or not (math.isfinite(max_delay_s) and max_delay_s >= 0):
+            raise DefinitionError("max_response_bytes must be positive and max_delay_s a "
+                                  "finite number of seconds")
+        check_url(url, allow_http=allow_http)
         self.__module__ = "remote"  # the registry names a handler <module>.<qualname>
         self.__name__ = self.__qualname__ = name
         self.url = url
         self.where = public_url(url)
         self.max_concurrency = max_concurrency
+        self.max_response_bytes = max_response_bytes
+        self.max_delay_s = max_delay_s
         self._secrets = list(secrets) if secrets is not None else None
         self._secrets_env = secrets_env
         self._headers = dict(headers or {})
+        self._proxy = proxy
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
 
     def __call__(self, event: Event, ctx: Context) -> Next | None:
         timeout_s = max(ctx.remaining_s, 0.001)
+        ends = time.monotonic() + timeout_s
         trace = traceparent(event)
         body = json.dumps(request_body(event, timeout_s, trace), default=str).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": event.idempotency_key,
@@ -68,17 +92,22 @@ class Remote:
             raise RemoteHandlerError(f"{self.where}: all {self.max_concurrency} connections "
                                      "stayed busy until the timeout")
         try:
-            response = self.client().post(self.url, content=body, headers=headers,
-                                          timeout=timeout_s)
+            answer = remote_http.post(self.client(), self.url, content=body, headers=headers,
+                                      timeout_s=max(ends - time.monotonic(), 0.001),
+                                      max_bytes=self.max_response_bytes)
         except httpx.TimeoutException:
             raise RemoteHandlerError(
                 f"{self.where} did not answer within {timeout_s:.3g}s") from None
+        except remote_http.TooLarge as exc:
+            raise RemoteHandlerError(f"{self.where} answered {exc}; at most "
+                                     f"{self.max_response_bytes} are read") from None
         except httpx.HTTPError as exc:
             reason = str(exc).replace(self.url, self.where) or type(exc).__name__
             raise RemoteHandlerError(f"{self.where}: {reason}") from None
         finally:
             self._slots.release()
-        return outcome(response.status_code, response.headers, response.content, self.where)
+        return outcome(answer.status, answer.headers, answer.content, self.where,
+                       max_delay_s=self.max_delay_s)
 
     def secrets(self) -> list[str]:
         return self._secrets if self._secrets is not None else signing.secrets_from_env(
@@ -88,9 +117,9 @@ class Remote:
         """The endpoint's HTTP client (one per process), keeping connections alive."""
         with self._lock:
             if self._client is None:
-                limits = httpx.Limits(max_connections=self.max_concurrency,
-                                      max_keepalive_connections=self.max_concurrency)
-                self._client = httpx.Client(limits=limits, headers=self._headers)
+                self._client = remote_http.client(
+                    self.url, max_connections=self.max_concurrency, headers=self._headers,
+                    proxy=self._proxy)
             return self._client
 
     def close(self) -> None:
@@ -123,37 +152,57 @@ def request_body(event: Event, timeout_s: float, trace: str) -> dict[str, Any]:
     }
 
 
-def outcome(status: int, headers: Mapping[str, str], content: bytes, where: str) -> Next | None:
+def outcome(status: int, headers: Mapping[str, str], content: bytes, where: str, *,
+            max_delay_s: float = MAX_DELAY_S) -> Next | None:
     """A remote handler's answer as a handler outcome: a Next or None; raises Retry for a retry
-    request (or a 429/503 with Retry-After) and RemoteHandlerError for anything else."""
-    if status in (429, 503) and (after := _seconds(headers.get("retry-after"))) is not None:
-        raise Retry(delay_s=after, reason=f"{where} answered {status}")
+    request (or a 429/503 with Retry-After), its delay cut to ``max_delay_s``, and
+    RemoteHandlerError for anything else, a number that is not finite included."""
+    if status in (429, 503) and (after := retry_after_s(headers.get("retry-after"))) is not None:
+        raise Retry(delay_s=min(after, max_delay_s), reason=f"{where} answered {status}")
     if not 200 <= status < 300:
         text = content[:200].decode(errors="replace").strip()
         raise RemoteHandlerError(f"{where} answered HTTP {status}" + (f": {text}" if text else ""))
     try:
-        answer = json.loads(content)
-    except ValueError:
-        raise RemoteHandlerError(f"{where} answered {status} without valid JSON") from None
+        answer = json.loads(content, parse_constant=_not_finite, parse_float=_finite)
+    except ValueError as exc:
+        why = str(exc) if isinstance(exc, NotFinite) else "without valid JSON"
+        raise RemoteHandlerError(f"{where} answered {status} {why}") from None
     if not isinstance(answer, dict) or answer.get("outcome") not in OUTCOMES:
         raise RemoteHandlerError(f"{where}: the answer needs \"outcome\": one of {OUTCOMES}")
     if answer.get("version", REQUEST_VERSION) != REQUEST_VERSION:
         raise RemoteHandlerError(f"{where}: unsupported answer version {answer['version']!r}")
-    return _as_outcome(answer, where)
+    return _as_outcome(answer, where, max_delay_s)
 
 
-def _as_outcome(answer: dict[str, Any], where: str) -> Next | None:
+def _as_outcome(answer: dict[str, Any], where: str, max_delay_s: float) -> Next | None:
     if answer["outcome"] == "retry":
         delay = answer.get("delay_s")
-        if delay is not None and (not isinstance(delay, int | float) or delay < 0):
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)
+                                  or delay < 0):
             raise RemoteHandlerError(f"{where}: delay_s must be a number of seconds")
-        raise Retry(delay_s=delay, reason=f"remote: {answer.get('reason') or 'retry requested'}")
+        raise Retry(delay_s=None if delay is None else float(min(delay, max_delay_s)),
+                    reason=f"remote: {answer.get('reason') or 'retry requested'}")
     state, values = answer.get("state"), answer.get("values") or {}
     if answer["outcome"] == "none" or (state is None and not values):
         return None
     if not (state is None or isinstance(state, str)) or not isinstance(values, dict):
         raise RemoteHandlerError(f"{where}: \"state\" must be a string, \"values\" an object")
     return Next(state, values)
+
+
+class NotFinite(ValueError):
+    """A JSON number that is not finite (NaN, Infinity, or too large for a float)."""
+
+
+def _not_finite(name: str) -> Any:
+    raise NotFinite(f"with {name}: only finite numbers are accepted")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotFinite(f"with {text[:20]}: only finite numbers are accepted")
+    return value
 
 
 def traceparent(event: Event) -> str:
@@ -170,8 +219,44 @@ def public_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+def retry_after_s(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: whole seconds, or an HTTP date (none before
+    now); None when absent or neither."""
+    if value is None:
         return None
+    value = value.strip()
+    if re.fullmatch(r"[0-9]{1,12}", value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def check_url(url: str, *, allow_http: bool = False) -> None:
+    """Raise DefinitionError unless ``url`` is https (or http to a loopback host, or any http
+    with ``allow_http``) and names a host."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise DefinitionError(f"remote handler URL {public_url(url)!r}: give an https:// URL")
+    if parts.scheme == "http" and not (allow_http or is_loopback(host)):
+        raise DefinitionError(
+            f"remote handler URL {public_url(url)!r}: plain http is only for loopback hosts; "
+            "use https, or Remote(..., allow_http=True) for a network you trust")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine: ``localhost`` or a loopback address."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool
 
 from orchestrator import install
 from orchestrator.db import borrowed, translated
+from orchestrator.errors import OverrideRefused
 from orchestrator.sql import REPORTS
 from orchestrator.workflow import Workflow
 
@@ -136,21 +137,42 @@ class Reports:
                 workflow: str | None = None, dry_run: bool = False) -> list[Row]:
         """Put dead events back in the queue with fresh attempts, in one transaction; the
         redriven events. A row their death moved to its workflow's failure state goes back to
-        the state the event saw (an operator override of the guard)."""
+        the state the event saw: an override of the guard, which the database allows members
+        of orchestrator_admin only. Raises OverrideRefused, redriving nothing, when a row
+        needs it and this session's user is not one."""
         params = {"ids": list(ids), "all": all_dead, "handler": handler, "workflow": workflow}
         with self._conn() as conn, conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
             dead = cur.execute(REPORTS["dead_events"], params).fetchall()
             if dry_run or not dead:
                 return dead
+            moves = [(wf, d) for d in dead
+                     if (wf := workflows.get(d["workflow"])) and wf.failure_state]
+            if moves:
+                _check_override(conn, moves)
             chosen = [d["id"] for d in dead]
             cur.execute(REPORTS["redrive"], {"ids": chosen})
             cur.execute(REPORTS["record_redrive"], {"ids": chosen})
             cur.execute(REPORTS["override"])
-            for d in dead:
-                wf = workflows.get(d["workflow"])
-                if wf and wf.failure_state:
-                    _move(conn, wf, d["row_key"], wf.failure_state, d["new_row"].get(wf.column))
+            for wf, d in moves:
+                _move(conn, wf, d["row_key"], str(wf.failure_state), d["new_row"].get(wf.column))
             return dead
+
+
+def _check_override(conn: psycopg.Connection[Any], moves: Sequence[tuple[Workflow, Row]]
+                    ) -> None:
+    """Raise OverrideRefused when a row of ``moves`` is in its failure state and this session
+    may not move it out."""
+    user, allowed = conn.execute(REPORTS["may_override"]).fetchone() or ("?", False)
+    if allowed:
+        return
+    refused = []
+    for wf, d in moves:
+        state = conn.execute(_on_table(REPORTS["row_state"], wf), {"key": d["row_key"]}
+                             ).fetchone()
+        if state is not None and state[0] == wf.failure_state:
+            refused.append(int(d["id"]))
+    if refused:
+        raise OverrideRefused(str(user), refused)
 
 
 def _on_table(query: str, wf: Workflow) -> sql.Composed:

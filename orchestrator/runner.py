@@ -9,6 +9,7 @@ abandoned (its attempt fails, its database session is terminated) and a new work
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -167,11 +168,12 @@ class Runner:
     def failure(self, event: Event, spec: HandlerSpec | None, error: str, *,
                 delay_s: float | None = None, final: bool = False) -> Result:
         """A failed attempt: retried with backoff while attempts remain, else dead (and the row
-        moved to the workflow's failure state when it declares one)."""
+        moved to the workflow's failure state when it declares one). A ``delay_s`` that is not
+        a finite number of seconds at least 0 is the backoff's."""
         max_attempts = self._max_attempts(spec)
         name = spec.name if spec else None
         if not final and event.attempt < max_attempts:
-            if delay_s is None:
+            if delay_s is None or not (math.isfinite(delay_s) and delay_s >= 0):
                 delay_s = retry_delay_s(event.attempt, base_s=self.settings.retry_base_s,
                                         max_s=self.settings.retry_max_s)
             return Result(event, Outcome.RETRY, handler=name, error=error, delay_s=delay_s)

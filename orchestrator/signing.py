@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 
@@ -23,6 +24,8 @@ HEADER = "Orchestrator-Signature"
 SCHEME = "v1"
 TOLERANCE_S = 300.0
 SECRETS_ENV = "ORCHESTRATOR_REMOTE_SECRETS"
+# Unix seconds: ASCII digits only (str.isdigit takes "²"), few enough for a float.
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")
 
 
 def digest(secret: str, timestamp: int, body: bytes) -> str:
@@ -77,7 +80,7 @@ def _parse(header: str | None) -> tuple[int, list[str]]:
     signatures: list[str] = []
     for item in header.split(","):
         key, _, value = item.strip().partition("=")
-        if key == "t" and value.isdigit():
+        if key == "t" and _TIMESTAMP.fullmatch(value):
             timestamp = int(value)
         elif key == SCHEME and value:
             signatures.append(value)

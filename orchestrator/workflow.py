@@ -8,6 +8,7 @@ existing Machine or its config dict. Handlers attach with ``@workflow.on(...)``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,6 +47,12 @@ class Deadline:
 
 
 TransitionSpec = Mapping[str, Any] | Sequence[Any]
+# A workflow's name: ASCII letters, digits and _, at most 30 bytes, so that its triggers' names
+# fit PostgreSQL's 63 bytes ("orchestrator_<name>_capture_insert") or, cut for a long column
+# name, still sort the state column's capture first ("orchestrator_<name>_capture_0...").
+WORKFLOW_NAME = re.compile(r"[A-Za-z0-9_]{1,30}")
+# PostgreSQL cuts longer identifiers (tables, schemas, columns) to this many bytes.
+MAX_IDENTIFIER_BYTES = 63
 # Not state names: the empty name, and the wildcards of transitions ("*": every state, "=": the
 # source itself).
 RESERVED_STATE_NAMES = ("", "*", "=")
@@ -88,6 +95,8 @@ class Workflow:
         self.column = column
         self.failure_state = failure_state
         self.watch: tuple[str, ...] = tuple(dict.fromkeys(c for c in watch if c != column))
+        _check_names(name, [("schema", self.schema), ("table", self.table), ("key", key),
+                            ("column", column), *(("watched column", c) for c in self.watch)])
         ends = frozenset(terminal)
         _check_states(name, tuple(states), initial, ends, failure_state)
         self.machine = Machine(
@@ -291,12 +300,25 @@ class Workflow:
         return f"Workflow({self.name!r}, table={self.qualified_table!r})"
 
 
+def _check_names(name: str, identifiers: Iterable[tuple[str, str]]) -> None:
+    """Raise DefinitionError for a workflow name that is not 1 to 30 ASCII letters, digits or
+    _, or a table, schema or column name PostgreSQL would not keep as given (empty, longer
+    than 63 bytes, or holding a zero byte)."""
+    if not WORKFLOW_NAME.fullmatch(name):
+        raise DefinitionError(f"workflow name {name!r} must be 1 to 30 ASCII letters, digits "
+                              "and _")
+    for what, identifier in identifiers:
+        size = len(identifier.encode())
+        if not identifier or "\0" in identifier or size > MAX_IDENTIFIER_BYTES:
+            raise DefinitionError(
+                f"workflow {name!r}: {what} {identifier!r} is not a PostgreSQL name (1 to "
+                f"{MAX_IDENTIFIER_BYTES} bytes, no zero byte; this one has {size})")
+
+
 def _check_states(name: str, states: tuple[str, ...], initial: str,
                   terminal: frozenset[str], failure_state: str | None) -> None:
     """Raise DefinitionError unless the states are consistent (before the machine is built)."""
     where = f"workflow {name!r}"
-    if not name or not name.replace("_", "").isalnum():
-        raise DefinitionError(f"workflow name {name!r} must be letters, digits and _")
     if len(set(states)) != len(states):
         raise DefinitionError(f"{where} lists a state twice")
     if reserved := [s for s in states if s in RESERVED_STATE_NAMES]:

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from orchestrator import logs
 from orchestrator.config import Settings, help_for
 from orchestrator.db import redact
 from orchestrator.errors import ConfigError, OrchestratorError
@@ -107,7 +108,8 @@ def friendly(fn: F) -> F:
         except OrchestratorError as exc:
             if _debug:
                 raise
-            err.print(f"[red]error:[/red] {escape(redact(str(exc)))}", soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(logs.printable(redact(str(exc))))}",
+                      soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -123,8 +125,8 @@ def main_options(
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, stream=sys.stderr)
+    logs.configure("text")  # `run --log-format json` changes it
     # The pool's own reconnect chatter repeats what the dispatcher reports once.
     logging.getLogger("psycopg.pool").setLevel(max(level, logging.ERROR))
     # httpx logs each request's full URL at INFO: a function key in its query would leak.

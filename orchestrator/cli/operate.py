@@ -10,7 +10,9 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator import admin
 from orchestrator.app import Orchestrator
@@ -25,6 +27,7 @@ from orchestrator.cli.common import (
     print_json,
     settings_from,
 )
+from orchestrator.logs import printable
 
 
 @contextmanager
@@ -43,11 +46,11 @@ def status(dsn: Dsn = None, data_dir: DataDir = None, json: Json = False) -> Non
         print_json(report)
         return
     for wf in report["workflows"]:
-        table = Table(title=f"{wf['name']} ({wf['table']})", title_justify="left")
+        table = Table(title=shown(f"{wf['name']} ({wf['table']})"), title_justify="left")
         table.add_column("state")
         table.add_column("rows", justify="right")
         for state, count in wf["states"].items():
-            table.add_row(state, str(count))
+            table.add_row(shown(state), str(count))
         out.print(table)
         ev = wf["events"]
         age = ev["oldest_pending_age_s"]
@@ -76,8 +79,8 @@ def events(
     for col in ("id", "workflow", "row", "change", "status", "outcome", "attempts", "error"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(str(r["id"]), r["workflow"], r["row_key"], _change(r), r["status"],
-                      r["outcome"] or "", str(r["attempts"]), r["last_error"] or "")
+        table.add_row(*map(shown, (r["id"], r["workflow"], r["row_key"], _change(r),
+                                   r["status"], r["outcome"], r["attempts"], r["last_error"])))
     out.print(table)
 
 
@@ -93,16 +96,17 @@ def history(
     if json:
         print_json(report)
         return
-    out.print(f"{report['workflow']} {report['key']}: now [bold]{report['state']}[/bold]")
+    out.print(f"{escape(plain(report['workflow']))} {escape(plain(report['key']))}: "
+              f"now [bold]{escape(plain(report['state']))}[/bold]", soft_wrap=True)
     table = Table()
     for col in ("event", "change", "handler", "status", "outcome", "attempts", "created",
                 "finished", "errors"):
         table.add_column(col, overflow="fold")
     for e in report["events"]:
         errors = "; ".join(f"#{x['attempt']}: {x['error']}" for x in e["errors"])
-        table.add_row(str(e["id"]), _change(e), (e["handler"] or "").rsplit(".", 1)[-1],
-                      e["status"], e["outcome"] or "", str(e["attempts"]),
-                      _time(e["created_at"]), _time(e["finished_at"]), errors)
+        table.add_row(*map(shown, (e["id"], _change(e), (e["handler"] or "").rsplit(".", 1)[-1],
+                                   e["status"], e["outcome"], e["attempts"],
+                                   _time(e["created_at"]), _time(e["finished_at"]), errors)))
     out.print(table)
 
 
@@ -120,7 +124,8 @@ def retry(
     dsn: Dsn = None, data_dir: DataDir = None, json: Json = False,
 ) -> None:
     """Redrive dead events: they go back to the queue with fresh attempts, and a row their
-    death moved to the failure state returns to the state the event saw."""
+    death moved to the failure state returns to the state the event saw (a move outside the
+    workflow, for members of orchestrator_admin only)."""
     with opened(dsn, data_dir) as orch:
         chosen = admin.redrive(orch.reports, ids=event_ids or (), all_dead=dead, handler=handler,
                                workflow=workflow, dry_run=dry_run)
@@ -130,7 +135,8 @@ def retry(
     verb = "would redrive" if dry_run else "redriven"
     out.print(f"{verb}: {len(chosen)} event(s)")
     for e in chosen:
-        out.print(f"  {e['id']}  {e['workflow']} {e['key']}  {e['error'] or ''}", soft_wrap=True)
+        out.print(plain(f"  {e['id']}  {e['workflow']} {e['key']}  {e['error'] or ''}"),
+                  soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -147,7 +153,8 @@ def fire(
     if json:
         print_json(moved)
         return
-    out.print(f"{moved['workflow']} {moved['key']}: {moved['from']} -> {moved['to']}")
+    out.print(plain(f"{moved['workflow']} {moved['key']}: {moved['from']} -> {moved['to']}"),
+              soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -163,6 +170,18 @@ def graph(
         wf = admin.pick_workflow(orch.reports, workflow)
         live = orch.reports.state_counts(wf) if counts else None
     out.print(admin.graph(wf, fmt=fmt, counts=live), soft_wrap=True, markup=False)
+
+
+def plain(value: Any) -> str:
+    """Text from the database as it reads on one line: no markup, control characters written
+    out (``logs.printable``); None is empty."""
+    return "" if value is None else printable(str(value))
+
+
+def shown(value: Any) -> Text:
+    """A table cell or title holding text from the database: ``plain`` and never read as rich
+    markup (a ``[/]`` in an error would end a style, ``[link=...]`` make a link)."""
+    return Text(plain(value))
 
 
 def _change(e: dict[str, Any]) -> str:

@@ -41,11 +41,32 @@ FROM pg_attribute a
 WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
   AND a.attnum > 0 AND NOT a.attisdropped;
 
--- name: capture_triggers
+-- name: functions_present
+-- Whether the schema has the trigger functions this version installs (revision 0004 on).
+SELECT to_regprocedure('orchestrator.capture_v2()') IS NOT NULL
+   AND to_regprocedure('orchestrator.guard_v2()') IS NOT NULL;
+
+-- name: own_triggers
+-- The triggers on a workflow's table that the orchestrator made for that workflow: they call
+-- one of its trigger functions (any version) and their first argument is the workflow's name
+-- (tgargs holds each argument followed by a zero byte).
 SELECT t.tgname
 FROM pg_trigger t
 WHERE t.tgrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
-  AND t.tgname LIKE %(prefix)s;
+  AND t.tgfoid IN (SELECT p.oid FROM pg_proc p
+                   WHERE p.pronamespace = 'orchestrator'::regnamespace
+                     AND p.proname IN ('capture_v1', 'guard_v1', 'capture_v2', 'guard_v2'))
+  AND t.tgnargs >= 1
+  AND substring(t.tgargs FROM 1 FOR octet_length(convert_to(%(name)s::text,
+          current_setting('server_encoding'))) + 1)
+      = convert_to(%(name)s::text, current_setting('server_encoding')) || '\x00'::bytea;
+
+-- name: table_triggers
+-- Every trigger a user made on a workflow's table (not those PostgreSQL makes for constraints).
+SELECT t.tgname
+FROM pg_trigger t
+WHERE t.tgrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  AND NOT t.tgisinternal;
 
 -- name: migrate_lock
 SELECT pg_advisory_lock(hashtext('orchestrator.migrate'));

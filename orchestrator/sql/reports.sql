@@ -157,8 +157,16 @@ INSERT INTO orchestrator.event_errors (event_id, attempt, error)
 SELECT id, 0, 'redriven by an operator' FROM unnest(%(ids)s::bigint[]) AS id;
 
 -- name: override
--- The write that follows is an operator's deliberate one: the guard trigger lets it through.
+-- The writes that follow are an operator's deliberate ones: the guard trigger lets them through
+-- when the session's user is a member of orchestrator_admin (see may_override).
 SELECT set_config('orchestrator.override', 'on', true);
+
+-- name: may_override
+-- Whether the guard lets this session move rows outside their workflow: its user is a member of
+-- orchestrator_admin, or a superuser (false on a schema older than the role).
+SELECT session_user AS "user",
+       CASE WHEN to_regrole('orchestrator_admin') IS NULL THEN false
+            ELSE pg_has_role(session_user, 'orchestrator_admin', 'MEMBER') END AS allowed;
 
 -- name: state_counts
 SELECT {state} AS state, count(*) AS rows FROM {table} GROUP BY 1;

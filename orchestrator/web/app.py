@@ -6,9 +6,15 @@ database on its own timer. The one state-changing action, redrive, calls ``admin
 page's own origin (so another site cannot forge it from an operator's browser) and, when a
 token is configured, carry it in the ``X-Orchestrator-Token`` header.
 
+Every response forbids framing (``X-Frame-Options``, CSP ``frame-ancestors``: no other site
+can put the page under an operator's click) and allows the page only its own scripts and
+styles. Bound beyond this machine, the expensive reads (rows, a text search of events) go
+through a ``Throttle``: one at a time, a repeat within the refresh answered from the last.
+
 Each endpoint is a named function over the ``Dashboard`` kept in the app's state. An
 OrchestratorError becomes a JSON error: 503 when the database is unreachable, 404 for an
-unknown row, 400 for any other request the operator can fix.
+unknown row, 429 while another expensive read runs, 400 for any other request the operator can
+fix.
 """
 
 from __future__ import annotations
@@ -16,16 +22,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -33,18 +40,33 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import admin
-from orchestrator.errors import ConfigError, DatabaseUnavailable, OrchestratorError
+from orchestrator.errors import Busy, ConfigError, DatabaseUnavailable, OrchestratorError
 from orchestrator.reports import Reports
 from orchestrator.web import diagram, explain
 from orchestrator.web.pulse import Pulse
+from orchestrator.web.throttle import Throttle
+
+T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
 TOKEN_HEADER = "X-Orchestrator-Token"
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 MAX_LIMIT = 500
+MAX_REDRIVE_IDS = 1000
+MAX_SEARCH_CHARS = 200
 PAGES = Jinja2Templates(directory=HERE / "templates")
+# Sent with every response. The page loads only its own script and styles (its data block is
+# JSON, not run); the icon is a data: URL.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def is_local(host: str) -> bool:
@@ -64,10 +86,28 @@ def check_binding(host: str, token: str | None) -> None:
                           "a token for redrives (--token or ORCHESTRATOR_DASHBOARD_TOKEN)")
 
 
+class SecurityHeaders:
+    """ASGI middleware adding ``SECURITY_HEADERS`` to every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
 @dataclass(frozen=True, slots=True)
 class Dashboard:
-    """What the endpoints share: the store, the pulse sampling it, and the page's settings.
-    Kept in the app's ``state.dashboard``."""
+    """What the endpoints share: the store, the pulse sampling it, the page's settings, and
+    the throttle of expensive reads (None on localhost). Kept in the app's
+    ``state.dashboard``."""
 
     store: Reports
     pulse: Pulse
@@ -75,18 +115,27 @@ class Dashboard:
     token: str | None
     stuck_after_s: float
     refresh_s: float
+    throttle: Throttle | None
+
+    def expensive(self, question: Any, read: Callable[[], T]) -> T:
+        """``read()``, through the throttle when there is one (raises Busy)."""
+        return read() if self.throttle is None else self.throttle.run(question, read)
 
 
 def create_app(store: Reports, *, where: str, host: str = "127.0.0.1", token: str | None = None,
                stuck_after_s: float = 60.0, refresh_s: float = 2.0) -> Starlette:
     """The dashboard over ``store``. ``where`` names the database on the page; ``host`` is
     the address it is bound to (requests for another host name are refused when local)."""
-    middleware = ([Middleware(TrustedHostMiddleware, allowed_hosts=[*LOCAL_NAMES, "[::1]"])]
-                  if is_local(host) else [])
+    local = is_local(host)
+    middleware = [Middleware(SecurityHeaders)]
+    if local:
+        middleware.append(Middleware(TrustedHostMiddleware,
+                                     allowed_hosts=[*LOCAL_NAMES, "[::1]"]))
     app = Starlette(routes=ROUTES, middleware=middleware, lifespan=_lifespan,
                     exception_handlers={OrchestratorError: _error})
     app.state.dashboard = Dashboard(store, Pulse(store, stuck_after_s, every_s=refresh_s),
-                                    where, token, stuck_after_s, refresh_s)
+                                    where, token, stuck_after_s, refresh_s,
+                                    None if local else Throttle(refresh_s))
     return app
 
 
@@ -124,16 +173,28 @@ def overview(request: Request) -> Response:
 
 
 def events(request: Request) -> Response:
-    q = request.query_params
-    return _json(admin.events(_dashboard(request.app).store, status=q.get("status") or None,
-                              workflow=q.get("workflow") or None, row=q.get("row") or None,
-                              search=q.get("search") or None, limit=_limit(q.get("limit"))))
+    """Events, newest first; a text search scans them all, so it is an expensive read."""
+    q, dash = request.query_params, _dashboard(request.app)
+    search = q.get("search") or None
+    if search is not None and len(search) > MAX_SEARCH_CHARS:
+        raise OrchestratorError(f"search at most {MAX_SEARCH_CHARS} characters")
+    status, workflow, row = (q.get(name) or None for name in ("status", "workflow", "row"))
+    limit = _limit(q.get("limit"))
+
+    def read() -> list[dict[str, Any]]:
+        return admin.events(dash.store, status=status, workflow=workflow, row=row,
+                            search=search, limit=limit)
+
+    question = ("events", status, workflow, row, search, limit)
+    return _json(read() if search is None else dash.expensive(question, read))
 
 
 def rows(request: Request) -> Response:
+    """Rows of a state, or the stuck ones: an expensive read (up to EXAMINE_ROWS per state)."""
     q, dash = request.query_params, _dashboard(request.app)
-    return _json(_rows(dash.store, q.get("workflow") or None, q.get("state") or None,
-                       dash.stuck_after_s if q.get("stuck") else None, _limit(q.get("limit"))))
+    asked = (q.get("workflow") or None, q.get("state") or None,
+             dash.stuck_after_s if q.get("stuck") else None, _limit(q.get("limit")))
+    return _json(dash.expensive(("rows", *asked), lambda: _rows(dash.store, *asked)))
 
 
 def history(request: Request) -> Response:
@@ -176,7 +237,11 @@ def _redrive_request(body: Any) -> dict[str, Any]:
     for field, value in texts.items():
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{field} must be a string")
-    return {"ids": [int(i) for i in body.get("ids") or []], "all_dead": bool(body.get("dead")),
+    ids = body.get("ids") or []
+    if not isinstance(ids, list) or len(ids) > MAX_REDRIVE_IDS or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise TypeError(f"ids must be a list of at most {MAX_REDRIVE_IDS} event ids (numbers)")
+    return {"ids": ids, "all_dead": bool(body.get("dead")),
             "dry_run": bool(body.get("dry_run")), **texts}
 
 
@@ -222,7 +287,12 @@ def _refuse(request: Request, token: str | None) -> Response | None:
 
 async def _error(_: Request, exc: Exception) -> Response:
     """An OrchestratorError as a JSON error: 503 when the database cannot be reached (try
-    again later), 404 for an unknown row, else 400 (the request asks for something wrong)."""
+    again later), 404 for an unknown row, 429 while another expensive read runs (again in a
+    second), else 400 (the request asks for something wrong)."""
+    if isinstance(exc, Busy):
+        response = _json({"error": str(exc)}, 429)
+        response.headers["Retry-After"] = "1"
+        return response
     status = (503 if isinstance(exc, DatabaseUnavailable)
               else 404 if isinstance(exc, admin.UnknownRow) else 400)
     return _json({"error": str(exc)}, status)

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from tests.acceptance.test_cli import ROOT, assert_one_line_error, cli
-from tests.support import database
+from tests.support import database, roles
 
 
 def cli_json(*args: str) -> Any:
@@ -159,6 +159,43 @@ def test_retry_redrives_dead_events_and_restores_the_row(dsn: str, sql: Any,
     charge = history["events"][2]
     assert [x["attempt"] for x in charge["errors"]] == [1, 2, 3, 4, 0]
     assert charge["status"] == "done" and charge["outcome"] == "applied"
+
+
+def test_retry_without_the_admin_role_says_so_in_one_line(dsn: str, sql: Any,
+                                                          run_idle: Any) -> None:
+    expired = sql("SELECT id FROM customers WHERE card = 'expired'")[0][0]
+    database.place_order(sql, "R-2", customer_id=expired)
+    run_idle()
+    [(event,)] = sql("SELECT id FROM orchestrator.events WHERE status = 'dead'")
+    with roles.dispatcher_role(dsn) as role_dsn:
+        assert_one_line_error(cli("retry", str(event), "--dsn", role_dsn),
+                              f"redriving event {event} would move its row out of the failure "
+                              "state, which only members of orchestrator_admin may do")
+    assert sql("SELECT status FROM orders") == [("failed",)]
+    assert sql("SELECT status FROM orchestrator.events WHERE id = %s", (event,)) == [("dead",)]
+
+
+# Text a handler's error or a row may hold: rich markup, a terminal link, escape sequences and
+# a line of its own.
+HOSTILE = ("[/] [link=http://evil.example]click[/link] [bold]"
+           "\x1b]8;;http://evil.example\x1b\\here\x1b]8;;\x1b\\ \x1b[2J\nerror: forged")
+
+
+def test_database_text_is_shown_as_text_never_as_markup(dsn: str, sql: Any) -> None:
+    [(job,)] = sql("INSERT INTO jobs DEFAULT VALUES RETURNING id")
+    [(event,)] = sql("UPDATE orchestrator.events SET status = 'dead', last_error = %s"
+                     " RETURNING id", (HOSTILE,))
+    sql("INSERT INTO orchestrator.event_errors (event_id, attempt, error) VALUES (%s, 1, %s)",
+        (event, HOSTILE))
+    wide = {"COLUMNS": "1000"}  # rich folds table cells to the terminal's width
+    for args in (["events"], ["history", str(job), "--workflow", "jobs"],
+                 ["retry", str(event), "--dry-run"]):
+        done = cli(*args, "--dsn", dsn, env=wide)
+        assert done.returncode == 0, done.stderr
+        assert "[/] [link=http://evil.example]click[/link] [bold]" in done.stdout
+        assert "\\x1b]8;;http://evil.example" in done.stdout and "\x1b" not in done.stdout
+        assert "\\nerror: forged" in done.stdout
+        assert not [line for line in done.stdout.splitlines() if line.startswith("error")]
 
 
 def test_seed_json(dsn: str) -> None:

@@ -38,6 +38,8 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     page.set_default_timeout(30_000)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # A Content-Security-Policy violation is reported on the console only.
+    page.on("console", lambda msg: msg.type == "error" and errors.append(msg.text))
     yield page
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
@@ -45,7 +47,7 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
         name = re.sub(r"[^\w.-]+", "_", request.node.nodeid)
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     context.close()
-    assert errors == [], f"JavaScript errors on the page: {errors}"
+    assert errors == [], f"JavaScript or console errors on the page: {errors}"
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -184,3 +184,56 @@ def test_migrate_twice_is_a_no_op(dsn: str, settings: Any, registry: Any) -> Non
     with Orchestrator(settings, registry) as orch:
         assert orch.migrate() == ["food_order", "jobs", "tickets"]
         assert orch.migrate() == ["food_order", "jobs", "tickets"]
+
+
+TRIGGERS = """
+SELECT c.relname, t.tgname, pg_get_triggerdef(t.oid)
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+WHERE NOT t.tgisinternal AND t.tgname LIKE 'orchestrator%'
+ORDER BY 1, 2
+"""
+PRIVILEGES = """
+SELECT r.rolname, has_table_privilege(r.rolname, 'orchestrator.events', 'INSERT'),
+       has_table_privilege(r.rolname, 'orchestrator.events', 'UPDATE'),
+       has_column_privilege(r.rolname, 'orchestrator.events', 'status', 'UPDATE'),
+       has_table_privilege(r.rolname, 'orchestrator.transitions', 'SELECT'),
+       has_schema_privilege(r.rolname, 'orchestrator', 'USAGE')
+FROM pg_roles r
+WHERE r.rolname IN ('orchestrator_dispatcher', 'orchestrator_admin', 'orchestrator_reader')
+ORDER BY 1
+"""
+
+
+def test_revision_0004_takes_over_the_installed_triggers_and_gives_them_back(
+        dsn: str, sql: Any) -> None:
+    """A database at 0003 with workflows installed, one on a partitioned table: upgrading
+    re-creates each trigger in place on the SECURITY DEFINER functions (same name, table,
+    event, WHEN and arguments; a partition's clones follow) and narrows the dispatcher;
+    downgrading restores 0003's functions and grants."""
+    sql("CREATE TABLE parts (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'new')"
+        " PARTITION BY RANGE (id)")
+    sql("CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100)")
+    with psycopg.connect(dsn) as conn:
+        schema.install_workflows(conn, Workflow(
+            "parts", table="public.parts", states=["new", "done"], initial="new",
+            terminal=["done"], transitions=[("finish", "new", "done")]))
+    at_head = sql(TRIGGERS)
+    assert len([row for row in at_head if row[0] == "parts_1"]) == 4
+    assert at_head and all("_v2(" in definition for _, _, definition in at_head)
+    assert sql(PRIVILEGES) == [
+        ("orchestrator_admin", False, False, True, True, True),
+        ("orchestrator_dispatcher", False, False, True, False, True),
+        ("orchestrator_reader", False, False, False, True, True)]
+
+    schema.downgrade(dsn, "0003")
+    assert sql(TRIGGERS) == [(table, name, definition.replace("_v2(", "_v1("))
+                             for table, name, definition in at_head]
+    assert ("orchestrator_dispatcher", True, True, True, True, True) in sql(PRIVILEGES)
+    assert not [row for row in sql(PRIVILEGES) if row[0] != "orchestrator_dispatcher"
+                and any(row[1:])], "the admin and reader roles keep nothing in this database"
+    assert sql("SELECT to_regprocedure('orchestrator.capture_v2()')") == [(None,)]
+
+    schema.upgrade(dsn)
+    assert sql(TRIGGERS) == at_head
+    sql("INSERT INTO jobs DEFAULT VALUES")
+    assert sql("SELECT workflow, op FROM orchestrator.events") == [("jobs", "INSERT")]

@@ -57,3 +57,11 @@ def test_observability_settings_parse_and_check() -> None:
         Settings.load({}, log_format="xml")
     with pytest.raises(ConfigError, match="metrics_port must be a port number"):
         Settings.load({}, metrics_port=70000)
+
+
+def test_the_repr_shows_no_connection_string_nor_password_command() -> None:
+    settings = Settings.load({}, dsn="postgresql://app:s3cret@db/app",
+                             listen_dsn="host=db password=s3cret",
+                             password_command="echo s3cret")
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(settings)
+    assert "dsn=" not in repr(settings) and "lease_s=30.0" in repr(settings)

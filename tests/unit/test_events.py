@@ -32,7 +32,16 @@ def test_event_is_immutable_and_knows_what_changed() -> None:
     "postgresql://user:s3cret@host:5432/db",
     "host=h user=u password=s3cret dbname=d",
     "host=h password='s3 cret' dbname=d",
+    "postgresql://user:s3@cr@et@host:5432/db",
+    "error: cannot connect to postgresql://user:s3/cr@et@host/db?sslmode=require: refused",
+    "invalid DSN 'postgres://user:s3:cr@et@host/db': missing",
 ])
 def test_redact_hides_passwords(text: str) -> None:
-    assert "s3" not in redact(text)
+    assert "s3" not in redact(text) and "cr" not in redact(text) and "et@" not in redact(text)
     assert "***" in redact(text)
+
+
+def test_redact_keeps_what_is_not_a_password() -> None:
+    assert redact("postgresql://user:pw@db.example:5432/shop?sslmode=require and then") == \
+        "postgresql://user:***@db.example:5432/shop?sslmode=require and then"
+    assert redact("postgresql://db.example:5432/shop") == "postgresql://db.example:5432/shop"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 
 from orchestrator.events import Event
-from orchestrator.logs import EventLog, JsonFormatter
+from orchestrator.logs import EventLog, JsonFormatter, TextFormatter, printable
 from orchestrator.outcomes import Outcome, Result
 
 
@@ -54,3 +54,29 @@ def test_dead_events_are_logged_at_warning_level(caplog: pytest.LogCaptureFixtur
         EventLog().finished(Result(event(4), Outcome.DEAD, handler="h.x", error="boom"),
                             Outcome.DEAD)
     assert [r.levelno for r in caplog.records] == [logging.WARNING]
+
+
+def test_a_text_line_cannot_be_forged_by_an_error_message() -> None:
+    forged = "boom\n2026-12-01 10:00:00,000 INFO orchestrator.events: event 8 applied\r\x1b[2K"
+    record = logging.LogRecord("orchestrator.events", logging.WARNING, __file__, 1,
+                               "event 7 is dead: %s", (forged,), exc_info=None)
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert line.endswith("event 7 is dead: boom\\n2026-12-01 10:00:00,000 INFO "
+                         "orchestrator.events: event 8 applied\\r\\x1b[2K")
+
+
+def test_a_traceback_keeps_its_lines_after_a_one_line_message() -> None:
+    try:
+        raise ValueError("bad\nworse")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed: %s", ("a\nb",),
+                                   exc_info=sys.exc_info())
+    first, *rest = TextFormatter().format(record).splitlines()
+    assert first.endswith("failed: a\\nb")
+    assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "worse"
+
+
+def test_printable_writes_out_controls_and_keeps_the_rest() -> None:
+    assert printable("caf\u00e9\ttab \u202eevil\x9b\x00") == \
+        "caf\u00e9\ttab \\u202eevil\\x9b\\x00"

@@ -4,7 +4,7 @@ from types import MappingProxyType
 import pytest
 
 from orchestrator import remote
-from orchestrator.errors import RemoteHandlerError
+from orchestrator.errors import DefinitionError, RemoteHandlerError
 from orchestrator.events import Event, Next, Retry
 
 WHERE = "https://fn.example/pick-up"
@@ -81,3 +81,68 @@ def test_the_request_body_is_the_documented_shape() -> None:
     version, trace_id, span_id, flags = trace.split("-")
     assert (version, len(trace_id), len(span_id), flags) == ("00", 32, 16, "01")
     assert remote.traceparent(event).split("-")[1] == trace_id  # one trace across attempts
+
+
+@pytest.mark.parametrize("body", [
+    b'{"outcome": "retry", "delay_s": NaN}',
+    b'{"outcome": "retry", "delay_s": Infinity}',
+    b'{"outcome": "retry", "delay_s": 1e400}',
+    b'{"outcome": "next", "state": "paid", "values": {"amount": -Infinity}}',
+])
+def test_only_finite_numbers_are_accepted(body: bytes) -> None:
+    with pytest.raises(RemoteHandlerError, match="only finite numbers are accepted"):
+        answer(body)
+
+
+@pytest.mark.parametrize("body,headers,delay_s", [
+    (b'{"outcome": "retry", "delay_s": 1e11}', {}, 3600.0),
+    (b'{"outcome": "retry", "delay_s": 100000000000000000000000000000}', {}, 3600.0),
+    (b'{"outcome": "retry", "delay_s": 120}', {}, 120.0),
+    (b"", {"retry-after": "99999999999"}, 3600.0),
+])
+def test_a_delay_the_endpoint_asks_for_is_capped(body: bytes, headers: dict[str, str],
+                                                 delay_s: float) -> None:
+    with pytest.raises(Retry) as caught:
+        answer(body, 503 if headers else 200, **headers)
+    assert caught.value.delay_s == delay_s
+    with pytest.raises(Retry) as caught:
+        remote.outcome(503 if headers else 200, headers, body, WHERE, max_delay_s=60)
+    assert caught.value.delay_s == min(delay_s, 60)
+
+
+@pytest.mark.parametrize("value,seconds", [
+    ("7", 7.0), (" 30 ", 30.0), ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
+    ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # in the past: now
+    ("nan", None), ("inf", None), ("-5", None), ("1e3", None), ("²", None), ("", None),
+    ("Wed, 21 Oct 2015 07:28:30", None),  # a date without its zone
+])
+def test_retry_after_is_whole_seconds_or_an_http_date(value: str, seconds: float | None) -> None:
+    now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC).timestamp()
+    assert remote.retry_after_s(value, now=now) == seconds
+
+
+@pytest.mark.parametrize("url", [
+    "https://fn.example/x", "http://127.0.0.1:8080/x", "http://localhost/x",
+    "http://[::1]:9000/x", "http://127.8.9.10/x",
+])
+def test_https_or_a_loopback_host(url: str) -> None:
+    remote.Remote("fn", url, secrets=["s"])
+
+
+@pytest.mark.parametrize("url,message", [
+    ("http://fn.example/x", "plain http is only for loopback hosts"),
+    ("http://10.0.0.1/x", "plain http is only for loopback hosts"),
+    ("http://localhost.evil.example/x", "plain http is only for loopback hosts"),
+    ("ftp://fn.example/x", "give an https:// URL"),
+    ("https:///x", "give an https:// URL"),
+    ("fn.example/x", "give an https:// URL"),
+])
+def test_other_urls_are_refused_at_definition(url: str, message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        remote.Remote("fn", url, secrets=["s"])
+
+
+def test_plain_http_to_another_host_when_allowed() -> None:
+    assert remote.Remote("fn", "http://fn.internal/x", secrets=["s"], allow_http=True)
+    with pytest.raises(DefinitionError, match="give an https:// URL"):
+        remote.Remote("fn", "ftp://fn.internal/x", secrets=["s"], allow_http=True)

@@ -141,6 +141,17 @@ def test_retry_raised_by_the_handler_keeps_its_delay(attempts: Any) -> None:
     assert (result.outcome, result.delay_s, result.error) == (Outcome.RETRY, 0.5, "Retry: not yet")
 
 
+@pytest.mark.parametrize("delay_s", [float("nan"), float("inf"), -1.0])
+def test_a_retry_delay_that_is_not_a_time_is_the_backoffs(attempts: Any, delay_s: float) -> None:
+    def start(event: Event) -> None:
+        raise Retry(delay_s=delay_s)
+
+    a = attempts(with_handler(start))
+    result = a.result(a.event())
+    assert result.outcome is Outcome.RETRY
+    assert 0.5 <= result.delay_s <= SETTINGS.retry_base_s  # backoff: the upper half of base_s
+
+
 def test_a_failure_backs_off_until_the_last_attempt_then_is_dead(attempts: Any) -> None:
     a = attempts(jobs())
     event = a.event()

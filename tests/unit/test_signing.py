@@ -30,7 +30,12 @@ def test_an_old_request_is_refused_as_a_replay() -> None:
         signing.verify(BODY, header, ["new"], now=NOW + 301)
 
 
-@pytest.mark.parametrize("header", [None, "", "v1=abc", "t=12", "t=x,v1=abc", "garbage"])
+@pytest.mark.parametrize("header", [
+    None, "", "v1=abc", "t=12", "t=x,v1=abc", "garbage",
+    "t=\u00b2,v1=abc", "t=\u0661\u0662,v1=abc",  # superscript two, Arabic-Indic digits
+    "t=" + "9" * 5000 + ",v1=abc",  # more digits than int() parses, or a float holds
+    "t=-5,v1=abc", "t= 5,v1=abc",
+])
 def test_a_missing_or_malformed_header_is_refused(header: str | None) -> None:
     with pytest.raises(SignatureError):
         signing.verify(BODY, header, ["new"], now=NOW)

@@ -202,3 +202,37 @@ def test_imports_run_one_way_routing_then_workflow_then_registry() -> None:
     assert imported(routing) & {"orchestrator.workflow", "orchestrator.registry"} == set()
     assert "orchestrator.registry" not in imported(workflow)
     assert {"orchestrator.routing", "orchestrator.workflow"} <= imported(registry)
+
+
+@pytest.mark.parametrize("name", ["", "w" * 31, "ordér", "a-b", "a b", "order\n", "²"])
+def test_a_workflow_name_is_1_to_30_ascii_letters_digits_and_underscores(name: str) -> None:
+    with pytest.raises(DefinitionError, match="must be 1 to 30 ASCII letters, digits and _"):
+        Workflow(name, table="orders", states=["a", "b"], initial="a",
+                 transitions=[("go", "a", "b")])
+
+
+@pytest.mark.parametrize("changes", [
+    {"table": "é" * 32}, {"table": "s" * 64 + ".orders"}, {"key": ""}, {"column": "x\0"},
+    {"watch": ["n" * 64]},
+])
+def test_table_and_column_names_are_what_postgresql_keeps(changes: dict[str, Any]) -> None:
+    with pytest.raises(DefinitionError, match="is not a PostgreSQL name"):
+        make(**changes)
+    assert make(table="é" * 31, key="k" * 63).table == "é" * 31  # 62 and 63 bytes
+
+
+def test_trigger_names_fit_and_differ_whatever_the_lengths() -> None:
+    from orchestrator.install import _trigger_specs, trigger_name
+
+    wf = make(watch=["c" * 62 + "1", "c" * 62 + "2", "note"])
+    names = [trigger_name(wf, suffix) for suffix, _ in _trigger_specs(wf)]
+    assert len(set(names)) == len(names) == 7
+    assert all(len(n.encode()) <= 63 for n in names)
+    assert names[:4] == ["orchestrator_wf_guard_insert", "orchestrator_wf_guard_update",
+                         "orchestrator_wf_capture_insert", "orchestrator_wf_capture_0_status"]
+    long = Workflow("w" * 30, table="t", column="é" * 31, states=["a", "b"], initial="a",
+                    transitions=[("go", "a", "b")])
+    state, watched = (trigger_name(long, f"capture_{rank}_{long.column}") for rank in (0, 1))
+    assert len(state.encode()) <= 63 and len(watched.encode()) <= 63
+    assert state.startswith("orchestrator_" + "w" * 30 + "_capture_0_")
+    assert state < watched  # cut and hashed, the state column's capture still fires first

@@ -25,8 +25,13 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
-async function getJSON(url) {
+async function getJSON(url, tries = 3) {
   const response = await fetch(url, { headers: { Accept: "application/json" } });
+  if (response.status === 429 && tries > 1) {  // shared beyond localhost: another read runs
+    const wait = Math.min(5, Number(response.headers.get("Retry-After")) || 1);
+    await new Promise((resume) => setTimeout(resume, wait * 1000));
+    return getJSON(url, tries - 1);
+  }
   const data = await response.json();
   if (!response.ok) throw new Error(data.error || response.statusText);
   return data;

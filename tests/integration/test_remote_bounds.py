@@ -1,0 +1,111 @@
+"""A remote call is bounded whatever the far end does: an endpoint that trickles its headers or
+its body, or answers too much, fails the attempt by the handler's timeout and gives its
+connection slot back. The far end is a raw socket on loopback, so it can misbehave at will."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from types import MappingProxyType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+from orchestrator import Remote
+from orchestrator.errors import RemoteHandlerError
+from orchestrator.events import Event
+
+EVENT = Event(id=7, workflow="calls", key="1", column="status", op="INSERT", old_value=None,
+              new_value="new", old_row=MappingProxyType({}),
+              new_row=MappingProxyType({"id": 1, "status": "new"}), attempt=1,
+              created_at=datetime(2026, 1, 2, tzinfo=UTC))
+OK_BODY = b'{"outcome": "none"}'
+
+
+# How the far end answers: what it sends at once, then what it sends every 50 ms, forever.
+BEHAVIOURS = {
+    "trickle-headers": (b"HTTP/1.1 200 OK\r\nX-Slow: ", b"a"),
+    "trickle-body": (b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", b" "),
+    "declared-too-large": (b"HTTP/1.1 200 OK\r\nContent-Length: 5000000\r\n\r\n", b""),
+    # No length: the body ends when the connection closes.
+    "too-large": (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b" " * 2_000_000, b""),
+    "ok": (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(OK_BODY), OK_BODY),
+           b""),
+}
+
+
+def misbehave(conn: socket.socket, how: str, stop: threading.Event) -> None:
+    """Answer one request as ``how`` says, until the client goes or the test ends."""
+    at_once, then = BEHAVIOURS[how]
+    try:
+        conn.recv(65536)
+        conn.sendall(at_once)
+        while then and not stop.is_set():
+            conn.sendall(then)
+            time.sleep(0.05)
+    except OSError:
+        pass  # the client gave up: what we wanted
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def far_end() -> Iterator[tuple[str, list[str]]]:
+    """A loopback server answering each connection as the next behaviour in the list; yields
+    its base URL and that list (the test appends to it)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)  # accept() looks at the stop flag this often
+    port = server.getsockname()[1]
+    plan: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            how = plan.pop(0) if plan else "ok"
+            threading.Thread(target=misbehave, args=(conn, how, stop), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}", plan
+    stop.set()
+    thread.join(timeout=5)
+    server.close()
+
+
+def call(handler: Remote, timeout_s: float) -> Any:
+    return handler(EVENT, SimpleNamespace(remaining_s=timeout_s))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("how", ["trickle-headers", "trickle-body"])
+def test_a_trickling_endpoint_fails_by_the_timeout_and_frees_its_slot(
+        far_end: tuple[str, list[str]], how: str) -> None:
+    url, plan = far_end
+    handler = Remote("slow", f"{url}/x", secrets=["s"], max_concurrency=1)
+    plan.append(how)
+    began = time.monotonic()
+    with pytest.raises(RemoteHandlerError, match=r"did not answer within 0\.5s"):
+        call(handler, 0.5)
+    assert time.monotonic() - began < 1.5
+    assert call(handler, 2.0) is None  # the one slot is free again, the next call goes through
+    handler.close()
+
+
+@pytest.mark.parametrize("how,message", [
+    ("declared-too-large", "answered 5000000 bytes; at most 1000 are read"),
+    ("too-large", "answered more than 1000 bytes; at most 1000 are read"),
+])
+def test_an_answer_longer_than_the_limit_fails_the_attempt(
+        far_end: tuple[str, list[str]], how: str, message: str) -> None:
+    url, plan = far_end
+    handler = Remote("big", f"{url}/x", secrets=["s"], max_response_bytes=1000)
+    plan.append(how)
+    with pytest.raises(RemoteHandlerError, match=message):
+        call(handler, 5.0)
+    handler.close()
