@@ -63,8 +63,9 @@ def start(event: Event, ctx: Context) -> Any:
             os._exit(3)  # the handler takes its whole process down
         if row["ret"] == "retry" and event.attempt == 1:
             raise Retry(delay_s=0.05, reason="asked to come back")
-        ctx.db.execute("INSERT INTO job_effects (job_id, event_id) VALUES (%s, %s)",
-                       (int(event.key), event.id))
+        ctx.db.execute("INSERT INTO job_effects (job_id, event_id, attempt, pid)"
+                       " VALUES (%s, %s, %s, %s)",
+                       (int(event.key), event.id, event.attempt, os.getpid()))
         if row["ret"] == "fail_after_write":
             raise RuntimeError("failed after writing")
         if row["ret"] in RETURNS:
