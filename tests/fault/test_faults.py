@@ -21,6 +21,7 @@ from orchestrator.dispatcher import Dispatcher
 from orchestrator.embedded import EmbeddedServer
 from tests.conftest import FAST
 from tests.support import database, exactly_once
+from tests.support import jobs as jobs_module
 from tests.support.processes import dispatcher, finish, wait_for
 
 pytestmark = pytest.mark.fault
@@ -116,6 +117,39 @@ def test_the_database_restarting_mid_run_loses_nothing(
     assert q(dsn, "SELECT count(*) FROM payments")[0][0] >= states.get("delivered", 0) > 0
 
 
+def test_results_finished_during_a_database_outage_are_written_after(
+        own_server: tuple[EmbeddedServer, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    server, dsn = own_server
+    settings = Settings.load({}, dsn=dsn, **FAST | {"lease_s": 60.0})
+    q(dsn, "INSERT INTO jobs (ret) SELECT 'nothing' FROM generate_series(1, 4)")
+    with Orchestrator(settings, database.test_registry()) as orch:
+        orch.dispatcher(until_idle=True).run()
+    q(dsn, "UPDATE jobs SET note = 'waiting'")  # four events for `noted`, which needs no db
+    gate, arrived, ran = threading.Event(), [], []
+
+    def held(event: Any, started: Any) -> None:  # noted's last step, held at a gate here
+        arrived.append(event.id)
+        gate.wait(60)
+        ran.append((event.id, event.attempt))
+
+    monkeypatch.delenv("JOBS_EXEC_LOG", raising=False)
+    monkeypatch.setattr(jobs_module, "_log", held)
+    notes = "SELECT status, outcome, attempts FROM orchestrator.events WHERE column_name = 'note'"
+    with running(settings):
+        wait_for(lambda: len(arrived) == 4, what="the four handlers to be running")
+        server.stop("fast")
+        gate.set()  # they finish while the database is down
+        wait_for(lambda: len(ran) == 4, what="the handlers to return")
+        wait_for(lambda: "database unavailable" in caplog.text, timeout_s=30,
+                 what="the dispatcher to fail writing their results")
+        server.start()
+        wait_for(lambda: q(dsn, notes) == [("done", "noop", 1)] * 4, timeout_s=60,
+                 what="the results kept through the outage to be written")
+    assert sorted(ran) == sorted({(event, 1) for event in arrived})  # none ran again
+    assert q(dsn, "SELECT count(*) FROM orchestrator.event_errors") == [(0,)]
+
+
 @contextmanager
 def running(settings: Settings) -> Iterator[Dispatcher]:
     with Orchestrator(settings, database.test_registry()) as orch:
@@ -155,6 +189,25 @@ def test_a_terminated_listen_connection_is_replaced(
                  what="the LISTEN connection to come back")
         assert listener_pid(dsn) != old
         handled_without_polling(dsn)
+
+
+def test_events_recorded_while_listen_was_down_are_claimed_when_it_reconnects(
+        own_server: tuple[EmbeddedServer, str]) -> None:
+    _, dsn = own_server
+    settings = Settings.load({}, dsn=dsn, **FAST | {"poll_interval_s": 60.0})
+    with running(settings) as worker:
+        handled_without_polling(dsn)  # the dispatcher is idle, waiting for a NOTIFY
+        # A row change whose NOTIFY never reaches the dispatcher, as when it happens while the
+        # LISTEN connection is down: the transaction sends none.
+        with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+            conn.execute("SELECT set_config('orchestrator.quiet', 'on', true)")
+            (job,) = conn.execute("INSERT INTO jobs DEFAULT VALUES RETURNING id").fetchone()
+        time.sleep(1.0)  # nothing may claim it now: no NOTIFY came, the next poll is 60 s away
+        assert q(dsn, "SELECT status FROM jobs WHERE id = %s", (job,)) == [("new",)]
+        q(dsn, "SELECT pg_terminate_backend(%s)", (listener_pid(dsn),))
+        wait_for(lambda: q(dsn, "SELECT status FROM jobs WHERE id = %s", (job,))[0][0]
+                 == "finished", timeout_s=20, what="the catch-up claim after the reconnect")
+        assert worker._listener is not None and worker._listener.reconnects >= 1
 
 
 def test_a_silently_dead_listen_connection_is_detected(
