@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,3 +44,44 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 60, what: str = "
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(every_s)
     return time.monotonic() - started
+
+
+class Output:
+    """A process's output (text mode stdout, stderr merged or not), read as it comes by a
+    thread, so that a test can wait for a line while the process runs."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        self._proc = proc
+        self._lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: object) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            self._lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self._lines)
+
+    def wait_for(self, pattern: str, timeout_s: float = 60, what: str = "a line") -> str:
+        """Wait until a line matches ``pattern``; its first group. Fails the test when the
+        process exits first or the time is up."""
+        found: list[str] = []
+
+        def seen() -> bool:
+            if match := re.search(pattern, self.text()):
+                found.append(match.group(1))
+                return True
+            return self._proc.poll() is not None and not self._thread.is_alive()
+
+        wait_for(seen, timeout_s=timeout_s, what=what)
+        assert found, f"exited ({self._proc.returncode}) before {what}:\n{self.text()}"
+        return found[0]
+
+    def close(self) -> str:
+        """Once the process has exited: all it wrote."""
+        self._thread.join(timeout=30)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        return self.text()
