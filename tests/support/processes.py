@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,13 +17,14 @@ QUICK = {"RETRY_BASE_S": "0.05", "RETRY_MAX_S": "0.2", "POLL_INTERVAL_S": "0.2",
 
 
 def dispatcher(dsn: str, *, until_idle: bool = True, handlers: str = "tests.support.jobs",
-               **env: str) -> subprocess.Popen[str]:
-    """Start `orchestrator run` on ``dsn``; ``env`` adds ORCHESTRATOR_* (or any) variables."""
+               flags: Sequence[str] = (), **env: str) -> subprocess.Popen[str]:
+    """Start `orchestrator run` on ``dsn``; ``flags`` go on its command line, ``env`` adds
+    ORCHESTRATOR_* (lower case names) or other variables."""
     environ = os.environ | {f"ORCHESTRATOR_{k}": v for k, v in QUICK.items()}
     environ |= {"ORCHESTRATOR_DSN": dsn, "JOBS_EXEC_LOG": dsn}
     environ |= {k if not k.islower() else f"ORCHESTRATOR_{k.upper()}": v for k, v in env.items()}
     argv = [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", "run",
-            "--handlers", handlers] + (["--until-idle"] if until_idle else [])
+            "--handlers", handlers, *flags] + (["--until-idle"] if until_idle else [])
     return subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
