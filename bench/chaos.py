@@ -3,8 +3,8 @@
 Same states, transitions and handlers as the demo's (``handlers/food_order.py``), each
 wrapped so that, by a reproducible chance per order, step and attempt, it raises, hangs past
 its timeout, returns garbage, or takes its whole process down. Rates come from FAULT_*
-environment variables. With WITNESS_DSN set, every call is first recorded there
-(``bench.witness.Executions``), outside the handler's transaction.
+environment variables. With WITNESS_DSN set, every call is first recorded there, outside the
+handler's transaction, and leaves an effect in it (``bench.witness.Executions``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ food_order = Workflow.from_definition(demo.food_order.definition())
 def misbehave(spec: HandlerSpec) -> Callable[..., Any]:
     @functools.wraps(spec.fn)
     def wrapped(event: Any, ctx: Any) -> Any:
-        EXECUTIONS.record(event.id, spec.name, event.attempt)
+        EXECUTIONS.record(event.id, spec.name, event.attempt, ctx.db)
         roll = demo.chance(event.new_row, "chaos", spec.name, event.attempt)
         edge = 0.0
         for kind, rate in RATES.items():

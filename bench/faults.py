@@ -7,13 +7,14 @@ of dispatcher processes serving ``bench.chaos`` (the food-order handlers, misbeh
 then), and meanwhile injects, in turn: a dispatcher SIGKILLed mid-batch, PostgreSQL restarted
 (fast, then immediate), the LISTEN connections terminated or frozen, a long transaction holding
 order rows, and a dispatcher stopped with SIGTERM. Then it counts what matters: orders not
-terminal, transitions applied twice, orders charged twice, charges not committed exactly once,
-events finished without a recorded execution, dead events, and how long the fleet took to make
-progress again after each database restart.
+terminal, transitions applied twice, orders charged twice, charges and handler effects not
+committed exactly once, events finished without a recorded execution, dead events, and how long
+the fleet took to make progress again after each database restart.
 
 Doubles are counted where they cannot hide (``bench.witness``): every write of an order's
 state, recorded by a trigger even when it changes nothing; every handler call, recorded outside
-the handler's transaction; payments in a table with no UNIQUE constraint.
+the handler's transaction; a row each handler call writes inside it, and payments, in tables
+with no UNIQUE constraint.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Report:
     applied_twice: int = 0
     charged_twice: int = 0
     charges_not_once: int = 0
+    effects_not_once: int = 0
     unexecuted: int = 0
     executions: int = 0
     executed_again: int = 0
@@ -71,7 +73,7 @@ class Report:
     @property
     def ok(self) -> bool:
         return not (self.not_terminal or self.applied_twice or self.charged_twice
-                    or self.charges_not_once or self.unexecuted)
+                    or self.charges_not_once or self.effects_not_once or self.unexecuted)
 
 
 class Fleet:
@@ -279,6 +281,7 @@ def measure(dsn: str, faults: Faults, restarts: int, wall_s: float) -> Report:
         charged_twice=scalar(dsn, "SELECT count(*) FROM (SELECT 1 FROM payments"
                                   " GROUP BY order_id HAVING count(*) > 1) d"),
         charges_not_once=len(query(dsn, witness.CHARGES_NOT_ONCE)),
+        effects_not_once=len(query(dsn, witness.EFFECTS_NOT_ONCE)),
         unexecuted=len(query(dsn, witness.UNEXECUTED)),
         executions=scalar(dsn, "SELECT count(*) FROM witness_executions"),
         executed_again=scalar(dsn, "SELECT count(*) FROM (SELECT 1 FROM witness_executions"
@@ -296,6 +299,7 @@ def print_report(r: Report) -> None:
              ("transitions applied twice", r.applied_twice),
              ("orders charged twice", r.charged_twice),
              ("charges not committed exactly once", r.charges_not_once),
+             ("handler effects not committed exactly once", r.effects_not_once),
              ("events finished with no execution", r.unexecuted),
              ("handler executions", r.executions),
              ("events executed more than once", r.executed_again),

@@ -9,6 +9,9 @@ about itself, or in tables whose constraints would refuse a double before it cou
 - ``witness_executions``: every call of a wrapped handler, recorded on a connection of its own
   before the handler runs, so outside the handler's transaction: a run whose transaction rolled
   back (or whose process died) still counts. Handlers run at least once; this shows how often.
+- ``witness_effects``: a row written by every call of a wrapped handler through ``ctx.db``, in
+  the handler's transaction, with no UNIQUE constraint: one row per finished event, from the
+  attempt and process that held its claim, or a double shows.
 - ``CHARGES_NOT_ONCE``: the food-order demo's payments against the events that charged. The
   demo's ``payments`` table has no UNIQUE constraint, so a second commit of a charge would be a
   second row, here.
@@ -38,6 +41,11 @@ CREATE TABLE IF NOT EXISTS public.witness_executions (
     attempt  integer     NOT NULL,
     pid      integer     NOT NULL,
     at       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE TABLE IF NOT EXISTS public.witness_effects (
+    event_id bigint  NOT NULL,
+    attempt  integer NOT NULL,
+    pid      integer NOT NULL
 );
 -- SECURITY DEFINER: the dispatchers' least-privilege role writes the watched tables, not this.
 CREATE OR REPLACE FUNCTION public.witness_state_write_v1() RETURNS trigger
@@ -80,6 +88,22 @@ WHERE e.workflow = 'food_order' AND e.status = 'done' AND e.outcome IN ('applied
 ORDER BY e.id
 """
 
+# Food-order events whose rows in witness_effects are not what their end allows: one, written
+# by the attempt (and process) that held the claim, when a wrapped handler's transaction
+# committed (the event applied or did nothing); none otherwise.
+EFFECTS_NOT_ONCE = """
+SELECT e.id, e.status, e.outcome, e.attempts, e.claimed_by,
+       array_agg(f.attempt || '@' || f.pid) FILTER (WHERE f.event_id IS NOT NULL)
+FROM orchestrator.events e LEFT JOIN public.witness_effects f ON f.event_id = e.id
+WHERE e.workflow = 'food_order'
+GROUP BY e.id
+HAVING count(f.event_id) <> CASE WHEN e.status = 'done' AND e.outcome IN ('applied', 'noop')
+                                      AND e.handler <> 'deadline' THEN 1 ELSE 0 END
+    OR bool_or(f.attempt <> e.attempts
+               OR f.pid <> split_part(e.claimed_by, ':', 2)::integer)
+ORDER BY e.id
+"""
+
 # The demo's charges against its payments: each charge event that applied 'paid' has exactly
 # one payment under its idempotency key, every other charge event none, and no payment is
 # anyone else's.
@@ -118,16 +142,25 @@ def install(conn: psycopg.Connection[Any], tables: dict[str, tuple[str, str]]) -
 
 class Executions:
     """Records handler calls in ``witness_executions`` on a connection per thread, outside any
-    handler's transaction. ``record`` raises when the database cannot be reached: the call
-    then fails before the handler runs, so no effect can commit unrecorded."""
+    handler's transaction, and their effect in ``witness_effects`` inside it. ``record``
+    raises when the database cannot be reached: the call then fails before the handler runs,
+    so no effect can commit unrecorded. Without a DSN it records nothing."""
 
     def __init__(self, dsn: str | None = None) -> None:
         self.dsn = dsn if dsn is not None else os.environ.get(EXECUTIONS_DSN_ENV)
         self._local = threading.local()
 
-    def record(self, event_id: int, handler: str, attempt: int) -> None:
+    def record(self, event_id: int, handler: str, attempt: int,
+               handler_db: psycopg.Connection[Any]) -> None:
+        """Record a call (now, on a connection of its own) and its effect (through
+        ``handler_db``, the handler's ``ctx.db``: it commits with the handler's outcome)."""
         if not self.dsn:
             return
+        self._record_call(event_id, handler, attempt)
+        handler_db.execute("INSERT INTO public.witness_effects (event_id, attempt, pid)"
+                           " VALUES (%s, %s, %s)", (event_id, attempt, os.getpid()))
+
+    def _record_call(self, event_id: int, handler: str, attempt: int) -> None:
         params = (event_id, handler, attempt, os.getpid())
         query = ("INSERT INTO public.witness_executions (event_id, handler, attempt, pid)"
                  " VALUES (%s, %s, %s, %s)")

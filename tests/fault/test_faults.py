@@ -113,6 +113,7 @@ def test_the_database_restarting_mid_run_loses_nothing(
                   " ('pending', 'running')") == [(0,)]
     exactly_once.assert_no_state_written_twice(on(dsn))
     exactly_once.assert_charged_once(on(dsn))
+    exactly_once.assert_food_order_effects_once(on(dsn))
     exactly_once.assert_food_orders_executed(on(dsn))
     assert q(dsn, "SELECT count(*) FROM payments")[0][0] >= states.get("delivered", 0) > 0
 

@@ -96,10 +96,10 @@ def test_rows_moved_by_hand_while_their_handlers_run_keep_that_move(
                      == len(ids), timeout_s=60, what="every job to finish")
         finally:
             stop(proc)
+    exactly_once.assert_no_state_written_twice(sql)
+    exactly_once.assert_job_effects_once(sql)
     outcomes = dict(sql("SELECT row_key::bigint, outcome FROM orchestrator.events"
                         " WHERE workflow = 'jobs' AND op = 'INSERT'"))
     assert outcomes == {job: "stale" if job in moved else "applied" for job in ids}
-    exactly_once.assert_no_state_written_twice(sql)
-    exactly_once.assert_job_effects_once(sql)
     assert sorted(j for (j,) in sql("SELECT job_id FROM job_effects")) == sorted(
         set(ids) - set(moved))

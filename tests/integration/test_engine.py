@@ -383,10 +383,10 @@ def test_a_stale_outcome_rolls_back_the_handlers_own_writes(sql: Any, run_idle: 
     # move rows while their handlers are running: tests/fault/test_fencing.py.)
     sql("UPDATE jobs SET status = 'working' WHERE id = %s", (job,))
     run_idle()
-    assert events(sql, job)[0][3:5] == ("done", "stale")
     assert sql("SELECT count(*) FROM executions WHERE job_id = %s AND column_name = 'status'"
                " AND attempt = 1", (job,)) == [(2,)]  # the stale handler did run, then `finish`
-    assert sql("SELECT count(*) FROM job_effects") == [(0,)]
-    assert status(sql, job) == "finished"  # the hand's own change ran on
     exactly_once.assert_no_state_written_twice(sql)
+    assert sql("SELECT count(*) FROM job_effects") == [(0,)]
+    assert events(sql, job)[0][3:5] == ("done", "stale")
+    assert status(sql, job) == "finished"  # the hand's own change ran on
     exactly_once.assert_job_effects_once(sql)

@@ -78,6 +78,13 @@ def assert_charged_once(sql: Sql) -> None:
     assert doubles == [], f"orders charged twice: {doubles[:5]}"
 
 
+def assert_food_order_effects_once(sql: Sql) -> None:
+    """Each food-order event a handler wrapped by bench.chaos finished has exactly one row in
+    witness_effects, from the attempt and process that held its claim (WITNESS_DSN set)."""
+    wrong = sql(witness.EFFECTS_NOT_ONCE)
+    assert wrong == [], f"handler effects not once per finished event: {wrong[:5]}"
+
+
 def assert_food_orders_executed(sql: Sql) -> None:
     """Every food-order event a handler wrapped by bench.chaos finished was executed by the
     attempt that finished it (WITNESS_DSN must be set for the processes that ran them)."""
