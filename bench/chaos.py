@@ -3,7 +3,8 @@
 Same states, transitions and handlers as the demo's (``handlers/food_order.py``), each
 wrapped so that, by a reproducible chance per order, step and attempt, it raises, hangs past
 its timeout, returns garbage, or takes its whole process down. Rates come from FAULT_*
-environment variables.
+environment variables. With WITNESS_DSN set, every call is first recorded there, outside the
+handler's transaction, and leaves an effect in it (``bench.witness.Executions``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orchestrator.demo.handlers.food_order as demo
+from bench.witness import Executions
 from orchestrator import Workflow
 from orchestrator.registry import HandlerSpec
 
@@ -25,6 +27,7 @@ RATES = {  # chance per handler call
     "exit": float(os.environ.get("FAULT_EXIT", "0.0005")),
 }
 TIMEOUT_S = 2.0
+EXECUTIONS = Executions()
 
 food_order = Workflow.from_definition(demo.food_order.definition())
 
@@ -32,6 +35,7 @@ food_order = Workflow.from_definition(demo.food_order.definition())
 def misbehave(spec: HandlerSpec) -> Callable[..., Any]:
     @functools.wraps(spec.fn)
     def wrapped(event: Any, ctx: Any) -> Any:
+        EXECUTIONS.record(event.id, spec.name, event.attempt, ctx.db)
         roll = demo.chance(event.new_row, "chaos", spec.name, event.attempt)
         edge = 0.0
         for kind, rate in RATES.items():

@@ -7,8 +7,14 @@ of dispatcher processes serving ``bench.chaos`` (the food-order handlers, misbeh
 then), and meanwhile injects, in turn: a dispatcher SIGKILLed mid-batch, PostgreSQL restarted
 (fast, then immediate), the LISTEN connections terminated or frozen, a long transaction holding
 order rows, and a dispatcher stopped with SIGTERM. Then it counts what matters: orders not
-terminal, transitions applied twice, payments charged twice, dead events, and how long the
-fleet took to make progress again after each database restart.
+terminal, transitions applied twice, orders charged twice, charges and handler effects not
+committed exactly once, events finished without a recorded execution, dead events, and how long
+the fleet took to make progress again after each database restart.
+
+Doubles are counted where they cannot hide (``bench.witness``): every write of an order's
+state, recorded by a trigger even when it changes nothing; every handler call, recorded outside
+the handler's transaction; a row each handler call writes inside it, and payments, in tables
+with no UNIQUE constraint.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 
 import psycopg
 
+from bench import witness
 from orchestrator import demo
 from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
@@ -53,6 +60,11 @@ class Report:
     not_terminal: int = 0
     applied_twice: int = 0
     charged_twice: int = 0
+    charges_not_once: int = 0
+    effects_not_once: int = 0
+    unexecuted: int = 0
+    executions: int = 0
+    executed_again: int = 0
     dead_events: int = 0
     dispatcher_restarts: int = 0
     recovery_s: list[float] = field(default_factory=list)
@@ -60,14 +72,16 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not (self.not_terminal or self.applied_twice or self.charged_twice)
+        return not (self.not_terminal or self.applied_twice or self.charged_twice
+                    or self.charges_not_once or self.effects_not_once or self.unexecuted)
 
 
 class Fleet:
     """Dispatcher processes, restarted whenever one exits (a supervisor's job)."""
 
     def __init__(self, dsn: str, size: int, logs: Path) -> None:
-        self._env = os.environ | FLEET_ENV | {"ORCHESTRATOR_DSN": dsn}
+        self._env = os.environ | FLEET_ENV | {"ORCHESTRATOR_DSN": dsn,
+                                              witness.EXECUTIONS_DSN_ENV: dsn}
         self._logs = logs
         self._spawned = 0
         self.exits: Counter[int] = Counter()
@@ -198,7 +212,10 @@ def prepare(dsn: str, orders: int, seed: int) -> tuple[int, int]:
     with Orchestrator(settings, load_registry("bench.chaos")) as orch:
         demo.setup(orch)
         orch.migrate()
-        return demo.seed(orch, orders, seed)
+        ids = demo.seed(orch, orders, seed)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        witness.install(conn, {"public.orders": ("id", "status")})
+    return ids
 
 
 def place_probe(dsn: str) -> str:
@@ -260,12 +277,15 @@ def measure(dsn: str, faults: Faults, restarts: int, wall_s: float) -> Report:
                                 " WHERE outcome = 'applied'"),
         faults=dict(faults.done),
         not_terminal=open_orders(dsn),
-        applied_twice=scalar(dsn, "SELECT count(*) FROM (SELECT 1 FROM orchestrator.events"
-                                  " WHERE op = 'UPDATE' AND column_name = 'status'"
-                                  " GROUP BY workflow, row_key, new_value"
-                                  " HAVING count(*) > 1) d"),
+        applied_twice=len(query(dsn, witness.STATES_WRITTEN_TWICE)),
         charged_twice=scalar(dsn, "SELECT count(*) FROM (SELECT 1 FROM payments"
                                   " GROUP BY order_id HAVING count(*) > 1) d"),
+        charges_not_once=len(query(dsn, witness.CHARGES_NOT_ONCE)),
+        effects_not_once=len(query(dsn, witness.EFFECTS_NOT_ONCE)),
+        unexecuted=len(query(dsn, witness.UNEXECUTED)),
+        executions=scalar(dsn, "SELECT count(*) FROM witness_executions"),
+        executed_again=scalar(dsn, "SELECT count(*) FROM (SELECT 1 FROM witness_executions"
+                                   " GROUP BY event_id HAVING count(*) > 1) d"),
         dead_events=scalar(dsn, "SELECT count(*) FROM orchestrator.events"
                                 " WHERE status = 'dead'"),
         dispatcher_restarts=restarts, recovery_s=faults.recovery_s, wall_s=round(wall_s, 1))
@@ -277,7 +297,12 @@ def print_report(r: Report) -> None:
     rows += [("dispatcher restarts (by the supervisor)", r.dispatcher_restarts),
              ("orders not in a terminal state", r.not_terminal),
              ("transitions applied twice", r.applied_twice),
-             ("payments charged twice", r.charged_twice),
+             ("orders charged twice", r.charged_twice),
+             ("charges not committed exactly once", r.charges_not_once),
+             ("handler effects not committed exactly once", r.effects_not_once),
+             ("events finished with no execution", r.unexecuted),
+             ("handler executions", r.executions),
+             ("events executed more than once", r.executed_again),
              ("events dead", r.dead_events),
              ("recovery after each restart (s)", ", ".join(map(str, r.recovery_s)) or "-"),
              ("wall time (s)", r.wall_s)]

@@ -43,6 +43,8 @@ FROM orchestrator.events e
 WHERE e.workflow = 'food_order' AND e.row_key::bigint BETWEEN %(first)s AND %(last)s;
 
 -- name: demo_double_charges
+-- Orders with more than one payment. payments has no UNIQUE constraint (see schema.sql): a
+-- charge committed twice would be counted here.
 SELECT count(*) FROM (SELECT order_id FROM payments GROUP BY order_id HAVING count(*) > 1) d;
 
 -- name: setup_lock

@@ -62,17 +62,23 @@ CREATE TABLE IF NOT EXISTS public.orders (
 );
 CREATE INDEX IF NOT EXISTS orders_status ON public.orders (status);
 
--- One row per successful charge. The idempotency key is the charging event's: a retried charge
--- finds its earlier row instead of charging again; an order is charged at most once.
+-- One row per successful charge, written by the `charge` step through ctx.db. The idempotency
+-- key is the charging event's: a retried charge finds its earlier row instead of charging again.
+-- No UNIQUE constraint on purpose: that the charge commits once is the orchestrator's promise,
+-- and the demo's "orders charged twice" counts orders with two rows here. A constraint would
+-- refuse the second row and make that count zero whatever the engine did. (An application
+-- would add UNIQUE (idempotency_key) as a safety net.)
 CREATE TABLE IF NOT EXISTS public.payments (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    order_id        bigint      NOT NULL UNIQUE REFERENCES public.orders (id),
+    order_id        bigint      NOT NULL REFERENCES public.orders (id),
     amount_cents    integer     NOT NULL,
-    idempotency_key text        NOT NULL UNIQUE,
+    idempotency_key text        NOT NULL,
     provider_ref    text        NOT NULL,
     charged_at      timestamptz NOT NULL DEFAULT now(),
     refunded_at     timestamptz
 );
+CREATE INDEX IF NOT EXISTS payments_idempotency_key ON public.payments (idempotency_key);
+CREATE INDEX IF NOT EXISTS payments_order_id ON public.payments (order_id);
 
 -- Stamps each step's time on the order, whoever moves it.
 CREATE OR REPLACE FUNCTION public.orders_stamp_v1() RETURNS trigger

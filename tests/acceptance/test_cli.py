@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from orchestrator.db import LISTEN_APPLICATION_NAME
 from tests.conftest import FAST
 from tests.support import database
+from tests.support.processes import dispatcher, finish, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,24 +147,57 @@ def test_sigterm_finishes_or_releases_work_in_hand_and_exits_0(dsn: str, sql: An
     assert sql("SELECT count(*), count(DISTINCT job_id) FROM job_effects") == [(30, 30)]
 
 
-def test_db_commands_manage_an_embedded_server() -> None:
+def test_db_commands_manage_an_embedded_server_where_data_dir_says() -> None:
     with database.private_dir("cli") as data_dir:
-        run_test_db_commands_manage_an_embedded_server({"ORCHESTRATOR_DATA_DIR": str(data_dir)})
+        run_test_db_commands_manage_an_embedded_server(data_dir)
 
 
-def run_test_db_commands_manage_an_embedded_server(env: dict[str, str]) -> None:
+def run_test_db_commands_manage_an_embedded_server(data_dir: Path) -> None:
+    """Every command with --data-dir (and no ORCHESTRATOR_DATA_DIR): each must use the
+    server there, none the user's default one."""
+    where = ["--data-dir", str(data_dir)]
     try:
-        url = cli("db", "url", env=env)
+        url = cli("db", "url", *where)
         assert url.returncode == 0, url.stderr
         uri = url.stdout.strip()
-        assert uri.startswith("postgresql://postgres@/orchestrator?host=")
-        assert cli("seed", "--orders", "1", env=env).returncode == 0
-        assert cli("migrate", env=env).returncode == 0
+        assert uri == f"postgresql://postgres@/orchestrator?host={data_dir.resolve()}/pgdata"
+        assert (data_dir / "pgdata" / "PG_VERSION").is_file()
+        assert cli("seed", "--orders", "1", *where).returncode == 0
+        assert cli("migrate", *where).returncode == 0
         import psycopg
         with psycopg.connect(uri) as conn:
             assert conn.execute("SELECT count(*) FROM orchestrator.workflows").fetchone() == (1,)
+        status = cli("status", "--json", *where)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["workflows"][0]["states"]["placed"] == 1
     finally:
-        assert cli("db", "stop", env=env).returncode == 0
+        assert cli("db", "stop", *where).returncode == 0
     import psycopg
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(uri, connect_timeout=3)
+
+
+def test_debug_shows_the_stack_trace_of_an_error_before_or_after_the_command() -> None:
+    for args in (["--debug", "run", "--dsn", "host=x port"],
+                 ["run", "--dsn", "host=x port", "--debug"]):
+        done = cli(*args)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.startswith("Traceback (most recent call last):"), done.stderr
+        assert "ConfigError: invalid DSN" in done.stderr.strip().splitlines()[-1]
+
+
+def test_no_listen_polls_without_a_listen_connection(dsn: str, sql: Any) -> None:
+    (first,) = sql("INSERT INTO jobs DEFAULT VALUES RETURNING id")[0]
+    proc = dispatcher(dsn, until_idle=False, flags=["--no-listen"])
+    finished = "SELECT status = 'finished' FROM jobs WHERE id = %s"
+    try:
+        wait_for(lambda: sql(finished, (first,))[0][0] or proc.poll() is not None,
+                 what="the first job to finish")
+        assert sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                   (LISTEN_APPLICATION_NAME,)) == [(0,)]
+        (second,) = sql("INSERT INTO jobs DEFAULT VALUES RETURNING id")[0]  # NOTIFY unheard
+        wait_for(lambda: sql(finished, (second,))[0][0], timeout_s=30,
+                 what="a poll to find the second job")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        finish(proc)

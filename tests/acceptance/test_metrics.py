@@ -13,15 +13,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.acceptance.test_cli import ROOT, cli
 from tests.conftest import FAST
-from tests.support.net import free_port, get
-from tests.support.processes import wait_for
+from tests.support.net import get
+from tests.support.processes import Output, wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(port: int) -> Samples | None:
+def scrape(url: str) -> Samples | None:
     """Every sample at the endpoint, keyed by name and sorted labels; None if it is not up."""
-    body = get(f"http://127.0.0.1:{port}/metrics")
+    body = get(url)
     if body is None:
         return None
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -35,19 +35,24 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 
 def test_a_scrape_during_a_demo_run_shows_the_figures_move(dsn: str) -> None:
-    port = free_port()
     env = {f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in FAST.items()} | {
         "ORCHESTRATOR_DSN": dsn}
+    # Port 0: the dispatcher binds a free port and logs it. Another loopback address than the
+    # default 127.0.0.1, to see --metrics-host obeyed.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", "run",
-         "--metrics-port", str(port)], cwd=ROOT, env=os.environ | env,
+        [sys.executable, "-m", "orchestrator", "--log-level", "INFO", "run",
+         "--metrics-port", "0", "--metrics-host", "127.0.0.2"], cwd=ROOT, env=os.environ | env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = Output(proc)
     try:
+        url = output.wait_for(r"Prometheus metrics on (http://127\.0\.0\.2:\d+/metrics)",
+                              what="the metrics address in the log")
+        assert get(url.replace("127.0.0.2", "127.0.0.1"), timeout_s=5) is None
         before: Any = None
 
         def up() -> bool:
             nonlocal before
-            before = scrape(port)
+            before = scrape(url)
             return before is not None and total(before, "orchestrator_listen_up") == 1
 
         wait_for(up, what="the metrics endpoint with LISTEN up")
@@ -61,7 +66,7 @@ def test_a_scrape_during_a_demo_run_shows_the_figures_move(dsn: str) -> None:
 
         def settled() -> bool:
             nonlocal after
-            after = scrape(port)
+            after = scrape(url)
             return after is not None and total(after, "orchestrator_dead_events") == 4 and \
                 total(after, "orchestrator_rows", state="placed") == 0 and \
                 total(after, "orchestrator_events_pending") == 0
@@ -79,7 +84,8 @@ def test_a_scrape_during_a_demo_run_shows_the_figures_move(dsn: str) -> None:
         assert total(after, "orchestrator_listen_reconnects_total") == 0
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        out = output.close()
     assert proc.returncode == 0, out
 
 

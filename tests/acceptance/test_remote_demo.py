@@ -28,7 +28,10 @@ def test_the_demo_completes_with_pick_up_served_by_the_example_function(
         forged = httpx.post(f"{url}/pick-up", content=b"{}",
                             headers={signing.HEADER: signing.sign(b"{}", ["guess"])})
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["all_terminal"] is True
+    summary = json.loads(done.stdout)
+    states = dict(sql("SELECT status, count(*) FROM orders GROUP BY 1"))
+    assert summary["all_terminal"] is True and summary["final_states"] == states
+    assert sum(states.values()) == 30 and set(states) <= {"delivered", "rejected", "failed"}
     assert (unsigned.status_code, forged.status_code) == (401, 401)
     served = sql("SELECT id, row_key::int, handler, status, attempts FROM orchestrator.events"
                  " WHERE old_value = 'approved' AND new_value = 'agent_assigned'")

@@ -8,6 +8,7 @@ TLS, so a demo that completes there used TLS for every connection, LISTEN includ
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from orchestrator import db
 from tests.acceptance.test_cli import assert_one_line_error, cli
 from tests.support import servers
 from tests.support.database import private_dir
+from tests.support.processes import dispatcher, finish, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +57,30 @@ def tls_server(bin_dir: Path, workdir: Path) -> Iterator[dict[str, str]]:
 def test_the_demo_runs_over_verified_tls(tls: dict[str, str]) -> None:
     done = cli("demo", "--orders", "20", "--json", "--dsn", tls["good"])
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["all_terminal"] is True
+    summary = json.loads(done.stdout)
     with db.connect(tls["good"]) as conn:
-        row = conn.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
-                           ).fetchone()
-    assert row is not None and row[0] is True, row
+        states = dict(conn.execute("SELECT status, count(*) FROM orders GROUP BY 1").fetchall())
+    assert summary["all_terminal"] is True and summary["final_states"] == states
+    assert sum(states.values()) == 20 and set(states) <= {"delivered", "rejected", "failed"}
+
+
+def test_every_connection_of_a_dispatcher_uses_tls(tls: dict[str, str]) -> None:
+    proc = dispatcher(tls["good"], until_idle=False, handlers="orchestrator.demo.handlers")
+    sessions = ("SELECT a.application_name, s.ssl FROM pg_stat_activity a"
+                " JOIN pg_stat_ssl s USING (pid) WHERE a.backend_type = 'client backend'"
+                " AND a.pid <> pg_backend_pid() AND a.datname = 'shop' ORDER BY 1")
+    try:
+        with db.connect(tls["good"]) as conn:
+            conn.autocommit = True
+            wait_for(lambda: proc.poll() is not None or db.LISTEN_APPLICATION_NAME in {
+                name for name, _ in conn.execute(sessions).fetchall()},
+                what="the dispatcher's LISTEN connection")
+            seen = conn.execute(sessions).fetchall()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        finish(proc)
+    assert len(seen) >= 2, seen  # the LISTEN connection and the pool's
+    assert all(ssl for _, ssl in seen), seen
 
 
 def test_a_plain_connection_is_refused(tls: dict[str, str]) -> None:

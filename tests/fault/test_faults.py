@@ -20,10 +20,13 @@ from orchestrator.db import LISTEN_APPLICATION_NAME
 from orchestrator.dispatcher import Dispatcher
 from orchestrator.embedded import EmbeddedServer
 from tests.conftest import FAST
-from tests.support import database
+from tests.support import database, exactly_once
+from tests.support import jobs as jobs_module
 from tests.support.processes import dispatcher, finish, wait_for
 
 pytestmark = pytest.mark.fault
+
+NO_CHAOS = {"FAULT_RAISE": "0", "FAULT_HANG": "0", "FAULT_GARBAGE": "0", "FAULT_EXIT": "0"}
 
 
 def q(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -32,11 +35,9 @@ def q(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return cur.fetchall() if cur.description else []
 
 
-def assert_each_transition_once(dsn: str) -> None:
-    twice = q(dsn, "SELECT workflow, row_key, new_value FROM orchestrator.events"
-                   " WHERE op = 'UPDATE' AND column_name = 'status'"
-                   " GROUP BY 1, 2, 3 HAVING count(*) > 1")
-    assert twice == [], f"transitions applied twice: {twice[:5]}"
+def on(dsn: str) -> exactly_once.Sql:
+    """The ``sql`` fixture's shape, for a database of the test's own."""
+    return lambda query, params=None: q(dsn, query, params)
 
 
 def test_sigkilled_dispatchers_lose_nothing_and_apply_nothing_twice(
@@ -68,29 +69,36 @@ def test_sigkilled_dispatchers_lose_nothing_and_apply_nothing_twice(
     taken_over = q(dsn, "SELECT count(*) FROM orchestrator.event_errors"
                         " WHERE error LIKE 'lease expired%%'")[0][0]
     assert taken_over > 0, "no claim was taken over: the kills proved nothing"
-    assert_each_transition_once(dsn)
-    assert q(dsn, "SELECT count(*), count(DISTINCT job_id) FROM job_effects") == [(jobs, jobs)]
     assert q(dsn, "SELECT count(*) FROM orchestrator.events WHERE status <> 'done'") == [(0,)]
+    exactly_once.assert_no_state_written_twice(on(dsn))
+    exactly_once.assert_job_effects_once(on(dsn))
+    exactly_once.assert_jobs_executed(on(dsn))
+    assert q(dsn, "SELECT count(DISTINCT job_id) FROM job_effects") == [(jobs,)]
 
 
 def test_a_heartbeat_keeps_a_long_handler_from_being_taken_over(dsn: str, sql: Any) -> None:
-    sql("INSERT INTO jobs (sleep_s) SELECT 2.5 FROM generate_series(1, 4)")
-    procs = [dispatcher(dsn, lease_s="1", concurrency="2", JOBS_TIMEOUT_S="30")
+    # Handlers run well past the lease (3 s, renewed every second); a dispatcher would have to
+    # stall for 2 s for a claim to expire while its handler runs.
+    sql("INSERT INTO jobs (sleep_s) SELECT 7 FROM generate_series(1, 4)")
+    procs = [dispatcher(dsn, lease_s="3", concurrency="2", JOBS_TIMEOUT_S="60")
              for _ in range(2)]
     for proc in procs:
         finish(proc)
     assert sql("SELECT count(*) FROM jobs WHERE status = 'finished'") == [(4,)]
     assert sql("SELECT count(*) FROM orchestrator.event_errors") == [(0,)]
     assert sql("SELECT event_id FROM executions GROUP BY 1 HAVING count(*) > 1") == []
+    assert sql("SELECT max(finished - started) > interval '6 s' FROM executions") == [(True,)]
+    exactly_once.assert_job_effects_once(sql)
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_the_database_restarting_mid_run_loses_nothing(
         own_server: tuple[EmbeddedServer, str], mode: str) -> None:
     server, dsn = own_server
-    ids = [database.place_order(lambda s, p=None: q(dsn, s, p), f"D-{n}", customer_id=1 + n % 20)
-           for n in range(150)]
-    proc = dispatcher(dsn, handlers="orchestrator.demo.handlers", concurrency="8")
+    ids = [database.place_order(on(dsn), f"D-{n}", customer_id=1 + n % 20) for n in range(150)]
+    # The demo's handlers, each call recorded outside its transaction (bench.chaos, no chaos).
+    proc = dispatcher(dsn, handlers="bench.chaos", concurrency="8", WITNESS_DSN=dsn,
+                      **NO_CHAOS)
     wait_for(lambda: q(dsn, "SELECT count(*) FROM orders WHERE status = 'delivered'")[0][0] > 10,
              what="the run to be under way")
     server.stop(mode)
@@ -101,10 +109,46 @@ def test_the_database_restarting_mid_run_loses_nothing(
     states = dict(q(dsn, "SELECT status, count(*) FROM orders GROUP BY 1"))
     assert sum(states.values()) == len(ids)
     assert set(states) <= {"delivered", "rejected", "failed"}, states
-    assert_each_transition_once(dsn)
-    assert q(dsn, "SELECT order_id FROM payments GROUP BY 1 HAVING count(*) > 1") == []
     assert q(dsn, "SELECT count(*) FROM orchestrator.events WHERE status IN"
                   " ('pending', 'running')") == [(0,)]
+    exactly_once.assert_no_state_written_twice(on(dsn))
+    exactly_once.assert_charged_once(on(dsn))
+    exactly_once.assert_food_order_effects_once(on(dsn))
+    exactly_once.assert_food_orders_executed(on(dsn))
+    assert q(dsn, "SELECT count(*) FROM payments")[0][0] >= states.get("delivered", 0) > 0
+
+
+def test_results_finished_during_a_database_outage_are_written_after(
+        own_server: tuple[EmbeddedServer, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    server, dsn = own_server
+    settings = Settings.load({}, dsn=dsn, **FAST | {"lease_s": 60.0})
+    q(dsn, "INSERT INTO jobs (ret) SELECT 'nothing' FROM generate_series(1, 4)")
+    with Orchestrator(settings, database.test_registry()) as orch:
+        orch.dispatcher(until_idle=True).run()
+    q(dsn, "UPDATE jobs SET note = 'waiting'")  # four events for `noted`, which needs no db
+    gate, arrived, ran = threading.Event(), [], []
+
+    def held(event: Any, started: Any) -> None:  # noted's last step, held at a gate here
+        arrived.append(event.id)
+        gate.wait(60)
+        ran.append((event.id, event.attempt))
+
+    monkeypatch.delenv("JOBS_EXEC_LOG", raising=False)
+    monkeypatch.setattr(jobs_module, "_log", held)
+    notes = "SELECT status, outcome, attempts FROM orchestrator.events WHERE column_name = 'note'"
+    with running(settings):
+        wait_for(lambda: len(arrived) == 4, what="the four handlers to be running")
+        server.stop("fast")
+        gate.set()  # they finish while the database is down
+        wait_for(lambda: len(ran) == 4, what="the handlers to return")
+        wait_for(lambda: "database unavailable" in caplog.text, timeout_s=30,
+                 what="the dispatcher to fail writing their results")
+        server.start()
+        wait_for(lambda: q(dsn, notes) == [("done", "noop", 1)] * 4, timeout_s=60,
+                 what="the results kept through the outage to be written")
+    assert sorted(ran) == sorted({(event, 1) for event in arrived})  # none ran again
+    assert q(dsn, "SELECT count(*) FROM orchestrator.event_errors") == [(0,)]
 
 
 @contextmanager
@@ -146,6 +190,25 @@ def test_a_terminated_listen_connection_is_replaced(
                  what="the LISTEN connection to come back")
         assert listener_pid(dsn) != old
         handled_without_polling(dsn)
+
+
+def test_events_recorded_while_listen_was_down_are_claimed_when_it_reconnects(
+        own_server: tuple[EmbeddedServer, str]) -> None:
+    _, dsn = own_server
+    settings = Settings.load({}, dsn=dsn, **FAST | {"poll_interval_s": 60.0})
+    with running(settings) as worker:
+        handled_without_polling(dsn)  # the dispatcher is idle, waiting for a NOTIFY
+        # A row change whose NOTIFY never reaches the dispatcher, as when it happens while the
+        # LISTEN connection is down: the transaction sends none.
+        with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+            conn.execute("SELECT set_config('orchestrator.quiet', 'on', true)")
+            (job,) = conn.execute("INSERT INTO jobs DEFAULT VALUES RETURNING id").fetchone()
+        time.sleep(1.0)  # nothing may claim it now: no NOTIFY came, the next poll is 60 s away
+        assert q(dsn, "SELECT status FROM jobs WHERE id = %s", (job,)) == [("new",)]
+        q(dsn, "SELECT pg_terminate_backend(%s)", (listener_pid(dsn),))
+        wait_for(lambda: q(dsn, "SELECT status FROM jobs WHERE id = %s", (job,))[0][0]
+                 == "finished", timeout_s=20, what="the catch-up claim after the reconnect")
+        assert worker._listener is not None and worker._listener.reconnects >= 1
 
 
 def test_a_silently_dead_listen_connection_is_detected(

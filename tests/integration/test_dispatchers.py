@@ -2,55 +2,72 @@
 
 from __future__ import annotations
 
-import os
+import signal
 import subprocess
-import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
-from tests.conftest import FAST
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def start_dispatchers(dsn: str, count: int, **env: str) -> list[subprocess.Popen[str]]:
-    environ = os.environ | {f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in FAST.items()}
-    environ |= {"ORCHESTRATOR_DSN": dsn, "ORCHESTRATOR_CONCURRENCY": "4"} | env
-    argv = [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", "run",
-            "--until-idle", "--handlers", "tests.support.jobs"]
-    return [subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True) for _ in range(count)]
+from orchestrator.db import LISTEN_APPLICATION_NAME
+from tests.support import exactly_once
+from tests.support.processes import dispatcher, finish, wait_for
 
 
-def wait_all(procs: list[subprocess.Popen[str]]) -> None:
+@contextmanager
+def dispatchers(dsn: str, sql: Any, count: int, **env: str) -> Iterator[None]:
+    """``count`` dispatcher processes, each listening before the block starts (so that work
+    placed inside it is there for all of them); stopped with SIGTERM afterwards."""
+    procs = [dispatcher(dsn, until_idle=False, concurrency="4", **env) for _ in range(count)]
+    try:
+        wait_for(lambda: listening(sql) == count or any(p.poll() is not None for p in procs),
+                 what=f"{count} dispatchers to listen")
+        yield
+    finally:
+        stop(procs)
+
+
+def listening(sql: Any) -> int:
+    return int(sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                   (LISTEN_APPLICATION_NAME,))[0][0])
+
+
+def stop(procs: list[subprocess.Popen[str]]) -> None:
     for proc in procs:
-        output, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0, output
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        finish(proc)
+
+
+def settled(sql: Any) -> Callable[[], bool]:
+    return lambda: sql("SELECT count(*) FROM orchestrator.events"
+                       " WHERE status IN ('pending', 'running')")[0][0] == 0
 
 
 def test_two_dispatchers_never_run_an_event_twice_nor_apply_a_transition_twice(
         dsn: str, sql: Any) -> None:
-    sql("INSERT INTO jobs (sleep_s) SELECT 0.05 FROM generate_series(1, 80)")
-    wait_all(start_dispatchers(dsn, 2))
+    with dispatchers(dsn, sql, 2):
+        sql("INSERT INTO jobs (sleep_s) SELECT 0.05 FROM generate_series(1, 80)")
+        wait_for(settled(sql), timeout_s=120, what="every job to finish")
     assert sql("SELECT status, count(*) FROM jobs GROUP BY 1") == [("finished", 80)]
-    transitions = sql("SELECT row_key, new_value, count(*) FROM orchestrator.events"
-                      " GROUP BY 1, 2 HAVING count(*) > 1")
-    assert transitions == []
     assert sql("SELECT count(*) FROM orchestrator.events WHERE outcome = 'applied'") == [(160,)]
     twice = sql("SELECT event_id FROM executions GROUP BY 1 HAVING count(*) > 1")
     assert twice == []
-    assert sql("SELECT count(*) FROM job_effects") == [(80,)]
+    exactly_once.assert_no_state_written_twice(sql)
+    exactly_once.assert_job_effects_once(sql)
+    exactly_once.assert_jobs_executed(sql)
     # Both processes took part, or this test proved nothing.
     assert sql("SELECT count(DISTINCT pid) FROM executions") == [(2,)]
 
 
 def test_a_rows_events_run_in_order_and_one_at_a_time_across_dispatchers(
         dsn: str, sql: Any) -> None:
-    sql("INSERT INTO jobs (ret) SELECT 'nothing' FROM generate_series(1, 20)")
-    for n in range(5):
-        sql("UPDATE jobs SET note = %s", (f"note {n}",))
-    wait_all(start_dispatchers(dsn, 2, JOBS_NOTE_SLEEP_S="0.02"))
+    with dispatchers(dsn, sql, 2, JOBS_NOTE_SLEEP_S="0.02"):
+        sql("INSERT INTO jobs (ret) SELECT 'nothing' FROM generate_series(1, 20)")
+        for n in range(5):
+            sql("UPDATE jobs SET note = %s", (f"note {n}",))
+        wait_for(settled(sql), timeout_s=120, what="every event to finish")
     runs = sql("SELECT job_id, event_id, started, finished FROM executions"
                " WHERE column_name = 'note' ORDER BY job_id, started")
     assert len(runs) == 100

@@ -4,6 +4,8 @@ and `downgrade base` leaves the application's tables and rows exactly as they we
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,8 +17,10 @@ from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
 from orchestrator.errors import MigrationError
 from orchestrator.registry import Registry
+from orchestrator.sql import INSTALL
 from tests.conftest import FAST
 from tests.support import database
+from tests.support.processes import ROOT, wait_for
 
 # An application that was there first: tables named like the demo's, another schema, a
 # uuid key, a text key, mixed-case quoted names, and an Alembic history of its own.
@@ -237,3 +241,31 @@ def test_revision_0004_takes_over_the_installed_triggers_and_gives_them_back(
     assert sql(TRIGGERS) == at_head
     sql("INSERT INTO jobs DEFAULT VALUES")
     assert sql("SELECT workflow, op FROM orchestrator.events") == [("jobs", "INSERT")]
+
+
+def test_concurrent_migrate_runs_take_turns(app_dsn: str) -> None:
+    argv = [sys.executable, "-m", "orchestrator", "migrate", "--dsn", app_dsn,
+            "--handlers", "tests.integration.test_migrations"]
+    waiting = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+               " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+    with psycopg.connect(app_dsn, autocommit=True) as holder:
+        holder.execute(INSTALL["migrate_lock"])  # as a migration already under way would
+        procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+        try:
+            wait_for(lambda: read(app_dsn, waiting)[0][0] == 3
+                     or any(p.poll() is not None for p in procs),
+                     what="three migrations waiting for the one under way")
+            assert read(app_dsn, waiting) == [(3,)]
+        finally:
+            holder.execute("SELECT pg_advisory_unlock_all()")
+        outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    assert schema.current_revision(app_dsn) == schema.head_revision()
+    assert read(app_dsn, "SELECT name FROM orchestrator.workflows ORDER BY 1") == [
+        ("invoices",), ("user_orders",), ("user_tickets",)]
+    # And what they installed works: a new order runs through its trigger and guard.
+    with psycopg.connect(app_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO public.orders (id) VALUES (3)")
+    assert read(app_dsn, "SELECT workflow, new_value FROM orchestrator.events") == [
+        ("user_orders", "new")]

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from orchestrator.config import Settings
 from orchestrator.dispatcher import Stats
 from orchestrator.registry import Registry
 from tests.conftest import FAST
-from tests.support import http, servers
+from tests.support import http
 
 SECRET = "s3cret"
 DOCUMENTED_KEYS = {"version", "id", "workflow", "key", "transition", "old_row", "new_row",
@@ -126,6 +127,14 @@ def test_a_retry_answer_runs_the_event_again(
     assert sql("SELECT attempt, error FROM orchestrator.event_errors") == [
         (1, "Retry: remote: not yet")]
     assert [json.loads(body)["attempt"] for _, body in far.requests] == [1, 2]
+    # Both attempts carry the event's idempotency key, and belong to one trace with a span
+    # (W3C traceparent parent-id) of their own.
+    (event_id,) = sql("SELECT id FROM orchestrator.events WHERE op = 'INSERT'")[0]
+    assert [h["idempotency-key"] for h, _ in far.requests] == [f"calls:{event_id}"] * 2
+    traces = [h["traceparent"].split("-") for h, _ in far.requests]
+    assert all(len(t) == 4 and t[0] == "00" and t[3] == "01" for t in traces), traces
+    assert traces[0][1] == traces[1][1] and len(traces[0][1]) == 32
+    assert traces[0][2] != traces[1][2] and all(len(t[2]) == 16 for t in traces)
 
 
 @pytest.mark.parametrize("behaviour,message", [
@@ -138,10 +147,12 @@ def test_failures_are_retried_then_dead_like_a_failing_local_handler(
         dsn: str, sql: Any, endpoint: tuple[Endpoint, str], behaviour: str,
         message: str) -> None:
     _, url = endpoint
-    target = (f"http://127.0.0.1:{servers.free_port()}/x" if behaviour == "closed"
-              else f"{url}/{behaviour}")
-    stats = run_remote(dsn, sql, Remote("calls", target, secrets=[SECRET]), max_attempts=2,
-                       timeout_s=0.3)
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        target = (f"http://127.0.0.1:{closed.getsockname()[1]}/x" if behaviour == "closed"
+                  else f"{url}/{behaviour}")
+        stats = run_remote(dsn, sql, Remote("calls", target, secrets=[SECRET]),
+                           max_attempts=2, timeout_s=0.3)
     assert (stats.retried, stats.dead) == (1, 1)
     assert sql("SELECT status FROM calls") == [("failed",)]
     errors = [e for (e,) in sql("SELECT error FROM orchestrator.event_errors ORDER BY id")]

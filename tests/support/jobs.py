@@ -28,6 +28,9 @@ jobs = Workflow(
     watch=["note"],
 )
 
+# ret = 'gate': the handler waits for advisory lock (GATE, job id), which a test holds.
+GATE = 4242
+
 RETURNS: dict[str, Any] = {
     "illegal": "finished",               # new -> finished is not a transition
     "unknown_state": "flying",
@@ -63,8 +66,11 @@ def start(event: Event, ctx: Context) -> Any:
             os._exit(3)  # the handler takes its whole process down
         if row["ret"] == "retry" and event.attempt == 1:
             raise Retry(delay_s=0.05, reason="asked to come back")
-        ctx.db.execute("INSERT INTO job_effects (job_id, event_id) VALUES (%s, %s)",
-                       (int(event.key), event.id))
+        if row["ret"] == "gate":  # wait, in its transaction, for the test to open the gate
+            ctx.db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (GATE, int(event.key)))
+        ctx.db.execute("INSERT INTO job_effects (job_id, event_id, attempt, pid)"
+                       " VALUES (%s, %s, %s, %s)",
+                       (int(event.key), event.id, event.attempt, os.getpid()))
         if row["ret"] == "fail_after_write":
             raise RuntimeError("failed after writing")
         if row["ret"] in RETURNS:

@@ -31,7 +31,13 @@ from orchestrator.embedded import SYSTEM_USER, ensure_server_user, first_blocked
 RUN_AS = SYSTEM_USER if os.geteuid() == 0 else None
 
 
+# A port found free may be taken by the time a server binds it: servers started here try
+# again on another port when theirs is in use, this many times.
+PORT_TRIES = 5
+
+
 def free_port() -> int:
+    """A loopback port free now (not reserved: see PORT_TRIES)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -99,9 +105,9 @@ class PostgresServer:
                  settings: dict[str, str] | None = None, files: dict[str, bytes] | None = None):
         self.bin_dir = bin_dir
         self.data_dir = workdir / "data"
-        self.port = free_port()
+        self.port = 0  # chosen when it starts
         self.hba = ["local all all trust", *hba]
-        self.settings = {"listen_addresses": "'127.0.0.1'", "port": str(self.port),
+        self.settings = {"listen_addresses": "'127.0.0.1'",
                          "unix_socket_directories": f"'{self.data_dir}'", "fsync": "off",
                          "max_connections": "50"} | (settings or {})
         self.files = files or {}
@@ -117,8 +123,20 @@ class PostgresServer:
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in self.settings.items())
         owned_dir(self.data_dir)
-        run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
-             "-l", str(self.data_dir / "server.log"), "start"])
+        log = self.data_dir / "server.log"
+        for _ in range(PORT_TRIES):
+            self.port = free_port()
+            done = subprocess.run(
+                [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-w", "-t", "60",
+                 "-l", str(log), "-o", f"-p {self.port}", "start"],
+                user=RUN_AS, capture_output=True, text=True, timeout=120,
+                stdin=subprocess.DEVNULL, check=False)
+            if done.returncode == 0:
+                return
+            if "Address already in use" not in log.read_text(errors="replace"):
+                break
+        raise AssertionError(f"PostgreSQL did not start: {done.stdout}{done.stderr}"
+                             f"{log.read_text(errors='replace')[-2000:]}")
 
     def stop(self) -> None:
         run([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate",
@@ -153,10 +171,25 @@ def pgbouncer(target_dsn: str, workdir: Path, *, pool_size: int = 4) -> Iterator
     """PgBouncer on 127.0.0.1 in transaction pooling mode in front of ``target_dsn``'s
     database; yields the DSN that goes through it (same database name and user)."""
     binary = pgbouncer_binary()
+    owned_dir(workdir)
+    for _ in range(PORT_TRIES):
+        proc, dsn = _start_pgbouncer(binary, target_dsn, workdir, pool_size)
+        if _wait_for(dsn, proc):
+            break
+    else:
+        raise AssertionError("pgbouncer found no free port")
+    try:
+        yield dsn
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def _start_pgbouncer(binary: str, target_dsn: str, workdir: Path,
+                     pool_size: int) -> tuple[subprocess.Popen[str], str]:
     target = conninfo.conninfo_to_dict(target_dsn)
     dbname, user = str(target["dbname"]), str(target.get("user") or "postgres")
     port = free_port()
-    owned_dir(workdir)
     backend = " ".join(f"{k}={target[k]}" for k in ("host", "port") if target.get(k))
     (workdir / "users.txt").write_text(f'"{user}" ""\n')
     # PgBouncer 1.21+ can keep prepared statements; turned off here, as on poolers that cannot.
@@ -182,13 +215,7 @@ logfile = {workdir}/pgbouncer.log
     owned_dir(workdir)
     proc = subprocess.Popen([binary, str(workdir / "pgbouncer.ini")], user=RUN_AS,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    dsn = conninfo.make_conninfo(host="127.0.0.1", port=port, dbname=dbname, user=user)
-    try:
-        _wait_for(dsn, proc)
-        yield dsn
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=10)
+    return proc, conninfo.make_conninfo(host="127.0.0.1", port=port, dbname=dbname, user=user)
 
 
 def _version(binary: str) -> tuple[int, ...]:
@@ -196,15 +223,19 @@ def _version(binary: str) -> tuple[int, ...]:
     return tuple(int(part) for part in words[1].split(".")[:2])
 
 
-def _wait_for(dsn: str, proc: subprocess.Popen[str]) -> None:
+def _wait_for(dsn: str, proc: subprocess.Popen[str]) -> bool:
+    """Whether PgBouncer answers at ``dsn``; False when it exited because its port was taken
+    meanwhile. Fails the test when it does not start otherwise."""
     deadline = time.monotonic() + 15
     while True:
         try:
             psycopg.connect(dsn, connect_timeout=2).close()
-            return
+            return True
         except psycopg.OperationalError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.terminate()
                 output, _ = proc.communicate(timeout=10)
+                if "Address already in use" in output:
+                    return False
                 raise AssertionError(f"pgbouncer did not start: {output}") from None
             time.sleep(0.05)

@@ -16,8 +16,12 @@ def test_switches_parse_from_the_environment() -> None:
 def test_listen_through_a_transaction_pooler_is_refused() -> None:
     with pytest.raises(ConfigError, match="LISTEN cannot work through a transaction pooler"):
         Settings.load({}, transaction_pooling=True)
-    assert Settings.load({}, transaction_pooling=True, listen_dsn="postgresql://direct/db")
-    assert Settings.load({}, transaction_pooling=True, listen=False)
+    direct = Settings.load({}, transaction_pooling=True, listen_dsn="postgresql://direct/db")
+    assert (direct.transaction_pooling, direct.listen, direct.listen_dsn) == (
+        True, True, "postgresql://direct/db")
+    polling = Settings.load({}, transaction_pooling=True, listen=False)
+    assert (polling.transaction_pooling, polling.listen, polling.listen_dsn) == (
+        True, False, None)
 
 
 def test_one_password_source_at_most() -> None:
