@@ -245,7 +245,7 @@ def run(orders: int, dispatchers: int, every_s: float, seed: int, limit_s: float
         prepare(dsn, orders, seed)
         return load(server, dsn, dispatchers, every_s, seed, limit_s, min_faults, workdir)
     finally:
-        server.stop("immediate")
+        server.discard()
         print(f"dispatcher logs in {workdir}", file=sys.stderr)
 
 

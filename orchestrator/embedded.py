@@ -123,6 +123,13 @@ class EmbeddedServer:
             if self.running():
                 self._pg_ctl(["-w", "-t", "60", "-m", mode, "stop"])
 
+    def discard(self) -> None:
+        """Stop the server at once and delete its cluster, wherever it lives (as root it may
+        have moved to the state directory): for throwaway servers of tests and benchmarks."""
+        self.stop("immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        Path(str(self.data_dir) + ".lock").unlink(missing_ok=True)
+
     def _prepare_state(self) -> None:
         """Create (or check) the state directory and its ``data`` folder for a moved cluster."""
         assert self._run_as

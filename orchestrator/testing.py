@@ -138,7 +138,7 @@ def orchestrator_server(pytestconfig: pytest.Config) -> Iterator[str]:
     try:
         yield server.start("postgres")
     finally:
-        server.stop("immediate")
+        server.discard()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

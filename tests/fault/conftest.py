@@ -20,4 +20,4 @@ def own_server() -> Iterator[tuple[EmbeddedServer, str]]:
             database.prepare(dsn)
             yield server, dsn
         finally:
-            server.stop("immediate")
+            server.discard()

@@ -72,6 +72,8 @@ def test_a_server_behind_closed_folders_starts_without_opening_them() -> None:
             assert not state.exists()
         after = folder_modes(work, Path.home())
         assert {path: mode for path, mode in after.items() if path in before} == before
+        server.discard()  # a throwaway server leaves nothing behind, wherever its data went
+        assert not server.data_dir.exists()
 
 
 def test_concurrent_copies_publish_one_whole_installation() -> None:

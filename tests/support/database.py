@@ -98,7 +98,7 @@ def server_dsn(workdir: Path) -> Iterator[str]:
         try:
             yield server.start("postgres")
         finally:
-            server.stop("immediate")
+            server.discard()
 
 
 def create_database(admin_dsn: str, name: str, template: str | None = None) -> str:
