@@ -138,7 +138,7 @@ class Faults:
 
         def working() -> bool:
             self.fleet.supervise()  # dispatchers that failed to start meanwhile come back
-            return bool(scalar(self.dsn, "SELECT count(*) FROM orchestrator.events"
+            return bool(scalar(self.dsn, "SELECT count(*) FROM orchestrator.event_log"
                                          " WHERE finished_at > %s", (mark,)))
 
         wait_until(working, 120)
@@ -256,11 +256,11 @@ def load(server: EmbeddedServer, dsn: str, dispatchers: int, every_s: float, see
 def measure(dsn: str, faults: Faults, restarts: int, wall_s: float) -> Report:
     return Report(
         orders=int(scalar(dsn, "SELECT count(*) FROM orders")),
-        transitions=scalar(dsn, "SELECT count(*) FROM orchestrator.events"
+        transitions=scalar(dsn, "SELECT count(*) FROM orchestrator.event_log"
                                 " WHERE outcome = 'applied'"),
         faults=dict(faults.done),
         not_terminal=open_orders(dsn),
-        applied_twice=scalar(dsn, "SELECT count(*) FROM (SELECT 1 FROM orchestrator.events"
+        applied_twice=scalar(dsn, "SELECT count(*) FROM (SELECT 1 FROM orchestrator.event_log"
                                   " WHERE op = 'UPDATE' AND column_name = 'status'"
                                   " GROUP BY workflow, row_key, new_value"
                                   " HAVING count(*) > 1) d"),

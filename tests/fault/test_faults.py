@@ -33,7 +33,7 @@ def q(dsn: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
 
 
 def assert_each_transition_once(dsn: str) -> None:
-    twice = q(dsn, "SELECT workflow, row_key, new_value FROM orchestrator.events"
+    twice = q(dsn, "SELECT workflow, row_key, new_value FROM orchestrator.event_log"
                    " WHERE op = 'UPDATE' AND column_name = 'status'"
                    " GROUP BY 1, 2, 3 HAVING count(*) > 1")
     assert twice == [], f"transitions applied twice: {twice[:5]}"
@@ -206,7 +206,7 @@ def test_a_handler_that_kills_its_process_ends_dead_and_blocks_no_other_row(
     # Run alone after the first crash, the bystanders lost one attempt at most, not their life.
     assert q(dsn, "SELECT status, count(*) FROM jobs GROUP BY 1 ORDER BY 1") == [
         ("failed", 1), ("finished", 10)]
-    assert q(dsn, "SELECT max(attempts) FROM orchestrator.events e JOIN jobs j"
+    assert q(dsn, "SELECT max(attempts) FROM orchestrator.event_log e JOIN jobs j"
                   " ON j.id::text = e.row_key WHERE j.ret IS NULL AND e.workflow = 'jobs'"
                   " AND e.column_name = 'status' AND e.old_value IS NULL")[0][0] <= 2
     (error,) = q(dsn, "SELECT last_error FROM orchestrator.events WHERE status = 'dead'")[0]

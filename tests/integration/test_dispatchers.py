@@ -34,10 +34,10 @@ def test_two_dispatchers_never_run_an_event_twice_nor_apply_a_transition_twice(
     sql("INSERT INTO jobs (sleep_s) SELECT 0.05 FROM generate_series(1, 80)")
     wait_all(start_dispatchers(dsn, 2))
     assert sql("SELECT status, count(*) FROM jobs GROUP BY 1") == [("finished", 80)]
-    transitions = sql("SELECT row_key, new_value, count(*) FROM orchestrator.events"
+    transitions = sql("SELECT row_key, new_value, count(*) FROM orchestrator.event_log"
                       " GROUP BY 1, 2 HAVING count(*) > 1")
     assert transitions == []
-    assert sql("SELECT count(*) FROM orchestrator.events WHERE outcome = 'applied'") == [(160,)]
+    assert sql("SELECT count(*) FROM orchestrator.event_log WHERE outcome = 'applied'") == [(160,)]
     twice = sql("SELECT event_id FROM executions GROUP BY 1 HAVING count(*) > 1")
     assert twice == []
     assert sql("SELECT count(*) FROM job_effects") == [(80,)]

@@ -23,6 +23,8 @@ It imitates only what the loop relies on, and each of those has a test on a real
 - has_open_events (every run_idle test); verify_workflows raises DefinitionError once the
   installed definition changed (test_engine.py:
   test_a_running_dispatcher_stops_when_another_definition_is_installed);
+- archive and prune keep everything and report nothing moved or removed: the events of a
+  unit test's run never reach their age (integration/test_retention.py);
 - extend_leases and terminate_backend are only recorded (fault/test_faults.py:
   test_a_heartbeat_keeps_a_long_handler_from_being_taken_over; test_engine.py:
   test_a_handler_past_its_timeout_fails_and_is_retried);
@@ -41,12 +43,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrator.errors import DatabaseUnavailable, DefinitionError
 from orchestrator.events import Event
-from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Result
+from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Pruned, Result
 from orchestrator.workflow import Workflow
 
 PENDING, RUNNING = EventStatus.PENDING, EventStatus.RUNNING
@@ -272,6 +274,14 @@ class FakeStore:
         with self._changed:
             self._answer()
             return any(r.status in (PENDING, RUNNING) for r in self.events.values())
+
+    def archive(self, *, after_s: float, max_rows: int) -> int | None:
+        self._answer()
+        return 0
+
+    def prune(self, older_than: timedelta) -> Pruned | None:
+        self._answer()
+        return Pruned(0, 0, datetime.now(UTC) - older_than)
 
     def transaction(self, *, pooled: bool) -> FakeTransaction:
         return FakeTransaction(pid=next(self._ids) + 10_000)
