@@ -31,7 +31,9 @@ It imitates only what the loop relies on, and each of those has a test on a real
 - every verb raises DatabaseUnavailable while ``down``, and a claim can commit with its answer
   lost (fault/test_faults.py: test_the_database_restarting_mid_run_loses_nothing).
 A row change records an event for the state column and each watched column, as the capture
-trigger does (test_engine.py: test_trigger_records_insert_and_real_changes_only). A handler's
+trigger does, an arrival no handler serves already finished (test_engine.py:
+test_trigger_records_insert_and_real_changes_only; test_triggers.py:
+test_an_arrival_no_handler_serves_is_recorded_finished_and_wakes_nobody). A handler's
 own transaction is a list of what it executed; the fake writes a result the same with or
 without it.
 """
@@ -307,7 +309,10 @@ class FakeStore:
                       old_value=None if old is None else str(old),
                       new_value=None if new is None else str(new), old_row=dict(old_row),
                       new_row=dict(new_row), attempt=0, created_at=datetime.now(UTC))
-        self.events[event.id] = record = Record(event, run_after=self.clock())
+        record = Record(event, run_after=self.clock())
+        if column == wf.column and event.new_value in wf.unserved_states():
+            record.status, record.outcome = EventStatus.DONE, Outcome.NO_HANDLER
+        self.events[event.id] = record
         self._changed.notify_all()
         return record
 
