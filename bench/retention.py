@@ -97,7 +97,7 @@ def delete(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 def archive_then_drop(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     moved = {"ms": 0.0, "wal_bytes": 0}
     while True:  # what the dispatchers do as events finish, 10,000 at a time
-        step = timed(conn, "SELECT orchestrator.archive_v1(now(), 10000, true)")
+        step = timed(conn, "SELECT orchestrator.archive_v1(now(), 10000, true, '1 hour')")
         moved = {k: moved[k] + step[k] for k in moved}
         if step["wal_bytes"] == 0 or not _any_event(conn):
             break

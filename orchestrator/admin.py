@@ -114,11 +114,13 @@ def pruned_note(before: str | None) -> str | None:
 
 
 def prune(reports: Reports, *, older_than: str, dry_run: bool = False) -> dict[str, Any]:
-    """Remove finished events older than ``older_than`` (a duration, ``3d``), whole hours at a
-    time; the shape `prune --json` prints. Raises ConfigError for a bad duration."""
+    """Remove finished events older than ``older_than`` (a duration, ``3d``), whole partitions
+    of history at a time; the shape `prune --json` prints. Raises ConfigError for a bad
+    duration."""
     pruned = reports.prune(parse_duration(older_than), dry_run=dry_run)
     return {"dry_run": dry_run, "dead": False, "events": pruned.events,
-            "hours": pruned.partitions, "finished_before": pruned.before.isoformat()}
+            "partitions": pruned.partitions,
+            "finished_before": None if pruned.before is None else pruned.before.isoformat()}
 
 
 def prune_dead(reports: Reports, *, older_than: str | None, workflow: str | None,

@@ -88,8 +88,9 @@ class FinishReport:
 @dataclass(frozen=True, slots=True)
 class Pruned:
     """What a prune removed (or, in a dry run, would remove): ``events`` finished events in
-    ``partitions`` hours of history, all those finished before ``before``."""
+    ``partitions`` partitions of history; every finished event before ``before`` is then gone
+    (None: nothing was removed)."""
 
     events: int
     partitions: int
-    before: datetime
+    before: datetime | None

@@ -25,6 +25,13 @@ ARCHIVE_ROUNDS = 10
 PRUNE_EVERY_S = 300.0
 
 
+def partition_width(retention: timedelta) -> timedelta:
+    """How wide the history's partitions are made: a day when the retention is two days or
+    more (a read of a row's history probes every partition: few of them), else an hour (an
+    event stays at most a partition's width past the retention)."""
+    return timedelta(days=1) if retention >= timedelta(days=2) else timedelta(hours=1)
+
+
 class Retention:
     """The two retention chores of one dispatcher over ``store``."""
 
@@ -37,7 +44,8 @@ class Retention:
         turn is over; how many moved (0 when another session held the turn)."""
         total = 0
         for _ in range(ARCHIVE_ROUNDS):
-            moved = self.store.archive(after_s=ARCHIVE_AFTER_S, max_rows=ARCHIVE_BATCH)
+            moved = self.store.archive(after_s=ARCHIVE_AFTER_S, max_rows=ARCHIVE_BATCH,
+                                       width=partition_width(self.retention))
             total += moved or 0
             if moved is None or moved < ARCHIVE_BATCH:
                 break
@@ -49,6 +57,6 @@ class Retention:
         pruned = self.store.prune(self.retention)
         if pruned is None or (not pruned.events and not pruned.partitions):
             return 0
-        log.info("retention: removed %d finished events (%d hours of history) finished "
-                 "before %s", pruned.events, pruned.partitions, pruned.before.isoformat())
+        log.info("retention: removed %d finished events (%d partitions of history), every one "
+                 "finished before %s", pruned.events, pruned.partitions, pruned.before)
         return pruned.events

@@ -251,13 +251,15 @@ class Store:
 
     # -- retention ---------------------------------------------------------------------------
 
-    def archive(self, *, after_s: float, max_rows: int) -> int | None:
+    def archive(self, *, after_s: float, max_rows: int,
+                width: timedelta = timedelta(hours=1)) -> int | None:
         """Move up to ``max_rows`` events finished more than ``after_s`` seconds ago from the
-        queue to the history; how many moved, or None when another session (a dispatcher, an
-        operator's prune) archives or prunes right now."""
+        queue to the history, in partitions ``width`` wide where none holds them yet; how many
+        moved, or None when another session (a dispatcher, an operator's prune) archives or
+        prunes right now."""
         with self._conn() as conn:
-            row = conn.execute(QUERIES["archive"],
-                               {"after_s": after_s, "max_rows": max_rows}).fetchone()
+            row = conn.execute(QUERIES["archive"], {
+                "after_s": after_s, "max_rows": max_rows, "width": width}).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     def prune(self, older_than: timedelta) -> Pruned | None:

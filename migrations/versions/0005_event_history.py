@@ -1,14 +1,17 @@
-"""Retention without bloat: finished events leave the queue for a history partitioned by hour.
+"""Retention without bloat: finished events leave the queue for a history partitioned by time.
 
 - ``orchestrator.events`` stays the queue the engine works on. ``archive_v1`` moves its finished
   (``done``) events, in batches, into ``orchestrator.events_history``, a table of the same
-  columns partitioned by ``finished_at``, one partition per hour (UTC), created as needed. The
-  queue then holds only open, dead and recently finished events: its size levels off whatever
-  the volume, and vacuum keeps up with it as with any queue.
-- ``prune_v1`` removes finished events older than a time by dropping whole partitions of the
-  history (no mass DELETE, nothing left to vacuum); the time is rounded down to the hour, so an
-  event stays at most an hour past the window. Each prune that removed something is a row of
-  ``orchestrator.prunes``: operator reads say from it when a row's older history is gone.
+  columns partitioned by ``finished_at``, created as needed: a partition spans the width the
+  caller asks for (an hour or a day, aligned in UTC), cut short where it would overlap one
+  made earlier with another width. The queue then holds only open, dead and recently finished
+  events: its size levels off whatever the volume, and vacuum keeps up with it as with any
+  queue.
+- ``prune_v1`` removes finished events older than a time by dropping the partitions that end
+  before it (no mass DELETE, nothing left to vacuum); an event stays at most a partition's
+  width past the window. Each prune that removed something is a row of ``orchestrator.prunes``
+  (finished events before its ``finished_before`` are gone): operator reads say from it when a
+  row's older history is gone.
 - ``prune_dead_v1`` removes dead events an operator gives up on (they never leave otherwise).
 - ``orchestrator.event_log`` is the queue and the history as one view, for operator reads.
 - ``event_errors`` no longer references ``events`` (an event's errors outlive its move to the
@@ -58,19 +61,57 @@ CREATE VIEW orchestrator.event_log AS
     UNION ALL
     SELECT * FROM orchestrator.events_history;
 
+-- The history's partitions and their bounds (read back from the catalog).
+CREATE FUNCTION orchestrator.history_partitions_v1()
+RETURNS TABLE (name text, lower timestamptz, upper timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $$
+    SELECT c.relname::text, b[1]::timestamptz, b[2]::timestamptz
+    FROM pg_catalog.pg_inherits i
+    JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+    CROSS JOIN LATERAL pg_catalog.regexp_match(
+        pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+        'FROM \(''([^'']+)''\) TO \(''([^'']+)''\)') AS b
+    WHERE i.inhparent = 'orchestrator.events_history'::pg_catalog.regclass
+$$;
+
+-- Makes sure a partition of the history holds time t: if none does, one of the given width
+-- (aligned in UTC), cut short where it would overlap a partition of another width, named
+-- after its start (events_history_YYYYMMDDHH24MI).
+CREATE FUNCTION orchestrator.history_partition_v1(t timestamptz, width interval) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC'
+AS $$
+DECLARE
+    lo timestamptz := pg_catalog.date_bin(width, t, '2000-01-01 00:00:00+00');
+    hi timestamptz;
+BEGIN
+    IF EXISTS (SELECT FROM orchestrator.history_partitions_v1() p
+               WHERE p.lower <= t AND t < p.upper) THEN
+        RETURN;
+    END IF;
+    hi := lo + width;
+    SELECT greatest(lo, pg_catalog.max(p.upper)) INTO lo
+    FROM orchestrator.history_partitions_v1() p WHERE p.upper <= t;
+    SELECT least(hi, pg_catalog.min(p.lower)) INTO hi
+    FROM orchestrator.history_partitions_v1() p WHERE p.lower > t;
+    EXECUTE pg_catalog.format(
+        'CREATE TABLE orchestrator.%I PARTITION OF orchestrator.events_history '
+        'FOR VALUES FROM (%L) TO (%L)',
+        'events_history_' || pg_catalog.to_char(lo, 'YYYYMMDDHH24MI'), lo, hi);
+END
+$$;
+
 -- Moves up to max_rows done events finished before finished_before (all of them when max_rows
--- is NULL) from the queue to the history, oldest id first, creating the hour partitions they
--- need. Returns how many moved, or NULL when another session archives or prunes and wait is
--- false. The partitions are named after their hour (events_history_YYYYMMDDHH, UTC).
+-- is NULL) from the queue to the history, oldest id first, creating partitions of the given
+-- width where none holds them yet. Returns how many moved, or NULL when another session
+-- archives or prunes and wait is false.
 CREATE FUNCTION orchestrator.archive_v1(finished_before timestamptz, max_rows integer,
-                                        wait boolean) RETURNS bigint
+                                        wait boolean, width interval) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC'
 AS $$
 DECLARE
     ids bigint[];
     hours timestamptz[];
     h timestamptz;
-    part text;
     moved bigint;
 BEGIN
     IF wait THEN
@@ -87,13 +128,9 @@ BEGIN
     IF ids IS NULL THEN
         RETURN 0;
     END IF;
+    -- Every bound is a whole hour, so a partition holding an hour's start holds all of it.
     FOREACH h IN ARRAY hours LOOP
-        part := 'events_history_' || pg_catalog.to_char(h, 'YYYYMMDDHH24');
-        IF pg_catalog.to_regclass('orchestrator.' || part) IS NULL THEN
-            EXECUTE pg_catalog.format(
-                'CREATE TABLE orchestrator.%I PARTITION OF orchestrator.events_history '
-                'FOR VALUES FROM (%L) TO (%L)', part, h, h + interval '1 hour');
-        END IF;
+        PERFORM orchestrator.history_partition_v1(h, width);
     END LOOP;
     WITH gone AS (
         DELETE FROM orchestrator.events e
@@ -105,10 +142,12 @@ BEGIN
 END
 $$;
 
--- Removes the finished events of the hours wholly before finished_before: moves the queue's
--- remaining ones to the history, then drops those hours' partitions (and deletes their events'
--- errors). With dry_run, only counts. One row: events removed, partitions dropped, and the
--- hour boundary used; no row when another session archives or prunes and wait is false.
+-- Removes the finished events of the partitions that end before finished_before (rounded down
+-- to the hour): moves the queue's remaining ones to the history (in hour partitions), then
+-- drops those partitions (and deletes their events' errors). With dry_run, only counts. One
+-- row: events removed, partitions dropped, and the time before which every finished event is
+-- gone (NULL when nothing is); no row when another session archives or prunes and wait is
+-- false.
 CREATE FUNCTION orchestrator.prune_v1(finished_before timestamptz, dry_run boolean,
                                       wait boolean)
 RETURNS TABLE (events bigint, partitions integer, pruned_before timestamptz)
@@ -116,7 +155,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET Time
 AS $$
 DECLARE
     boundary timestamptz := pg_catalog.date_trunc('hour', finished_before);
-    part text;
+    part record;
     n bigint;
 BEGIN
     IF wait THEN
@@ -126,36 +165,38 @@ BEGIN
     END IF;
     events := 0;
     partitions := 0;
-    pruned_before := boundary;
     IF dry_run THEN
-        SELECT pg_catalog.count(*) INTO events FROM orchestrator.events e
-        WHERE e.status = 'done' AND e.finished_at < boundary;
+        -- The queue's leftovers that the archive would put in a partition dropped below.
+        SELECT pg_catalog.count(*),
+               pg_catalog.date_trunc('hour', pg_catalog.max(e.finished_at)) + interval '1 hour'
+        INTO events, pruned_before
+        FROM orchestrator.events e
+        WHERE e.status = 'done' AND e.finished_at < boundary
+          AND NOT EXISTS (SELECT FROM orchestrator.history_partitions_v1() p
+                          WHERE p.lower <= e.finished_at AND e.finished_at < p.upper
+                            AND p.upper > boundary);
     ELSE
-        PERFORM orchestrator.archive_v1(boundary, NULL, true);
+        PERFORM orchestrator.archive_v1(boundary, NULL, true, interval '1 hour');
     END IF;
     FOR part IN
-        SELECT c.relname FROM pg_catalog.pg_inherits i
-        JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-        WHERE i.inhparent = 'orchestrator.events_history'::pg_catalog.regclass
-          AND c.relname ~ '^events_history_[0-9]{10}$'
-          AND pg_catalog.to_timestamp(pg_catalog.substr(c.relname, 16), 'YYYYMMDDHH24')
-              + interval '1 hour' <= boundary
-        ORDER BY c.relname
+        SELECT p.name, p.upper FROM orchestrator.history_partitions_v1() p
+        WHERE p.upper <= boundary ORDER BY p.lower
     LOOP
-        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM orchestrator.%I', part)
+        EXECUTE pg_catalog.format('SELECT pg_catalog.count(*) FROM orchestrator.%I', part.name)
             INTO n;
         events := events + n;
         partitions := partitions + 1;
+        pruned_before := greatest(pruned_before, part.upper);
         IF NOT dry_run THEN
             EXECUTE pg_catalog.format(
                 'DELETE FROM orchestrator.event_errors r USING orchestrator.%I e '
-                'WHERE r.event_id = e.id', part);
-            EXECUTE pg_catalog.format('DROP TABLE orchestrator.%I', part);
+                'WHERE r.event_id = e.id', part.name);
+            EXECUTE pg_catalog.format('DROP TABLE orchestrator.%I', part.name);
         END IF;
     END LOOP;
     IF NOT dry_run AND partitions > 0 THEN
         INSERT INTO orchestrator.prunes (finished_before, events, partitions)
-        VALUES (boundary, events, partitions);
+        VALUES (pruned_before, events, partitions);
     END IF;
     RETURN NEXT;
 END
@@ -186,10 +227,12 @@ BEGIN
 END
 $$;
 
-REVOKE EXECUTE ON FUNCTION orchestrator.archive_v1(timestamptz, integer, boolean),
+REVOKE EXECUTE ON FUNCTION orchestrator.history_partition_v1(timestamptz, interval),
+    orchestrator.history_partitions_v1(),
+    orchestrator.archive_v1(timestamptz, integer, boolean, interval),
     orchestrator.prune_v1(timestamptz, boolean, boolean),
     orchestrator.prune_dead_v1(timestamptz, text, text, boolean) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION orchestrator.archive_v1(timestamptz, integer, boolean),
+GRANT EXECUTE ON FUNCTION orchestrator.archive_v1(timestamptz, integer, boolean, interval),
     orchestrator.prune_v1(timestamptz, boolean, boolean)
     TO orchestrator_dispatcher, orchestrator_admin;
 GRANT EXECUTE ON FUNCTION orchestrator.prune_dead_v1(timestamptz, text, text, boolean)
@@ -202,7 +245,9 @@ GRANT SELECT ON orchestrator.events_history, orchestrator.prunes, orchestrator.e
 # are deleted, and the reference is restored.
 DOWNGRADE = r"""
 DROP VIEW orchestrator.event_log;
-DROP FUNCTION orchestrator.archive_v1(timestamptz, integer, boolean),
+DROP FUNCTION orchestrator.history_partition_v1(timestamptz, interval),
+    orchestrator.history_partitions_v1(),
+    orchestrator.archive_v1(timestamptz, integer, boolean, interval),
     orchestrator.prune_v1(timestamptz, boolean, boolean),
     orchestrator.prune_dead_v1(timestamptz, text, text, boolean);
 INSERT INTO orchestrator.events OVERRIDING SYSTEM VALUE

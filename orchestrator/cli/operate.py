@@ -175,8 +175,10 @@ def prune(
         return
     verb = "would remove" if dry_run else "removed"
     what = "dead events" if dead else "finished events"
-    where = "" if dead else (f" ({report['hours']} hours of history, finished before "
-                             f"{report['finished_before'][:19].replace('T', ' ')} UTC)")
+    before = report.get("finished_before")
+    where = "" if dead or before is None else (
+        f" ({report['partitions']} partitions of history; none finished before "
+        f"{before[:19].replace('T', ' ')} UTC is left)")
     out.print(f"{verb}: {report['events']} {what}{where}", markup=False)
 
 

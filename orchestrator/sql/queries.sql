@@ -194,7 +194,7 @@ SELECT pg_backend_pid();
 -- Finished events leave the queue for the history (see orchestrator.archive_v1): the queue
 -- keeps only open, dead and recently finished events. NULL: another session is at it.
 SELECT orchestrator.archive_v1(now() - make_interval(secs => %(after_s)s), %(max_rows)s,
-                               false);
+                               false, %(width)s::interval);
 
 -- name: prune
 -- Finished events older than the retention leave the history, whole hours at a time (see

@@ -277,11 +277,11 @@ def test_prune_by_hand_and_a_timeline_that_says_what_it_lost(dsn: str, sql: Any)
     sql("UPDATE orchestrator.events SET finished_at = now() - interval '5 days'"
         " WHERE row_key = %s AND op = 'INSERT'", (str(order),))
     dry = cli_json("prune", "--older-than", "3d", "--dry-run", "--dsn", dsn)
-    assert dry == {"dry_run": True, "dead": False, "events": 1, "hours": 0,
+    assert dry == {"dry_run": True, "dead": False, "events": 1, "partitions": 0,
                    "finished_before": dry["finished_before"]}
     done = cli("prune", "--older-than", "3d", "--dsn", dsn)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("removed: 1 finished events (1 hours of history")
+    assert done.stdout.startswith("removed: 1 finished events (1 partitions of history")
     story = cli("history", str(order), "--workflow", "food_order", "--dsn", dsn)
     assert "older history pruned: events finished before" in story.stdout
     assert cli_json("history", str(order), "--workflow", "food_order", "--dsn", dsn)[

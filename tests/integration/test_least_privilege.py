@@ -51,7 +51,7 @@ EVENT_LOG_WRITES = [
 ]
 # Only dispatchers and administrators apply the retention (through the definer functions).
 RETENTION = [
-    "SELECT orchestrator.archive_v1(now(), NULL, true)",
+    "SELECT orchestrator.archive_v1(now(), NULL, true, '1 hour')",
     "SELECT * FROM orchestrator.prune_v1(now(), false, true)",
 ]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from itertools import pairwise
 from typing import Any
 
 import psycopg
@@ -16,7 +17,7 @@ from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
 from orchestrator.registry import Registry
 from orchestrator.reports import Reports
-from orchestrator.retention import Retention
+from orchestrator.retention import Retention, partition_width
 from orchestrator.store import Store
 from tests.integration.test_engine import insert_job
 
@@ -99,7 +100,7 @@ def test_prune_by_hand_removes_old_finished_events_keeps_newer_and_dead_ones(
     assert in_log(sql, old) == 12 and sql("SELECT count(*) FROM orchestrator.prunes") == [(0,)]
 
     done = admin.prune(reports, older_than="3d")
-    assert done["events"] == 12 and done["hours"] >= 1
+    assert done["events"] == 12 and done["partitions"] >= 1
     assert in_log(sql, old) == 0 and in_log(sql, recent) == 9
     assert sql("SELECT status FROM orchestrator.events WHERE id = %s", (dead,)) == [("dead",)]
     assert admin.prune(reports, older_than="3d")["events"] == 0
@@ -195,3 +196,25 @@ def test_upgrading_keeps_the_history_and_downgrading_brings_it_back(
                (dead,)) == [(1,)]
     assert sql("SELECT to_regclass('orchestrator.events_history')") == [(None,)]
     schema.upgrade(dsn)
+
+
+def test_partitions_are_as_wide_as_asked_and_never_overlap(
+        sql: Any, run_idle: Any, store: Store, reports: Reports) -> None:
+    hourly, daily, older = (finished_jobs(sql, run_idle, n) for n in (2, 2, 1))
+    backdate(sql, hourly, "30 hours")
+    assert store.archive(after_s=10, max_rows=100, width=timedelta(hours=1)) == 6
+    backdate(sql, daily, "29 hours")  # beside the hourly partition: a day cut short around it
+    backdate(sql, older, "4 days")
+    assert store.archive(after_s=10, max_rows=100, width=timedelta(days=1)) == 9
+    bounds = sql("SELECT lower, upper FROM orchestrator.history_partitions_v1() ORDER BY 1")
+    assert len(bounds) >= 3
+    assert all(upper <= lower for (_, upper), (lower, _) in pairwise(bounds))
+    assert (bounds[-1][1] - bounds[-1][0]) <= timedelta(days=1)
+    assert admin.prune(reports, older_than="1s", dry_run=True)["events"] == 15
+    assert admin.prune(reports, older_than="1s")["events"] == 15
+    assert in_log(sql, hourly + daily + older) == 0
+
+
+def test_the_partitions_are_a_day_wide_for_a_retention_of_days() -> None:
+    assert partition_width(timedelta(days=3)) == timedelta(days=1)
+    assert partition_width(timedelta(hours=12)) == timedelta(hours=1)

@@ -277,7 +277,8 @@ class FakeStore:
             self._answer()
             return any(r.status in (PENDING, RUNNING) for r in self.events.values())
 
-    def archive(self, *, after_s: float, max_rows: int) -> int | None:
+    def archive(self, *, after_s: float, max_rows: int,
+                width: timedelta = timedelta(hours=1)) -> int | None:
         self._answer()
         return 0
 
