@@ -152,7 +152,7 @@ class Faults:
 
         def working() -> bool:
             self.fleet.supervise()  # dispatchers that failed to start meanwhile come back
-            return bool(scalar(self.dsn, "SELECT count(*) FROM orchestrator.events"
+            return bool(scalar(self.dsn, "SELECT count(*) FROM orchestrator.event_log"
                                          " WHERE finished_at > %s", (mark,)))
 
         wait_until(working, 120)
@@ -273,7 +273,7 @@ def load(server: EmbeddedServer, dsn: str, dispatchers: int, every_s: float, see
 def measure(dsn: str, faults: Faults, restarts: int, wall_s: float) -> Report:
     return Report(
         orders=int(scalar(dsn, "SELECT count(*) FROM orders")),
-        transitions=scalar(dsn, "SELECT count(*) FROM orchestrator.events"
+        transitions=scalar(dsn, "SELECT count(*) FROM orchestrator.event_log"
                                 " WHERE outcome = 'applied'"),
         faults=dict(faults.done),
         not_terminal=open_orders(dsn),

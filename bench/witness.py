@@ -80,7 +80,7 @@ ORDER BY 1, 2, 3
 # the attempt that finished them.
 UNEXECUTED = """
 SELECT e.id, e.handler, e.attempts
-FROM orchestrator.events e
+FROM orchestrator.event_log e
 WHERE e.workflow = 'food_order' AND e.status = 'done' AND e.outcome IN ('applied', 'noop')
   AND e.handler IS NOT NULL AND e.handler <> 'deadline'
   AND NOT EXISTS (SELECT FROM public.witness_executions x
@@ -94,7 +94,7 @@ ORDER BY e.id
 EFFECTS_NOT_ONCE = """
 SELECT e.id, e.status, e.outcome, e.attempts, e.claimed_by,
        array_agg(f.attempt || '@' || f.pid) FILTER (WHERE f.event_id IS NOT NULL)
-FROM orchestrator.events e LEFT JOIN public.witness_effects f ON f.event_id = e.id
+FROM orchestrator.event_log e LEFT JOIN public.witness_effects f ON f.event_id = e.id
 WHERE e.workflow = 'food_order'
 GROUP BY e.id
 HAVING count(f.event_id) <> CASE WHEN e.status = 'done' AND e.outcome IN ('applied', 'noop')
@@ -111,7 +111,7 @@ CHARGES_NOT_ONCE = """
 WITH charges AS (
     SELECT e.id, e.row_key::bigint AS order_id, e.workflow || ':' || e.id AS idempotency_key,
            (e.status = 'done' AND e.outcome = 'applied' AND e.next_state = 'paid') AS paid
-    FROM orchestrator.events e
+    FROM orchestrator.event_log e
     WHERE e.workflow = 'food_order' AND e.op = 'UPDATE' AND e.column_name = 'status'
       AND e.old_value = 'placed' AND e.new_value = 'validated'
 )

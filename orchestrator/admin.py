@@ -8,9 +8,10 @@ needs no handler code.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from orchestrator.config import parse_duration
 from orchestrator.errors import IllegalTransition, OrchestratorError, StoreError
 from orchestrator.reports import Reports
 from orchestrator.workflow import Workflow
@@ -91,7 +92,44 @@ def history(reports: Reports, wf: Workflow, key: str) -> dict[str, Any]:
             {"attempt": err["attempt"], "error": err["error"], "at": _iso(err["at"])})
     timeline = [_plain(e) | {"errors": errors.get(e["id"], [])}
                 for e in reports.row_history(wf.name, key)]
-    return {"workflow": wf.name, "key": key, "state": current, "events": timeline}
+    return {"workflow": wf.name, "key": key, "state": current, "events": timeline,
+            "pruned_before": _pruned_before(reports, timeline)}
+
+
+def _pruned_before(reports: Reports, timeline: Sequence[Mapping[str, Any]]) -> str | None:
+    """When a row's older history may have been pruned: the time before which finished events
+    are gone (ISO 8601), if its first kept event is not its insert; else None."""
+    if timeline and timeline[0]["op"] == "INSERT":
+        return None
+    before = reports.pruned()
+    return None if before is None else before.isoformat()
+
+
+def pruned_note(before: str | None) -> str | None:
+    """The plain words for a history cut short by retention, or None."""
+    if before is None:
+        return None
+    return (f"older history pruned: events finished before {before[:19].replace('T', ' ')} "
+            "(UTC) are no longer kept")
+
+
+def prune(reports: Reports, *, older_than: str, dry_run: bool = False) -> dict[str, Any]:
+    """Remove finished events older than ``older_than`` (a duration, ``3d``), whole partitions
+    of history at a time; the shape `prune --json` prints. Raises ConfigError for a bad
+    duration."""
+    pruned = reports.prune(parse_duration(older_than), dry_run=dry_run)
+    return {"dry_run": dry_run, "dead": False, "events": pruned.events,
+            "partitions": pruned.partitions,
+            "finished_before": None if pruned.before is None else pruned.before.isoformat()}
+
+
+def prune_dead(reports: Reports, *, older_than: str | None, workflow: str | None,
+               handler: str | None, dry_run: bool = False) -> dict[str, Any]:
+    """Remove dead events (all, or those that died more than ``older_than`` ago), with their
+    errors; the shape `prune --dead --json` prints."""
+    age = parse_duration(older_than) if older_than else timedelta(0)
+    count = reports.prune_dead(age, workflow=workflow, handler=handler, dry_run=dry_run)
+    return {"dry_run": dry_run, "dead": True, "events": count}
 
 
 def redrive(reports: Reports, *, ids: Sequence[int] = (), all_dead: bool = False,

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,18 @@ from orchestrator.errors import ConfigError
 
 ENV_PREFIX = "ORCHESTRATOR_"
 LOG_FORMATS = ("text", "json")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """A duration written as numbers with units, ``3d``, ``12h``, ``1h30m``, ``90s`` (s, m, h,
+    d, w). Raises ConfigError for anything else, or for none at all."""
+    compact = text.strip().lower().replace(" ", "")
+    parts = _DURATION.findall(compact)
+    if not parts or "".join(n + u for n, u in parts) != compact:
+        raise ConfigError(f"{text!r} is not a duration (like 3d, 12h, 30m or 1h30m)")
+    return timedelta(seconds=sum(float(n) * DURATION_UNITS[u] for n, u in parts))
 
 
 def _default_data_dir() -> Path:
@@ -132,6 +146,12 @@ class Settings:
         metadata={"help": "Token the dashboard requires for redrives (required when bound to "
                           "an address other than localhost)."},
     )
+    retention: timedelta = field(
+        default=timedelta(days=3),
+        metadata={"help": "How long finished events stay in the history (a duration: 3d, 12h, "
+                          "90m); dispatchers remove older ones, one dispatcher at a time, by "
+                          "whole hours. Dead events stay until redriven or pruned by hand."},
+    )
     stuck_after_s: float = field(
         default=60.0,
         metadata={"help": "The dashboard calls a row stuck when it has been in a non-terminal "
@@ -160,6 +180,8 @@ class Settings:
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}, "
                               f"got {self.log_format!r}")
+        if self.retention <= timedelta(0):
+            raise ConfigError(f"retention must be positive, got {self.retention}")
         if self.stuck_after_s <= 0:
             raise ConfigError(f"stuck_after_s must be positive, got {self.stuck_after_s}")
 
@@ -181,6 +203,8 @@ class Settings:
             if raw is not None and raw != "":
                 values[f.name] = _parse(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("retention"), str):
+            values["retention"] = parse_duration(values["retention"])
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
@@ -198,6 +222,11 @@ def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
             return float(raw)
         if kind == "Path":
             return Path(raw).expanduser()
+        if kind == "timedelta":
+            return parse_duration(raw)
+    except ConfigError:
+        raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid duration "
+                          "(like 3d, 12h, 30m or 1h30m)") from None
     except ValueError:
         raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a valid {kind}") from None
     return raw
@@ -217,5 +246,16 @@ def help_for(name: str) -> str:
     for f in fields(Settings):
         if f.name == name:
             default = "" if f.default in (None, dataclasses.MISSING) else f" Default: {f.default}."
+            if isinstance(f.default, timedelta):
+                default = f" Default: {format_duration(f.default)}."
             return f"{f.metadata['help']}{default} Env: {ENV_PREFIX}{name.upper()}."
     raise KeyError(name)
+
+
+def format_duration(value: timedelta) -> str:
+    """``value`` in the largest unit that writes it whole (``3d``, ``36h``, ``90s``)."""
+    seconds = value.total_seconds()
+    for unit, size in sorted(DURATION_UNITS.items(), key=lambda u: -u[1]):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

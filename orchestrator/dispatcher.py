@@ -35,6 +35,7 @@ from orchestrator.logs import EventLog
 from orchestrator.observe import Observer, Observers
 from orchestrator.outcomes import FinishReport, Outcome, Result
 from orchestrator.registry import Registry
+from orchestrator.retention import ARCHIVE_EVERY_S, PRUNE_EVERY_S, Retention
 from orchestrator.runner import Clock, Finished, Job, Lost, Ran, Report, Runner
 from orchestrator.verbs import EventQueue
 
@@ -113,10 +114,11 @@ class Stats:
 class Chore:
     """A background task of the loop, run at most every ``every_s`` seconds."""
 
-    def __init__(self, every_s: float, run: Callable[[], Any], now: float) -> None:
+    def __init__(self, every_s: float, run: Callable[[], Any], now: float, *,
+                 first_s: float | None = None) -> None:
         self.every_s = every_s
         self._run = run
-        self.next_at = now + every_s
+        self.next_at = now + (every_s if first_s is None else first_s)
 
     def run_if_due(self, now: float) -> None:
         if now >= self.next_at:
@@ -160,6 +162,7 @@ class Dispatcher:
 
     def _schedule_chores(self, now: float) -> list[Chore]:
         poll_s, lease_s = self.settings.poll_interval_s, self.settings.lease_s
+        retention = Retention(self.store, self.settings.retention)
         return [
             Chore(poll_s, self._poll, now),
             Chore(lease_s / 3, self._heartbeat, now),
@@ -167,6 +170,8 @@ class Dispatcher:
             Chore(DEFINITION_CHECK_S, self._verify_definitions, now),
             Chore(poll_s, self._claim_timers, now),
             Chore(poll_s, self._intake.look_for_suspects, now),
+            Chore(ARCHIVE_EVERY_S, retention.archive, now),
+            Chore(PRUNE_EVERY_S, retention.prune, now, first_s=lease_s / 3),
         ]
 
     @property

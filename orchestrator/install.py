@@ -163,16 +163,20 @@ TriggerSpec = tuple[str, str | None, str, list[str]]  # timing, changed column, 
 def _trigger_specs(wf: Workflow) -> list[tuple[str, TriggerSpec]]:
     """Each trigger of ``wf`` by name suffix: timing, the column whose change fires it (None:
     on INSERT), the function and its arguments. The state column's captures also keep the
-    row's deadline timers."""
-    timers = ["deadlines"] if wf.deadlines else []
-    guard, capture = "orchestrator.guard_v2", "orchestrator.capture_v2"
+    row's deadline timers and record arrivals no handler serves as finished."""
+    # The state column's captures: 'deadlines' or '', then the states whose arrival no
+    # handler serves (recorded finished); none of either: the arguments capture_v2 took.
+    unserved = wf.unserved_states()
+    state_args = (["deadlines" if wf.deadlines else "", *unserved] if unserved
+                  else ["deadlines"] if wf.deadlines else [])
+    guard, capture = "orchestrator.guard_v2", "orchestrator.capture_v3"
     specs: list[tuple[str, TriggerSpec]] = [
         ("guard_insert", ("BEFORE", None, guard, [wf.name, wf.column])),
         ("guard_update", ("BEFORE", wf.column, guard, [wf.name, wf.column])),
-        ("capture_insert", ("AFTER", None, capture, [wf.name, wf.key, wf.column, *timers])),
+        ("capture_insert", ("AFTER", None, capture, [wf.name, wf.key, wf.column, *state_args])),
     ]
     for rank, column in enumerate((wf.column, *wf.watch)):
-        extra = timers if column == wf.column else []
+        extra = state_args if column == wf.column else []
         specs.append((f"capture_{rank}_{column}",
                       ("AFTER", column, capture, [wf.name, wf.key, column, *extra])))
     return specs

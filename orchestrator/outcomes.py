@@ -9,6 +9,7 @@ shown by the CLI, so they never change.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 from orchestrator.events import Event, Next
@@ -82,3 +83,14 @@ class FinishReport:
         self.outcomes.update(other.outcomes)
         self.handoffs += other.handoffs
         self.rejected += other.rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What a prune removed (or, in a dry run, would remove): ``events`` finished events in
+    ``partitions`` partitions of history; every finished event before ``before`` is then gone
+    (None: nothing was removed)."""
+
+    events: int
+    partitions: int
+    before: datetime | None

@@ -1,5 +1,5 @@
 """What operators read of the event log and the workflow tables (counts, lists, histories, the
-dashboard's samples), and the two writes they make: move a row by hand, redrive dead events.
+dashboard's samples), and the writes they make: move a row by hand, redrive dead events, prune.
 
 Each verb runs one named query of ``sql/reports.sql`` and returns plain rows by column name; with
 db.py, store.py and install.py, one of the modules that talk to psycopg.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from orchestrator import install
 from orchestrator.db import borrowed, translated
 from orchestrator.errors import OverrideRefused
+from orchestrator.outcomes import Pruned
 from orchestrator.sql import REPORTS
 from orchestrator.workflow import Workflow
 
@@ -91,6 +92,28 @@ class Reports:
         ``last``), with their lag percentiles."""
         return self._rows(REPORTS["recent_finished"], {
             "floor": floor, "since": since, "last": last})
+
+    def pruned(self) -> datetime | None:
+        """The time before which finished events were pruned (None: nothing ever was)."""
+        before = self._rows(REPORTS["pruned"])[0]["before"]
+        return before if isinstance(before, datetime) else None
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def prune(self, older_than: timedelta, *, dry_run: bool = False) -> Pruned:
+        """Remove (``dry_run``: count) finished events older than ``older_than``, whole hours
+        of history at a time; waits while a dispatcher archives or prunes."""
+        row = self._rows(REPORTS["prune"], {"older_than": older_than, "dry_run": dry_run})[0]
+        return Pruned(int(row["events"]), int(row["partitions"]), row["pruned_before"])
+
+    def prune_dead(self, older_than: timedelta, *, workflow: str | None, handler: str | None,
+                   dry_run: bool = False) -> int:
+        """Remove (``dry_run``: count) dead events that died more than ``older_than`` ago, of
+        ``workflow`` and ``handler`` (full or last dotted name) when given, with their errors.
+        Needs orchestrator_admin (StoreError otherwise)."""
+        return int(self._rows(REPORTS["prune_dead"], {
+            "older_than": older_than, "workflow": workflow, "handler": handler,
+            "dry_run": dry_run})[0]["events"])
 
     # -- the workflow tables -----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -23,7 +24,7 @@ from orchestrator import install
 from orchestrator.db import Transaction, borrowed, is_connection_error, one_line, translated
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.events import Event, event_from_row
-from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Result
+from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Pruned, Result
 from orchestrator.sql import QUERIES
 from orchestrator.workflow import Workflow
 
@@ -247,6 +248,28 @@ class Store:
             row = conn.execute(QUERIES["has_open_events"],
                                {"workflows": list(self._workflows)}).fetchone()
         return bool(row and row[0])
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def archive(self, *, after_s: float, max_rows: int,
+                width: timedelta = timedelta(hours=1)) -> int | None:
+        """Move up to ``max_rows`` events finished more than ``after_s`` seconds ago from the
+        queue to the history, in partitions ``width`` wide where none holds them yet; how many
+        moved, or None when another session (a dispatcher, an operator's prune) archives or
+        prunes right now."""
+        with self._conn() as conn:
+            row = conn.execute(QUERIES["archive"], {
+                "after_s": after_s, "max_rows": max_rows, "width": width}).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def prune(self, older_than: timedelta) -> Pruned | None:
+        """Remove finished events older than ``older_than`` from the history, whole hours at a
+        time; what was removed, or None when another session archives or prunes right now
+        (this one does not wait)."""
+        with self._conn() as conn:
+            row = conn.execute(QUERIES["prune"], {
+                "older_than": older_than, "dry_run": False, "wait": False}).fetchone()
+        return None if row is None else Pruned(int(row[0]), int(row[1]), row[2])
 
     def transaction(self, *, pooled: bool) -> Transaction:
         """A transaction for a handler's own writes; it takes a pooled connection only when

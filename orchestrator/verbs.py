@@ -8,10 +8,11 @@ is documented on the Store.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, Protocol
 
 from orchestrator.events import Event
-from orchestrator.outcomes import FinishReport, Result
+from orchestrator.outcomes import FinishReport, Pruned, Result
 from orchestrator.workflow import Workflow
 
 
@@ -68,3 +69,8 @@ class EventQueue(RunnerStore, Protocol):
                 all_but: Sequence[int] | None = None) -> int: ...
 
     def has_open_events(self) -> bool: ...
+
+    def archive(self, *, after_s: float, max_rows: int,
+                width: timedelta = ...) -> int | None: ...
+
+    def prune(self, older_than: timedelta) -> Pruned | None: ...

@@ -235,6 +235,16 @@ class Workflow:
         event = self.machine.events.get(trigger)
         return tuple(s for s, moves in event.transitions.items() if moves) if event else ()
 
+    def unserved_states(self) -> tuple[str, ...]:
+        """States whose arrival (on the state column) no handler serves: none of on_enter, on
+        into it, on_change of the state column. The capture trigger records those arrivals
+        finished. A workflow without any handler (rebuilt from its definition) has none."""
+        routes = [spec.route for spec in self.handlers if spec.route.column == self.column]
+        if not routes or any(r.dest is None for r in routes):
+            return ()
+        served = {r.dest for r in routes}
+        return tuple(s for s in self.states if s not in served)
+
     def definition(self) -> dict[str, Any]:
         """The workflow and its handler routes as plain data: stored by `migrate`, compared by
         every dispatcher, so dispatchers never serve one workflow with different handlers."""

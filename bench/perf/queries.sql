@@ -17,12 +17,13 @@ CREATE TABLE IF NOT EXISTS public.bench_drain (
 );
 
 -- name: vacuum
-VACUUM ANALYZE orchestrator.events, public.bench_orders, public.bench_drain;
+VACUUM ANALYZE orchestrator.events, orchestrator.events_history, public.bench_orders,
+    public.bench_drain;
 
 -- name: watermark
 -- Where a case starts: it counts only events and orders with larger ids. Earlier cases' rows
 -- stay, as history does in a database that has been running for a while.
-SELECT (SELECT coalesce(max(id), 0) FROM orchestrator.events) AS events,
+SELECT (SELECT coalesce(max(id), 0) FROM orchestrator.event_log) AS events,
        (SELECT coalesce(max(id), 0) FROM public.bench_orders) AS orders;
 
 -- name: create_ceiling
@@ -81,14 +82,14 @@ SELECT id, handler_started_s FROM public.bench_orders WHERE id = ANY(%(ids)s);
 SELECT count(*) FILTER (WHERE outcome = 'applied') AS transitions,
        extract(epoch FROM max(created_at) FILTER (WHERE new_value = 'delivered')
                           - %(start)s::timestamptz)::float8 AS seconds
-FROM orchestrator.events
+FROM orchestrator.event_log
 WHERE workflow = 'bench_order' AND id > %(events)s;
 
 -- name: drain
 -- Backlog events finished, and the time from the first claim to the last write.
 SELECT count(*) AS events,
        extract(epoch FROM max(finished_at) - min(started_at))::float8 AS seconds
-FROM orchestrator.events
+FROM orchestrator.event_log
 WHERE workflow = 'bench_drain' AND status = 'done' AND id > %(events)s;
 
 -- name: counters

@@ -15,12 +15,16 @@ def table(r: dict[str, Any]) -> Table:
     out.add_column("figure")
     out.add_column("value", justify="right")
     conns = r["ceiling_connections"]
-    out.add_row(f"ceiling: 1-row UPDATE tx/s ({conns} conns, best round)",
+    out.add_row(f"ceiling: 1-row UPDATE tx/s (best: {conns} conns, best round)",
                 f"{r['ceiling_updates_per_s']:.0f}")
-    out.add_row("  each round", _rounds(r["ceiling_rounds"]))
-    out.add_row("  the same with pg_notify", f"{r['ceiling_notify_updates_per_s']:.0f}")
-    out.add_row(f"  the same on the pool's {r['costs']['pool_size']} conns",
-                f"{r['ceiling_updates_per_s_at_pool_size']:.0f}")
+    out.add_row("  each round (best count)", _rounds(r["ceiling_rounds"]))
+    out.add_row("  by connections (best round)", " / ".join(
+        f"{n}: {v:.0f}" for n, v in r["ceiling_by_connections"].items()))
+    out.add_row(f"  the same with pg_notify ({conns} conns)",
+                f"{r['ceiling_notify_updates_per_s']:.0f}")
+    held = r["ceiling_dispatcher_connections"]
+    out.add_row(f"  on one dispatcher's {held} conns (old yardstick)",
+                f"{r['ceiling_updates_per_s_at_dispatcher_connections']:.0f}")
     s = r["sustained"]
     out.add_row(f"sustained transitions/s ({s['orders']} orders, median)",
                 f"{r['transitions_per_s']:.0f}")

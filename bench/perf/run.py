@@ -1,8 +1,9 @@
 """One bench run: prepare the database, measure each case in turn, return every figure.
 
 The order matters: rounds of sustained throughput with 1, 2, 4... dispatchers, each followed by
-the ceiling on as many connections as one dispatcher used; then latency at fractions of the
-one-dispatcher rate; then the backlog drain.
+the ceiling on 1, 2, 4, 8 and 16 connections (rounds interleaved, so that background load on a
+shared machine weighs on both alike); then latency at fractions of the one-dispatcher rate;
+then the backlog drain.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class BenchConfig:
     """Dispatcher processes per sustained run (the scaling case); the first is the reference."""
     ceiling_s: float = 5.0
     """Seconds each pgbench run lasts."""
+    ceiling_connections: tuple[int, ...] = (1, 2, 4, 8, 16)
+    """Connection counts the ceiling is measured at in each round; the best one counts."""
     repeat: int = 3
     """Rounds of sustained runs and ceiling (figures are their medians)."""
     concurrency: int = 64
@@ -70,19 +73,31 @@ def prepare(dsn: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Ceiling:
-    """The yardstick: pgbench's single-row UPDATE transactions/s, one figure per round. The
-    ceiling is the best round: other load on the machine only ever lowers it, and a high
-    ceiling is the conservative choice for the ratio."""
+    """The yardstick: pgbench's single-row UPDATE transactions/s, per round and connection
+    count. The ceiling is the best of them all: the server's best rate at any number of
+    connections, and other load on the machine only ever lowers it, so a high ceiling is the
+    conservative choice for the ratio. ``dispatcher_connections``: as many as one dispatcher
+    held (the yardstick before it was fair), for comparison."""
 
-    connections: int
-    rounds: list[float]
+    rounds: list[dict[int, float]]
+    dispatcher_connections: int
     notify_updates_per_s: float
-    pool_connections: int
-    pool_updates_per_s: float
 
     @property
     def updates_per_s(self) -> float:
-        return max(self.rounds)
+        return max(self.by_connections.values())
+
+    @property
+    def connections(self) -> int:
+        """The connection count of the best figure."""
+        best = self.by_connections
+        return max(best, key=lambda n: best[n])
+
+    @property
+    def by_connections(self) -> dict[int, float]:
+        """The best round at each connection count."""
+        counts = sorted({n for r in self.rounds for n in r})
+        return {n: max(r.get(n, 0.0) for r in self.rounds) for n in counts}
 
 
 def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, Any]:
@@ -109,24 +124,27 @@ def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, 
 def _throughput_rounds(
     config: BenchConfig, session: Session, dsn: str, say: Callable[[str], None]
 ) -> tuple[dict[int, list[throughput.Throughput]], Ceiling]:
-    """``repeat`` rounds, each a sustained run per dispatcher count and a ceiling run right
-    after, so background load on a shared machine weighs on both alike; then the ceiling with
-    NOTIFY and on the pool's size, once."""
+    """``repeat`` rounds, each a sustained run per dispatcher count and the ceiling at each
+    connection count right after, so background load on a shared machine weighs on both
+    alike; then the ceiling with NOTIFY at the best connection count, once."""
     runs: dict[int, list[throughput.Throughput]] = {n: [] for n in config.dispatcher_counts}
-    rounds: list[float] = []
+    rounds: list[dict[int, float]] = []
     used = config.pool_size + 1
+    counts = sorted({*config.ceiling_connections, config.pool_size})
     for round_ in range(1, config.repeat + 1):
         for count in config.dispatcher_counts:
             say(f"round {round_}: sustained, {config.orders} orders, {count} dispatcher(s)")
             runs[count].append(throughput.sustained(
                 session, dsn, config.dispatcher, orders=config.orders, dispatchers=count))
         used = runs[config.dispatcher_counts[0]][0].connections_per_dispatcher or used
-        say(f"round {round_}: ceiling, pgbench on {used} connections")
-        rounds.append(ceiling.updates_per_s(dsn, connections=used, seconds=config.ceiling_s))
-    say(f"ceiling with pg_notify, and on the pool's {config.pool_size} connections")
-    notify = ceiling.updates_per_s(dsn, connections=used, seconds=config.ceiling_s, notify=True)
-    pool = ceiling.updates_per_s(dsn, connections=config.pool_size, seconds=config.ceiling_s)
-    return runs, Ceiling(used, rounds, notify, config.pool_size, pool)
+        say(f"round {round_}: ceiling, pgbench on {', '.join(map(str, counts))} connections")
+        rounds.append({n: ceiling.updates_per_s(dsn, connections=n, seconds=config.ceiling_s)
+                       for n in sorted({*counts, used})})
+    top = Ceiling(rounds, used, 0.0)
+    say(f"ceiling with pg_notify on {top.connections} connections")
+    notify = ceiling.updates_per_s(dsn, connections=top.connections, seconds=config.ceiling_s,
+                                   notify=True)
+    return runs, Ceiling(rounds, used, notify)
 
 
 def _median_run(runs: list[throughput.Throughput]) -> throughput.Throughput:
@@ -145,8 +163,15 @@ def results(config: BenchConfig, env: dict[str, Any], top: Ceiling,
         "ceiling_updates_per_s": round(top.updates_per_s, 1),
         "ceiling_notify_updates_per_s": round(top.notify_updates_per_s, 1),
         "ceiling_connections": top.connections,
-        "ceiling_updates_per_s_at_pool_size": round(top.pool_updates_per_s, 1),
-        "ceiling_rounds": [round(x, 1) for x in top.rounds],
+        "ceiling_by_connections": {str(n): round(v, 1) for n, v in top.by_connections.items()},
+        "ceiling_updates_per_s_at_pool_size": round(
+            top.by_connections.get(config.pool_size, 0.0), 1),
+        "ceiling_dispatcher_connections": top.dispatcher_connections,
+        "ceiling_updates_per_s_at_dispatcher_connections": round(
+            top.by_connections.get(top.dispatcher_connections, 0.0), 1),
+        "ceiling_rounds": [round(max(r.values()), 1) for r in top.rounds],
+        "ceiling_rounds_by_connections": [{str(n): round(v, 1) for n, v in r.items()}
+                                          for r in top.rounds],
         "transitions_per_s": round(ref.transitions_per_s, 1),
         "ratio_to_ceiling": round(ref.transitions_per_s / top.updates_per_s, 3),
         "sustained": throughput.as_dict(ref, top.updates_per_s),

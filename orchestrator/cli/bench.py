@@ -15,13 +15,13 @@ from orchestrator.errors import ConfigError
 BENCH_DATABASE = "orchestrator_bench"
 
 
-def _counts(text: str) -> tuple[int, ...]:
+def _counts(text: str, flag: str = "--dispatchers") -> tuple[int, ...]:
     try:
         counts = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ConfigError(f"--dispatchers takes counts like 1,2,4, not {text!r}") from None
+        raise ConfigError(f"{flag} takes counts like 1,2,4, not {text!r}") from None
     if not counts or min(counts) < 1:
-        raise ConfigError(f"--dispatchers takes counts of at least 1, not {text!r}")
+        raise ConfigError(f"{flag} takes counts of at least 1, not {text!r}")
     return counts
 
 
@@ -38,6 +38,9 @@ def bench(
     dispatchers: Annotated[str, typer.Option(
         help="Dispatcher processes per sustained run, comma-separated.")] = "1,2,4",
     ceiling_s: Annotated[float, typer.Option(help="Seconds of each pgbench run.")] = 5.0,
+    ceiling_connections: Annotated[str, typer.Option(
+        help="Connection counts of the ceiling's pgbench runs, comma-separated; the best "
+             "counts.")] = "1,2,4,8,16",
     repeat: Annotated[int, typer.Option(
         help="Rounds of sustained runs and ceiling (median throughput, best ceiling).")] = 3,
     concurrency: Annotated[int, typer.Option(help="Handlers a dispatcher runs at once.")] = 64,
@@ -57,6 +60,7 @@ def bench(
     config = BenchConfig(
         orders=orders, backlog_events=backlog, unloaded_orders=unloaded_orders, paced_s=paced_s,
         dispatcher_counts=_counts(dispatchers), ceiling_s=ceiling_s, repeat=repeat,
+        ceiling_connections=_counts(ceiling_connections, "--ceiling-connections"),
         concurrency=concurrency,
         pool_size=pool_size, batch_size=batch_size)
     settings = Settings.load(dsn=dsn, data_dir=data_dir)

@@ -98,6 +98,7 @@ def run(
     metrics_port: Annotated[int | None, setting_option("metrics_port")] = None,
     metrics_host: Annotated[str | None, setting_option("metrics_host")] = None,
     log_format: Annotated[str | None, setting_option("log_format")] = None,
+    retention: Annotated[str | None, setting_option("retention")] = None,
     until_idle: Annotated[bool, typer.Option(
         help="Exit once no event of the served workflows is pending or running (for scripts "
              "and tests).")] = False,

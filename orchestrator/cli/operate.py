@@ -1,4 +1,4 @@
-"""Operator commands: status, events, history, retry, fire, graph.
+"""Operator commands: status, events, history, retry, prune, fire, graph.
 
 They read the workflow definitions installed in the database, so they need no handler code.
 """
@@ -72,6 +72,7 @@ def events(
     """List events, newest first."""
     with opened(dsn, data_dir) as orch:
         rows = admin.events(orch.reports, status=status, workflow=workflow, row=order, limit=limit)
+        pruned = orch.reports.pruned()
     if json:
         print_json(rows)
         return
@@ -82,6 +83,8 @@ def events(
         table.add_row(*map(shown, (r["id"], r["workflow"], r["row_key"], _change(r),
                                    r["status"], r["outcome"], r["attempts"], r["last_error"])))
     out.print(table)
+    if (note := admin.pruned_note(None if pruned is None else pruned.isoformat())) is not None:
+        out.print(note, markup=False)
 
 
 @app.command()
@@ -98,6 +101,8 @@ def history(
         return
     out.print(f"{escape(plain(report['workflow']))} {escape(plain(report['key']))}: "
               f"now [bold]{escape(plain(report['state']))}[/bold]", soft_wrap=True)
+    if (note := admin.pruned_note(report["pruned_before"])) is not None:
+        out.print(note, markup=False)
     table = Table()
     for col in ("event", "change", "handler", "status", "outcome", "attempts", "created",
                 "finished", "errors"):
@@ -137,6 +142,44 @@ def retry(
     for e in chosen:
         out.print(plain(f"  {e['id']}  {e['workflow']} {e['key']}  {e['error'] or ''}"),
                   soft_wrap=True, markup=False)
+
+
+@app.command()
+@friendly
+def prune(
+    older_than: Annotated[str | None, typer.Option(
+        help="Remove finished events older than this (a duration: 3d, 12h, 90m), whole hours "
+             "at a time; with --dead, dead events that died longer ago than this.",
+        show_default=False)] = None,
+    dead: Annotated[bool, typer.Option(
+        "--dead", help="Remove dead events instead (they are never pruned otherwise).")] = False,
+    handler: Annotated[str | None, typer.Option(
+        help="With --dead: only dead events of this handler (full or last dotted name).",
+        show_default=False)] = None,
+    workflow: Workflow = None,
+    dry_run: Annotated[bool, typer.Option(help="Count what would be removed.")] = False,
+    dsn: Dsn = None, data_dir: DataDir = None, json: Json = False,
+) -> None:
+    """Remove old history by hand: finished events older than --older-than (what dispatchers
+    do themselves with --retention), or dead events with --dead."""
+    if not dead and older_than is None:
+        raise typer.BadParameter("give --older-than (or --dead)", param_hint="--older-than")
+    with opened(dsn, data_dir) as orch:
+        if dead:
+            report = admin.prune_dead(orch.reports, older_than=older_than, workflow=workflow,
+                                      handler=handler, dry_run=dry_run)
+        else:
+            report = admin.prune(orch.reports, older_than=str(older_than), dry_run=dry_run)
+    if json:
+        print_json(report)
+        return
+    verb = "would remove" if dry_run else "removed"
+    what = "dead events" if dead else "finished events"
+    before = report.get("finished_before")
+    where = "" if dead or before is None else (
+        f" ({report['partitions']} partitions of history; none finished before "
+        f"{before[:19].replace('T', ' ')} UTC is left)")
+    out.print(f"{verb}: {report['events']} {what}{where}", markup=False)
 
 
 @app.command()

@@ -189,3 +189,15 @@ SELECT pg_terminate_backend(%(pid)s);
 -- The server process of this transaction. Behind a transaction-mode pooler the pid a client
 -- was told at connect time is the pooler's invention; this one stays true until COMMIT.
 SELECT pg_backend_pid();
+
+-- name: archive
+-- Finished events leave the queue for the history (see orchestrator.archive_v1): the queue
+-- keeps only open, dead and recently finished events. NULL: another session is at it.
+SELECT orchestrator.archive_v1(now() - make_interval(secs => %(after_s)s), %(max_rows)s,
+                               false, %(width)s::interval);
+
+-- name: prune
+-- Finished events older than the retention leave the history, whole hours at a time (see
+-- orchestrator.prune_v1). No row: another session is at it, and this one does not wait.
+SELECT events, partitions, pruned_before
+FROM orchestrator.prune_v1(now() - %(older_than)s::interval, %(dry_run)s, %(wait)s);

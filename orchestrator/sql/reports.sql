@@ -1,7 +1,9 @@
 -- What operators read and do, loaded once by orchestrator.reports: counts, lists and histories of
--- the event log, the dashboard's samples, and the two operator writes (redrive, override). Each
--- starts with "-- name: x"; {table}-style names are a workflow's table and columns, composed in
--- with psycopg.sql.Identifier.
+-- the event log, the dashboard's samples, and the operator writes (redrive, override, prune).
+-- Each starts with "-- name: x"; {table}-style names are a workflow's table and columns,
+-- composed in with psycopg.sql.Identifier. Reads of finished events go through
+-- orchestrator.event_log, the queue and the history as one (finished events move from one to
+-- the other within seconds); counts of open and dead events read the queue alone.
 
 -- name: event_counts
 -- Open and dead events per workflow; each status has its own partial index.
@@ -38,7 +40,7 @@ GROUP BY workflow;
 -- name: list_events
 SELECT id, workflow, row_key, op, column_name, old_value, new_value, status, outcome, attempts,
        handler, next_state, last_error, created_at, started_at, finished_at, run_after
-FROM orchestrator.events
+FROM orchestrator.event_log
 WHERE (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(workflow)s::text IS NULL OR workflow = %(workflow)s)
   AND (%(row_key)s::text IS NULL OR row_key = %(row_key)s)
@@ -50,14 +52,14 @@ LIMIT %(limit)s;
 -- name: row_history
 SELECT id, workflow, row_key, op, column_name, old_value, new_value, status, outcome, attempts,
        handler, next_state, last_error, created_at, started_at, finished_at, run_after
-FROM orchestrator.events
+FROM orchestrator.event_log
 WHERE workflow = %(workflow)s AND row_key = %(row_key)s
 ORDER BY id;
 
 -- name: row_errors
 SELECT r.event_id, r.attempt, r.error, r.at
 FROM orchestrator.event_errors r
-JOIN orchestrator.events e ON e.id = r.event_id
+JOIN orchestrator.event_log e ON e.id = r.event_id
 WHERE e.workflow = %(workflow)s AND e.row_key = %(row_key)s
 ORDER BY r.id;
 
@@ -76,17 +78,17 @@ SELECT r.key, r.state, s.since, extract(epoch FROM now() - s.since)::float8 AS a
 FROM (SELECT {key}::text AS key, {state}::text AS state FROM {table}
       WHERE {state}::text = ANY(%(states)s) LIMIT %(examine)s) r
 LEFT JOIN LATERAL (
-    SELECT e.created_at AS since FROM orchestrator.events e
+    SELECT e.created_at AS since FROM orchestrator.event_log e
     WHERE e.workflow = %(workflow)s AND e.row_key = r.key AND e.column_name = %(column)s
       AND e.op <> 'TIMER'
     ORDER BY e.id DESC LIMIT 1) s ON true
 LEFT JOIN LATERAL (
-    SELECT e.* FROM orchestrator.events e
+    SELECT e.* FROM orchestrator.event_log e
     WHERE e.workflow = %(workflow)s AND e.row_key = r.key AND e.op <> 'TIMER'
     ORDER BY e.id DESC LIMIT 1) l ON true
 LEFT JOIN LATERAL (
     SELECT e.run_after AS deadline_at, e.new_value AS deadline_to
-    FROM orchestrator.events e
+    FROM orchestrator.event_log e
     WHERE e.workflow = %(workflow)s AND e.row_key = r.key AND e.op = 'TIMER'
       AND e.status = 'pending'
     ORDER BY e.id DESC LIMIT 1) t ON true
@@ -102,7 +104,7 @@ SELECT r.state, count(*) AS rows
 FROM (SELECT {key}::text AS key, {state}::text AS state FROM {table}
       WHERE {state}::text = ANY(%(states)s) LIMIT %(examine)s) r
 LEFT JOIN LATERAL (
-    SELECT e.created_at AS since FROM orchestrator.events e
+    SELECT e.created_at AS since FROM orchestrator.event_log e
     WHERE e.workflow = %(workflow)s AND e.row_key = r.key AND e.column_name = %(column)s
       AND e.op <> 'TIMER'
     ORDER BY e.id DESC LIMIT 1) s ON true
@@ -123,13 +125,13 @@ FROM (SELECT workflow, finished_at,
              CASE WHEN op <> 'TIMER' AND attempts = 1
                   THEN greatest(0, extract(epoch FROM started_at - created_at))::float8
              END AS lag_s
-      FROM orchestrator.events
+      FROM orchestrator.event_log
       WHERE id >= %(floor)s AND finished_at > %(since)s AND status IN ('done', 'dead')
         AND outcome IS DISTINCT FROM 'cancelled') f
 GROUP BY workflow;
 
 -- name: event_horizon
-SELECT now() AS now, coalesce(max(id), 0) AS max_id FROM orchestrator.events;
+SELECT now() AS now, coalesce(max(id), 0) AS max_id FROM orchestrator.event_log;
 
 -- name: dead_events
 -- Dead events chosen for a redrive, locked so two operators cannot redrive one event twice.
@@ -143,7 +145,7 @@ ORDER BY id
 FOR UPDATE;
 
 -- name: event_statuses
-SELECT id, status FROM orchestrator.events WHERE id = ANY(%(ids)s);
+SELECT id, status FROM orchestrator.event_log WHERE id = ANY(%(ids)s);
 
 -- name: redrive
 -- Back to the queue with a fresh set of attempts; the history keeps the earlier errors.
@@ -177,3 +179,19 @@ SELECT {state} AS state FROM {table} WHERE {key} = %(key)s;
 -- name: move_row
 -- An operator's move of one row (compare-and-set on the state it was seen in).
 UPDATE {table} SET {state} = %(dest)s WHERE {key} = %(key)s AND {state} = %(source)s;
+
+-- name: pruned
+-- The latest prune: finished events before `before` are gone (NULL: nothing was ever pruned).
+SELECT max(finished_before) AS before, max(at) AS at FROM orchestrator.prunes;
+
+-- name: prune
+-- Finished events older than %(older_than)s leave the history, whole hours at a time (see
+-- orchestrator.prune_v1); waits for a dispatcher's archive or prune under way.
+SELECT events, partitions, pruned_before
+FROM orchestrator.prune_v1(now() - %(older_than)s::interval, %(dry_run)s, true);
+
+-- name: prune_dead
+-- Dead events that died more than %(older_than)s ago leave for good (see
+-- orchestrator.prune_dead_v1).
+SELECT orchestrator.prune_dead_v1(now() - %(older_than)s::interval, %(workflow)s, %(handler)s,
+                                  %(dry_run)s) AS events;

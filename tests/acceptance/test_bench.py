@@ -14,7 +14,8 @@ from orchestrator.bench import report
 from tests.acceptance.test_cli import cli
 
 TINY = ["--orders", "20", "--repeat", "1", "--backlog", "50", "--unloaded-orders", "3",
-        "--paced-s", "0.5", "--dispatchers", "1,2", "--ceiling-s", "1"]
+        "--paced-s", "0.5", "--dispatchers", "1,2", "--ceiling-s", "1",
+        "--ceiling-connections", "1,2"]
 
 
 def test_a_tiny_bench_run_reports_every_figure(dsn: str) -> None:
@@ -29,6 +30,11 @@ def test_a_tiny_bench_run_reports_every_figure(dsn: str) -> None:
     for case in result["latency"].values():
         assert {"p50_ms", "p95_ms", "p99_ms"} <= set(case)
     assert result["sustained"]["transitions"] == 20 * 6
+    # The ceiling is the best at any connection count measured (the pool's 4 is always one).
+    by_count = result["ceiling_by_connections"]
+    assert set(by_count) >= {"1", "2", "4"}
+    assert result["ceiling_updates_per_s"] == max(by_count.values())
+    assert by_count[str(result["ceiling_connections"])] == result["ceiling_updates_per_s"]
     assert [run["dispatchers"] for run in result["scaling"]] == [1, 2]
     assert result["backlog"]["events"] == 50
     assert {"notifies_per_transition", "commits_per_transition", "wal_bytes_per_transition",

@@ -51,7 +51,7 @@ def test_demo_summary_matches_the_database(demo_db: tuple[str, dict[str, Any]]) 
     states = dict(query(dsn, "SELECT status, count(*) FROM orders GROUP BY 1"))
     assert summary["final_states"] == states
     assert set(states) <= {"delivered", "rejected", "cancelled", "failed"}
-    applied = query(dsn, "SELECT count(*) FROM orchestrator.events WHERE outcome = 'applied'")
+    applied = query(dsn, "SELECT count(*) FROM orchestrator.event_log WHERE outcome = 'applied'")
     assert summary["transitions"] == applied[0][0]
     dead = query(dsn, "SELECT count(*) FROM orchestrator.events WHERE status = 'dead'")
     assert summary["dead_events"] == dead[0][0] == states.get("failed", 0)
@@ -323,7 +323,7 @@ def test_several_dispatchers_never_charge_twice_nor_double_book_an_agent(
     for (a1, _, end1), (a2, start2, _) in pairwise(spans):
         if a1 == a2:
             assert end1 <= start2, f"agent {a1} had two orders at once"
-    claimants = sql("SELECT count(DISTINCT claimed_by) FROM orchestrator.events"
+    claimants = sql("SELECT count(DISTINCT claimed_by) FROM orchestrator.event_log"
                     " WHERE workflow = 'food_order' AND op <> 'TIMER'")[0][0]
     assert claimants == 3, "not every dispatcher took part"
     # Only the expired card fails: no race between dispatchers kills an event.
@@ -376,3 +376,24 @@ def run_test_demo_from_a_fresh_embedded_server(env: dict[str, str]) -> None:
         exactly_once.assert_charged_once(lambda q, p=None: query(uri, q, p))
     finally:
         cli("db", "stop", env=env)
+
+
+def test_prune_by_hand_and_a_timeline_that_says_what_it_lost(dsn: str, sql: Any) -> None:
+    order = database.place_order(sql, "prune-1")
+    assert cli("run", "--until-idle", "--dsn", dsn).returncode == 0
+    sql("UPDATE orchestrator.events SET finished_at = now() - interval '5 days'"
+        " WHERE row_key = %s AND op = 'INSERT'", (str(order),))
+    dry = cli_json("prune", "--older-than", "3d", "--dry-run", "--dsn", dsn)
+    assert dry == {"dry_run": True, "dead": False, "events": 1, "partitions": 0,
+                   "finished_before": dry["finished_before"]}
+    done = cli("prune", "--older-than", "3d", "--dsn", dsn)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("removed: 1 finished events (1 partitions of history")
+    story = cli("history", str(order), "--workflow", "food_order", "--dsn", dsn)
+    assert "older history pruned: events finished before" in story.stdout
+    assert cli_json("history", str(order), "--workflow", "food_order", "--dsn", dsn)[
+        "pruned_before"] is not None
+    assert "older history pruned" in cli("events", "--dsn", dsn).stdout
+    assert cli_json("prune", "--dead", "--dsn", dsn)["events"] == 0
+    assert_one_line_error(cli("prune", "--older-than", "soon", "--dsn", dsn),
+                          "'soon' is not a duration")

@@ -39,7 +39,7 @@ def test_the_demo_completes_through_pgbouncer_with_listen_on_a_direct_connection
     # session): no attempt may have failed for that reason.
     assert sql("SELECT count(*) FROM orchestrator.event_errors WHERE error LIKE '%%prepared%%'"
                ) == [(0,)]
-    applied = sql("SELECT count(*) FROM orchestrator.events WHERE outcome = 'applied'")[0][0]
+    applied = sql("SELECT count(*) FROM orchestrator.event_log WHERE outcome = 'applied'")[0][0]
     assert transactions >= applied, "the work did not go through PgBouncer"
 
 

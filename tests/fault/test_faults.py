@@ -136,7 +136,8 @@ def test_results_finished_during_a_database_outage_are_written_after(
 
     monkeypatch.delenv("JOBS_EXEC_LOG", raising=False)
     monkeypatch.setattr(jobs_module, "_log", held)
-    notes = "SELECT status, outcome, attempts FROM orchestrator.events WHERE column_name = 'note'"
+    notes = ("SELECT status, outcome, attempts FROM orchestrator.event_log"
+             " WHERE column_name = 'note'")
     with running(settings):
         wait_for(lambda: len(arrived) == 4, what="the four handlers to be running")
         server.stop("fast")
@@ -269,7 +270,7 @@ def test_a_handler_that_kills_its_process_ends_dead_and_blocks_no_other_row(
     # Run alone after the first crash, the bystanders lost one attempt at most, not their life.
     assert q(dsn, "SELECT status, count(*) FROM jobs GROUP BY 1 ORDER BY 1") == [
         ("failed", 1), ("finished", 10)]
-    assert q(dsn, "SELECT max(attempts) FROM orchestrator.events e JOIN jobs j"
+    assert q(dsn, "SELECT max(attempts) FROM orchestrator.event_log e JOIN jobs j"
                   " ON j.id::text = e.row_key WHERE j.ret IS NULL AND e.workflow = 'jobs'"
                   " AND e.column_name = 'status' AND e.old_value IS NULL")[0][0] <= 2
     (error,) = q(dsn, "SELECT last_error FROM orchestrator.events WHERE status = 'dead'")[0]

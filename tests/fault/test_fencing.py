@@ -21,7 +21,7 @@ pytestmark = pytest.mark.fault
 
 def held_by(sql: Any, proc: subprocess.Popen[str]) -> int:
     """How many jobs events ``proc`` holds claims on."""
-    return int(sql("SELECT count(*) FROM orchestrator.events WHERE workflow = 'jobs'"
+    return int(sql("SELECT count(*) FROM orchestrator.event_log WHERE workflow = 'jobs'"
                    " AND status = 'running' AND claimed_by LIKE %s", (f"%:{proc.pid}:%",))[0][0])
 
 
@@ -98,7 +98,7 @@ def test_rows_moved_by_hand_while_their_handlers_run_keep_that_move(
             stop(proc)
     exactly_once.assert_no_state_written_twice(sql)
     exactly_once.assert_job_effects_once(sql)
-    outcomes = dict(sql("SELECT row_key::bigint, outcome FROM orchestrator.events"
+    outcomes = dict(sql("SELECT row_key::bigint, outcome FROM orchestrator.event_log"
                         " WHERE workflow = 'jobs' AND op = 'INSERT'"))
     assert outcomes == {job: "stale" if job in moved else "applied" for job in ids}
     assert sorted(j for (j,) in sql("SELECT job_id FROM job_effects")) == sorted(

@@ -16,24 +16,24 @@ from tests.support.processes import dispatcher, finish, wait_for
 
 def timers(sql: Any) -> list[tuple[Any, ...]]:
     return sql("SELECT row_key, old_value, new_value, status, outcome, handler"
-               " FROM orchestrator.events WHERE op = 'TIMER' ORDER BY id")
+               " FROM orchestrator.event_log WHERE op = 'TIMER' ORDER BY id")
 
 
 def test_a_row_left_in_a_state_moves_on_at_its_deadline_once(sql: Any, run_idle: Any) -> None:
     (ticket,) = sql("INSERT INTO tickets DEFAULT VALUES RETURNING id")[0]
-    (due,) = sql("SELECT run_after - created_at FROM orchestrator.events WHERE op = 'TIMER'")[0]
+    (due,) = sql("SELECT run_after - created_at FROM orchestrator.event_log WHERE op = 'TIMER'")[0]
     assert due.total_seconds() == pytest.approx(1.0, abs=0.05)
     run_idle()  # waits for the timer: a pending deadline is open work
     assert sql("SELECT status FROM tickets") == [("escalated",)]
     assert timers(sql) == [(str(ticket), "open", "escalated", "done", "applied", "deadline")]
-    escalation = sql("SELECT old_value, new_value, status FROM orchestrator.events"
+    escalation = sql("SELECT old_value, new_value, status FROM orchestrator.event_log"
                      " WHERE op = 'UPDATE' AND workflow = 'tickets'")
     assert escalation == [("open", "escalated", "done")]
 
 
 def deadlines_passed(sql: Any) -> None:
     """Wait until every deadline timer is due (by the database's clock)."""
-    wait_for(lambda: sql("SELECT bool_and(run_after < now()) FROM orchestrator.events"
+    wait_for(lambda: sql("SELECT bool_and(run_after < now()) FROM orchestrator.event_log"
                          " WHERE op = 'TIMER'")[0][0], timeout_s=30, what="the deadlines")
 
 
@@ -81,13 +81,13 @@ def test_deadlines_fire_once_with_several_dispatchers(dsn: str, sql: Any) -> Non
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             finish(proc)
-    fired = sql("SELECT row_key, count(*) FROM orchestrator.events WHERE op = 'TIMER'"
+    fired = sql("SELECT row_key, count(*) FROM orchestrator.event_log WHERE op = 'TIMER'"
                 " AND outcome = 'applied' GROUP BY 1")
     assert len(fired) == 60 and {n for _, n in fired} == {1}
-    assert sql("SELECT count(*) FROM orchestrator.events WHERE op = 'TIMER'") == [(60,)]
+    assert sql("SELECT count(*) FROM orchestrator.event_log WHERE op = 'TIMER'") == [(60,)]
     assert sql("SELECT count(*) FROM witness_state_writes") == [(60,)]
     exactly_once.assert_no_state_written_twice(sql)
-    claimants = sql("SELECT count(DISTINCT claimed_by) FROM orchestrator.events"
+    claimants = sql("SELECT count(DISTINCT claimed_by) FROM orchestrator.event_log"
                     " WHERE op = 'TIMER'")[0][0]
     assert claimants >= 2, "one dispatcher fired every deadline: this proved nothing"
 

@@ -51,7 +51,7 @@ def test_two_dispatchers_never_run_an_event_twice_nor_apply_a_transition_twice(
         sql("INSERT INTO jobs (sleep_s) SELECT 0.05 FROM generate_series(1, 80)")
         wait_for(settled(sql), timeout_s=120, what="every job to finish")
     assert sql("SELECT status, count(*) FROM jobs GROUP BY 1") == [("finished", 80)]
-    assert sql("SELECT count(*) FROM orchestrator.events WHERE outcome = 'applied'") == [(160,)]
+    assert sql("SELECT count(*) FROM orchestrator.event_log WHERE outcome = 'applied'") == [(160,)]
     twice = sql("SELECT event_id FROM executions GROUP BY 1 HAVING count(*) > 1")
     assert twice == []
     exactly_once.assert_no_state_written_twice(sql)

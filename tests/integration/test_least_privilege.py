@@ -6,6 +6,7 @@ moves rows outside their workflow; orchestrator_reader reads."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -43,6 +44,15 @@ EVENT_LOG_WRITES = [
     "UPDATE orchestrator.workflows SET initial_state = 'finished'",
     "CREATE OR REPLACE FUNCTION orchestrator.guard_v2() RETURNS trigger"
     " LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+    "DELETE FROM orchestrator.events_history",
+    "DROP TABLE orchestrator.events_history",
+    "INSERT INTO orchestrator.prunes (finished_before, events, partitions) VALUES (now(), 0, 0)",
+    "SELECT orchestrator.prune_dead_v1(now(), NULL, NULL, false)",
+]
+# Only dispatchers and administrators apply the retention (through the definer functions).
+RETENTION = [
+    "SELECT orchestrator.archive_v1(now(), NULL, true, '1 hour')",
+    "SELECT * FROM orchestrator.prune_v1(now(), false, true)",
 ]
 
 
@@ -94,6 +104,27 @@ def test_a_dispatcher_works_as_the_least_privilege_role(
                ) == [(0,)]
     assert sql("SELECT error FROM orchestrator.event_errors WHERE error NOT LIKE"
                " 'RuntimeError: boom on attempt 1'") == []
+
+
+def test_the_dispatcher_role_applies_the_retention_and_an_admin_prunes_dead_events(
+        dsn: str, sql: Any, registry: Registry) -> None:
+    sql("INSERT INTO jobs (fail_times) SELECT 0 FROM generate_series(1, 3)")
+    with Orchestrator(Settings.load(env={}, dsn=dsn, **FAST), registry) as orch:
+        orch.dispatcher(until_idle=True).run()
+    sql("UPDATE orchestrator.events SET finished_at = now() - interval '5 days'")
+    with roles.dispatcher_role(dsn) as role_dsn, \
+            Orchestrator(Settings.load(env={}, dsn=role_dsn, **FAST), registry) as orch:
+        assert orch.store.archive(after_s=10, max_rows=100) == 9
+        pruned = orch.store.prune(timedelta(days=1))
+        assert pruned is not None and pruned.events == 9
+        with pytest.raises(StoreError, match="permission denied"):
+            orch.reports.prune_dead(timedelta(0), workflow=None, handler=None)
+    event = dead_job(dsn, sql, registry)
+    with roles.login_role(dsn, prefix="orch_admin", member_of="orchestrator_admin") as admin_dsn, \
+            Orchestrator(Settings.load(env={}, dsn=admin_dsn, pool_size=1)) as orch:
+        assert orch.reports.prune_dead(timedelta(0), workflow="jobs", handler=None) == 1
+        assert orch.reports.prune(timedelta(days=1)).events == 0
+    assert sql("SELECT count(*) FROM orchestrator.events WHERE id = %s", (event,)) == [(0,)]
 
 
 @pytest.mark.parametrize("statement", [
@@ -222,7 +253,9 @@ def test_a_writer_cannot_redirect_the_trigger_functions_through_its_search_path(
 
 @pytest.mark.parametrize("statement", [
     *EVENT_LOG_WRITES,
+    *RETENTION,
     "SELECT * FROM orchestrator.events",
+    "SELECT * FROM orchestrator.event_log",
 ])
 def test_a_writer_cannot_touch_the_event_log(writer: str, statement: str) -> None:
     assert denied(refused(writer, statement))
@@ -295,5 +328,5 @@ def test_a_reader_reads_and_changes_nothing(dsn: str, sql: Any, registry: Regist
             assert admin.history(orch.reports, jobs, str(sql("SELECT id FROM jobs")[0][0]))
             with pytest.raises(StoreError, match="permission denied"):
                 admin.redrive(orch.reports, ids=[event])
-        for statement in EVENT_LOG_WRITES:
+        for statement in EVENT_LOG_WRITES + RETENTION:
             assert denied(refused(reader_dsn, statement))

@@ -86,3 +86,31 @@ def test_a_trigger_of_someone_else_is_never_replaced(dsn: str, sql: Any, things:
                        "'orchestrator_mine_guard_update' that is not this workflow's"):
         install(dsn, workflow("mine"))
     assert triggers(sql) == {"orchestrator_mine_guard_update": "audit()"}
+
+
+def test_an_arrival_no_handler_serves_is_recorded_finished_and_wakes_nobody(
+        dsn: str, sql: Any, things: None) -> None:
+    wf = workflow("served")
+    wf.on_enter("new")(lambda event: "done")
+    install(dsn, wf)
+    assert [call for name, call in triggers(sql).items() if "capture" in name] == [
+        "orchestrator.capture_v3('served', 'id', 'status', '', 'done')"] * 2
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN orchestrator")
+        sql("INSERT INTO things (id) VALUES (1)")
+        assert len(list(listener.notifies(timeout=1, stop_after=1))) == 1
+        sql("UPDATE things SET status = 'done'")
+        assert list(listener.notifies(timeout=0.5)) == []
+    assert sql("SELECT new_value, status, outcome, attempts, finished_at IS NOT NULL"
+               " FROM orchestrator.events ORDER BY id") == [
+        ("new", "pending", None, 0, False), ("done", "done", "no_handler", 0, True)]
+
+
+def test_a_workflow_without_handlers_records_every_arrival_as_work(
+        dsn: str, sql: Any, things: None) -> None:
+    install(dsn, workflow("bare"))  # as rebuilt from its stored definition: no handlers
+    assert "'status')" in triggers(sql)["orchestrator_bare_capture_insert"]
+    sql("INSERT INTO things (id) VALUES (1)")
+    sql("UPDATE things SET status = 'done'")
+    assert sql("SELECT status FROM orchestrator.events ORDER BY id") == [
+        ("pending",), ("pending",)]

@@ -22,7 +22,7 @@ Sql = Callable[..., list[tuple[Any, ...]]]
 JOB_EFFECTS_NOT_ONCE = """
 SELECT e.id, e.status, e.outcome, e.attempts, e.claimed_by,
        array_agg(f.attempt || '@' || f.pid ORDER BY f.attempt) FILTER (WHERE f.event_id IS NOT NULL)
-FROM orchestrator.events e LEFT JOIN job_effects f ON f.event_id = e.id
+FROM orchestrator.event_log e LEFT JOIN job_effects f ON f.event_id = e.id
 WHERE e.workflow = 'jobs'
 GROUP BY e.id
 HAVING count(f.event_id) <> CASE WHEN e.status = 'done' AND e.outcome IN ('applied', 'noop')
@@ -32,7 +32,7 @@ HAVING count(f.event_id) <> CASE WHEN e.status = 'done' AND e.outcome IN ('appli
 UNION ALL
 SELECT f.event_id, NULL, 'no such event', NULL, NULL, NULL
 FROM job_effects f
-WHERE NOT EXISTS (SELECT FROM orchestrator.events e WHERE e.id = f.event_id)
+WHERE NOT EXISTS (SELECT FROM orchestrator.event_log e WHERE e.id = f.event_id)
 ORDER BY 1
 """
 
@@ -40,7 +40,7 @@ ORDER BY 1
 # that finished them (JOBS_EXEC_LOG must be set for the processes that ran them).
 JOBS_UNEXECUTED = """
 SELECT e.id, e.handler, e.attempts
-FROM orchestrator.events e
+FROM orchestrator.event_log e
 WHERE e.workflow = 'jobs' AND e.status = 'done' AND e.outcome IN ('applied', 'noop')
   AND e.handler IS NOT NULL
   AND NOT EXISTS (SELECT FROM executions x WHERE x.event_id = e.id AND x.attempt = e.attempts)

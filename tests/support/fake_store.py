@@ -23,13 +23,17 @@ It imitates only what the loop relies on, and each of those has a test on a real
 - has_open_events (every run_idle test); verify_workflows raises DefinitionError once the
   installed definition changed (test_engine.py:
   test_a_running_dispatcher_stops_when_another_definition_is_installed);
+- archive and prune keep everything and report nothing moved or removed: the events of a
+  unit test's run never reach their age (integration/test_retention.py);
 - extend_leases and terminate_backend are only recorded (fault/test_faults.py:
   test_a_heartbeat_keeps_a_long_handler_from_being_taken_over; test_engine.py:
   test_a_handler_past_its_timeout_fails_and_is_retried);
 - every verb raises DatabaseUnavailable while ``down``, and a claim can commit with its answer
   lost (fault/test_faults.py: test_the_database_restarting_mid_run_loses_nothing).
 A row change records an event for the state column and each watched column, as the capture
-trigger does (test_engine.py: test_trigger_records_insert_and_real_changes_only). A handler's
+trigger does, an arrival no handler serves already finished (test_engine.py:
+test_trigger_records_insert_and_real_changes_only; test_triggers.py:
+test_an_arrival_no_handler_serves_is_recorded_finished_and_wakes_nobody). A handler's
 own transaction is a list of what it executed; the fake writes a result the same with or
 without it.
 """
@@ -41,12 +45,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from orchestrator.errors import DatabaseUnavailable, DefinitionError
 from orchestrator.events import Event
-from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Result
+from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Pruned, Result
 from orchestrator.workflow import Workflow
 
 PENDING, RUNNING = EventStatus.PENDING, EventStatus.RUNNING
@@ -273,6 +277,15 @@ class FakeStore:
             self._answer()
             return any(r.status in (PENDING, RUNNING) for r in self.events.values())
 
+    def archive(self, *, after_s: float, max_rows: int,
+                width: timedelta = timedelta(hours=1)) -> int | None:
+        self._answer()
+        return 0
+
+    def prune(self, older_than: timedelta) -> Pruned | None:
+        self._answer()
+        return Pruned(0, 0, datetime.now(UTC) - older_than)
+
     def transaction(self, *, pooled: bool) -> FakeTransaction:
         return FakeTransaction(pid=next(self._ids) + 10_000)
 
@@ -297,7 +310,10 @@ class FakeStore:
                       old_value=None if old is None else str(old),
                       new_value=None if new is None else str(new), old_row=dict(old_row),
                       new_row=dict(new_row), attempt=0, created_at=datetime.now(UTC))
-        self.events[event.id] = record = Record(event, run_after=self.clock())
+        record = Record(event, run_after=self.clock())
+        if column == wf.column and event.new_value in wf.unserved_states():
+            record.status, record.outcome = EventStatus.DONE, Outcome.NO_HANDLER
+        self.events[event.id] = record
         self._changed.notify_all()
         return record
 

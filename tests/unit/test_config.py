@@ -1,8 +1,9 @@
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Settings, help_for
+from orchestrator.config import Settings, format_duration, help_for, parse_duration
 from orchestrator.errors import ConfigError
 
 
@@ -65,3 +66,28 @@ def test_the_repr_shows_no_connection_string_nor_password_command() -> None:
                              password_command="echo s3cret")
     assert "s3cret" not in repr(settings) and "s3cret" not in str(settings)
     assert "dsn=" not in repr(settings) and "lease_s=30.0" in repr(settings)
+
+
+@pytest.mark.parametrize("text,seconds", [("3d", 259200), ("12h", 43200), ("90m", 5400),
+                                          ("1h30m", 5400), ("45s", 45), ("1w", 604800),
+                                          ("1.5h", 5400), (" 2D ", 172800)])
+def test_durations_read_as_numbers_with_units(text: str, seconds: float) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "3", "d", "3x", "3d-1h", "-3d", "3 days"])
+def test_a_malformed_duration_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="not a duration"):
+        parse_duration(text)
+
+
+def test_retention_is_a_duration_from_env_or_flag() -> None:
+    assert Settings().retention == timedelta(days=3)
+    assert Settings.load({"ORCHESTRATOR_RETENTION": "12h"}).retention == timedelta(hours=12)
+    assert Settings.load({}, retention="90m").retention == timedelta(minutes=90)
+    with pytest.raises(ConfigError, match="ORCHESTRATOR_RETENTION='soon'"):
+        Settings.load({"ORCHESTRATOR_RETENTION": "soon"})
+    with pytest.raises(ConfigError, match="retention must be positive"):
+        Settings.load({}, retention="0s")
+    assert "Default: 3d." in help_for("retention")
+    assert format_duration(timedelta(hours=36)) == "36h"

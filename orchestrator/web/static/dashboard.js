@@ -318,7 +318,9 @@ async function openTimeline(workflow, key) {
     const h = await getJSON(`/api/history?${params}`);
     head.replaceChildren(el("h3", { text: `${h.workflow} ${h.key}` }),
       el("span", {}, "now ", pill(h.state, "")),
-      el("span", { class: "hint", text: `${h.events.length} events, oldest first` }));
+      el("span", { class: "hint", text: `${h.events.length} events, oldest first` }),
+      ...(h.pruned_before ? [el("p", { class: "hint pruned", text: "Older history pruned: " +
+        `events finished before ${new Date(h.pruned_before).toLocaleString()} are no longer kept.` })] : []));
     fillTable($("#timeline-table"), [
       ["event", (e) => e.id, "mono num"],
       ["recorded", (e) => clock(e.created_at), "mono"],
