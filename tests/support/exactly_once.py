@@ -24,7 +24,7 @@ SELECT e.id, e.status, e.outcome, e.attempts, e.claimed_by,
        array_agg(f.attempt || '@' || f.pid ORDER BY f.attempt) FILTER (WHERE f.event_id IS NOT NULL)
 FROM orchestrator.event_log e LEFT JOIN job_effects f ON f.event_id = e.id
 WHERE e.workflow = 'jobs'
-GROUP BY e.id
+GROUP BY e.id, e.status, e.outcome, e.attempts, e.claimed_by, e.handler
 HAVING count(f.event_id) <> CASE WHEN e.status = 'done' AND e.outcome IN ('applied', 'noop')
                                       AND e.handler LIKE '%%.start' THEN 1 ELSE 0 END
     OR bool_or(f.attempt <> e.attempts
