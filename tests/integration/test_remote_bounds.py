@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import Remote
+from orchestrator import Remote, asyncloop
 from orchestrator.errors import RemoteHandlerError
 from orchestrator.events import Event
 
@@ -80,7 +80,8 @@ def far_end() -> Iterator[tuple[str, list[str]]]:
 
 
 def call(handler: Remote, timeout_s: float) -> Any:
-    return handler(EVENT, SimpleNamespace(remaining_s=timeout_s))  # type: ignore[arg-type]
+    ctx = SimpleNamespace(remaining_s=timeout_s)
+    return asyncloop.run(handler(EVENT, ctx))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("how", ["trickle-headers", "trickle-body"])
