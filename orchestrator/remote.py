@@ -18,7 +18,7 @@ import hashlib
 import ipaddress
 import json
 import math
-import secrets as random_tokens
+import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,8 @@ OUTCOMES = ("next", "none", "retry")
 MAX_RESPONSE_BYTES = 1_000_000
 MAX_DELAY_S = 3600.0
 SHAPES = ("v1", "hasura")
+# Span ids need to be unique, not secret: a seeded PRNG, not a system call per call.
+_spans = random.Random()
 
 
 class Remote:
@@ -108,7 +110,10 @@ class Remote:
                     ends: float) -> remote_http.Answer:
         """POST within one deadline, a free slot included. Raises RemoteHandlerError."""
         try:
-            async with asyncio.timeout(timeout_s):
+            if self._slots.locked():  # else acquire() returns at once: spare the timer
+                async with asyncio.timeout(timeout_s):
+                    await self._slots.acquire()
+            else:
                 await self._slots.acquire()
         except TimeoutError:
             raise RemoteHandlerError(f"{self.where}: all {self.max_concurrency} connections "
@@ -228,7 +233,7 @@ def _finite(text: str) -> float:
 def traceparent(event: Event) -> str:
     """A W3C trace context: one trace per event (across its attempts), a new span per call."""
     trace_id = hashlib.sha256(event.idempotency_key.encode()).hexdigest()[:32]
-    return f"00-{trace_id}-{random_tokens.token_hex(8)}-01"
+    return f"00-{trace_id}-{_spans.getrandbits(64) or 1:016x}-01"
 
 
 def public_url(url: str) -> str:

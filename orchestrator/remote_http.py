@@ -53,7 +53,7 @@ class Client:
                  proxy: str | None = None) -> None:
         connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=dict(headers), auto_decompress=True,
+            connector=connector, headers=dict(headers), cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=("User-Agent",))
         self._proxy = proxy or environment_proxy(url)
 

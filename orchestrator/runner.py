@@ -11,7 +11,6 @@ them, up to the dispatcher's concurrency; async handlers need none.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
 import queue
@@ -97,7 +96,7 @@ class Job:
     tx: HandlerTransaction
     state: JobState = JobState.RUNNING
     lock: threading.Lock = field(default_factory=threading.Lock)
-    task: concurrent.futures.Future[None] | None = None  #: an async handler's, on the loop
+    task: asyncloop.Started | None = None  #: an async handler's, on the loop
 
 
 # -- what the runner reports to the loop, from a worker thread ----------------------------------
@@ -162,7 +161,7 @@ class Runner:
         tx = self.store.transaction(pooled=self.settings.transaction_pooling)
         job = Job(event, spec, timeout_s, now + timeout_s, tx)
         if spec.is_async:
-            job.task = asyncloop.submit(self._execute_async(job))
+            job.task = asyncloop.start(self._execute_async(job))
         else:
             self._workers.submit(job)
         return job
@@ -298,6 +297,11 @@ class Runner:
             raise BadOutcome(f"set the state with Next(state=...), not values[{wf.column!r}]")
         return Result(event, Outcome.APPLIED, handler=spec.name, next=next_)
 
+    @property
+    def worker_threads(self) -> int:
+        """Worker threads started so far (replacements of stuck ones included)."""
+        return self._workers.started
+
     def stop(self) -> None:
         self._workers.stop()
 
@@ -346,6 +350,10 @@ class WorkerPool:
             if self._queued > self._idle and len(self._threads) - self._stuck < self._size:
                 self._spawn()
         self._jobs.put(job)
+
+    @property
+    def started(self) -> int:
+        return len(self._threads)
 
     def replace_stuck(self) -> None:
         with self._lock:
