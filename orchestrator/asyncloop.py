@@ -11,10 +11,12 @@ since the last, which is what a dispatcher starting a claimed batch needs.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
+import contextlib
 import threading
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -24,6 +26,8 @@ _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _handed: deque[Started] = deque()  # started from other threads, not yet on the loop
 _wake_queued = False
+_closers: list[Callable[[], Awaitable[None]]] = []
+CLOSE_TIMEOUT_S = 5.0
 
 
 def loop() -> asyncio.AbstractEventLoop:
@@ -99,3 +103,25 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise RuntimeError("asyncloop.run called from the loop's own thread; await instead")
     return submit(coro).result()
 
+
+
+def close_at_exit(close: Callable[[], Awaitable[None]]) -> None:
+    """Await ``close()`` on the loop when the process exits (say, an HTTP client's sessions,
+    which would otherwise be reported as unclosed)."""
+    with _lock:
+        _closers.append(close)
+
+
+@atexit.register
+def _close_all() -> None:
+    with _lock:
+        closers = list(_closers)
+        _closers.clear()
+    if not closers or _loop is None:
+        return
+
+    async def close_each() -> None:
+        await asyncio.gather(*(close() for close in closers), return_exceptions=True)
+
+    with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):  # exiting anyway
+        submit(close_each()).result(timeout=CLOSE_TIMEOUT_S)

@@ -145,6 +145,7 @@ class Remote:
             self._client = remote_http.Client(
                 self.url, max_connections=self.max_concurrency, headers=self._headers,
                 proxy=self._proxy)
+            asyncloop.close_at_exit(self._client.close)
         return self._client
 
     def close(self) -> None:
