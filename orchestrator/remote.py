@@ -1,14 +1,16 @@
 """Remote handlers: a transition served by an HTTP endpoint, such as a serverless function.
 
 A ``Remote`` is registered like a Python handler (``food_order.on("a", "b")(Remote(...))``).
-For each event it POSTs the event as JSON (``REQUEST_VERSION``), signed (``signing``), and maps
-the JSON answer to a handler's outcomes: the next state and values, nothing, or a retry. A
-timeout, a refused connection, a non-2xx status or an answer that is not the documented JSON
-raises RemoteHandlerError, so the engine retries with backoff and finally marks the event dead,
-exactly as for a Python handler that raises. Calls to one endpoint run at most
-``max_concurrency`` at once, over kept-alive connections; each call ends by the handler's
-timeout whatever the endpoint does (``remote_http``), its answer is read up to
-``max_response_bytes``, and a delay it asks for is cut to ``max_delay_s``.
+For each event it POSTs the event as JSON, signed (``signing``): our own request
+(``REQUEST_VERSION``), or with ``shape="hasura"`` the request of Hasura's event triggers
+(``hasura``). It maps the answer to a handler's outcomes: the next state and values, nothing,
+or a retry. A timeout, a refused connection, a non-2xx status or an answer that is not the
+documented JSON raises RemoteHandlerError, so the engine retries with backoff and finally marks
+the event dead, exactly as for a Python handler that raises. A Remote is an async handler: its
+calls run on the async loop (``asyncloop``), at most ``max_concurrency`` at once, over
+kept-alive connections; each call ends by the handler's timeout whatever the endpoint does
+(``remote_http``), its answer is read up to ``max_response_bytes``, and a delay it asks for is
+cut to ``max_delay_s``.
 """
 
 from __future__ import annotations
