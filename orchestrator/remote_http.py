@@ -4,7 +4,8 @@ Calls run on an asyncio loop (``asyncloop``) over aiohttp, so a call waiting on 
 holds no thread. A call has one deadline: connecting, the TLS handshake, sending, and every
 read of the headers and of the body all happen inside one ``asyncio.timeout``, so an endpoint
 that sends its answer a byte at a time fails the call on time. The body is read up to a
-maximum size. Redirects are not followed.
+maximum size. Redirects are not followed. Certificates are verified against the trust
+store httpx uses (certifi's, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import aiohttp
+import httpx
 
 READ_CHUNK = 65536
 
@@ -51,7 +53,9 @@ class Client:
 
     def __init__(self, url: str, *, max_connections: int, headers: Mapping[str, str],
                  proxy: str | None = None) -> None:
-        connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
+        # The trust store httpx uses: certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR when set.
+        connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections,
+                                         ssl=httpx.create_ssl_context())
         self._session = aiohttp.ClientSession(
             connector=connector, headers=dict(headers), cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=("User-Agent",))
