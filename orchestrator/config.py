@@ -76,7 +76,9 @@ class Settings:
                           "`handlers` package in the working directory)."},
     )
     concurrency: int = field(
-        default=8, metadata={"help": "Handlers run at once by one dispatcher."}
+        default=8, metadata={"help": "Handlers run at once by one dispatcher (sync ones on "
+                                     "worker threads, async and remote ones on its event "
+                                     "loop)."}
     )
     batch_size: int = field(
         default=64, metadata={"help": "Most events one claim statement takes."}

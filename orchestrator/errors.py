@@ -81,6 +81,11 @@ class HandlerTimeout(OrchestratorError):
         self.timeout_s = timeout_s
 
 
+class SyncOnly(OrchestratorError):
+    """ctx.db is a blocking connection, for sync handlers only: an async handler would stall
+    every other async handler while it waits (use a connection of your own, or a sync handler)."""
+
+
 class EmbeddedServerError(OrchestratorError):
     """The embedded PostgreSQL server failed."""
 

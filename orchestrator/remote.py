@@ -1,36 +1,35 @@
 """Remote handlers: a transition served by an HTTP endpoint, such as a serverless function.
 
 A ``Remote`` is registered like a Python handler (``food_order.on("a", "b")(Remote(...))``).
-For each event it POSTs the event as JSON (``REQUEST_VERSION``), signed (``signing``), and maps
-the JSON answer to a handler's outcomes: the next state and values, nothing, or a retry. A
-timeout, a refused connection, a non-2xx status or an answer that is not the documented JSON
-raises RemoteHandlerError, so the engine retries with backoff and finally marks the event dead,
-exactly as for a Python handler that raises. Calls to one endpoint run at most
-``max_concurrency`` at once, over kept-alive connections; each call ends by the handler's
-timeout whatever the endpoint does (``remote_http``), its answer is read up to
-``max_response_bytes``, and a delay it asks for is cut to ``max_delay_s``.
+For each event it POSTs the event as JSON, signed (``signing``): our own request
+(``REQUEST_VERSION``), or with ``shape="hasura"`` the request of Hasura's event triggers
+(``hasura``). It maps the answer to a handler's outcomes: the next state and values, nothing,
+or a retry. A timeout, a refused connection, a non-2xx status or an answer that is not the
+documented JSON raises RemoteHandlerError, so the engine retries with backoff and finally marks
+the event dead, exactly as for a Python handler that raises. A Remote is an async handler: its
+calls run on the async loop (``asyncloop``), at most ``max_concurrency`` at once, over
+kept-alive connections; each call ends by the handler's timeout whatever the endpoint does
+(``remote_http``), its answer is read up to ``max_response_bytes``, and a delay it asks for is
+cut to ``max_delay_s``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import json
 import math
-import re
-import secrets as random_tokens
-import threading
+import random
 import time
 from collections.abc import Mapping, Sequence
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
-
-from orchestrator import remote_http, signing
+from orchestrator import asyncloop, hasura, remote_http, signing
 from orchestrator.errors import DefinitionError, RemoteHandlerError
 from orchestrator.events import Event, Next, Retry
+from orchestrator.remote_http import retry_after_s
 
 if TYPE_CHECKING:
     from orchestrator.runner import Context
@@ -39,6 +38,9 @@ REQUEST_VERSION = 1
 OUTCOMES = ("next", "none", "retry")
 MAX_RESPONSE_BYTES = 1_000_000
 MAX_DELAY_S = 3600.0
+SHAPES = ("v1", "hasura")
+# Span ids need to be unique, not secret: a seeded PRNG, not a system call per call.
+_spans = random.Random()
 
 
 class Remote:
@@ -51,14 +53,20 @@ class Remote:
     attempt; a retry delay the endpoint asks for (``delay_s``, ``Retry-After``) is cut to
     ``max_delay_s``. ``url`` must be https, or http to a loopback host (``localhost``,
     ``127.0.0.1``, ``::1``) unless ``allow_http``. ``proxy``: an HTTP(S) proxy's URL (default:
-    the environment's, as httpx). Raises DefinitionError for a URL or limit it cannot use.
+    the environment's: ``HTTPS_PROXY``, ``NO_PROXY``). ``shape``: the request's shape, ``"v1"``
+    (ours) or ``"hasura"`` (Hasura's event triggers, ``hasura``; ``trigger`` is its trigger
+    name, by default ``name``). Calls run on the async loop (``asyncloop``), no thread each.
+    Raises DefinitionError for a URL, limit or shape it cannot use.
     """
 
     def __init__(self, name: str, url: str, *, secrets: Sequence[str] | None = None,
                  secrets_env: str = signing.SECRETS_ENV, max_concurrency: int = 4,
                  headers: Mapping[str, str] | None = None,
                  max_response_bytes: int = MAX_RESPONSE_BYTES, max_delay_s: float = MAX_DELAY_S,
-                 allow_http: bool = False, proxy: str | None = None) -> None:
+                 allow_http: bool = False, proxy: str | None = None,
+                 shape: str = "v1", trigger: str | None = None) -> None:
+        if shape not in SHAPES:
+            raise DefinitionError(f"shape must be one of {SHAPES}, not {shape!r}")
         if max_concurrency < 1:
             raise DefinitionError("max_concurrency must be at least 1")
         if max_response_bytes < 1 or not (math.isfinite(max_delay_s) and max_delay_s >= 0):
@@ -76,57 +84,77 @@ class Remote:
         self._secrets_env = secrets_env
         self._headers = dict(headers or {})
         self._proxy = proxy
-        self._slots = threading.BoundedSemaphore(max_concurrency)
-        self._client: httpx.Client | None = None
-        self._lock = threading.Lock()
+        self.shape = shape
+        self.trigger = trigger or name
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._client: remote_http.Client | None = None
 
-    def __call__(self, event: Event, ctx: Context) -> Next | None:
+    async def __call__(self, event: Event, ctx: Context) -> Next | None:
         timeout_s = max(ctx.remaining_s, 0.001)
         ends = time.monotonic() + timeout_s
         trace = traceparent(event)
-        body = json.dumps(request_body(event, timeout_s, trace), default=str).encode()
+        if self.shape == "hasura":
+            payload = hasura.request_body(event, ctx, self.trigger, trace)
+        else:
+            payload = request_body(event, timeout_s, trace)
+        body = json.dumps(payload, default=str).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": event.idempotency_key,
                    "traceparent": trace,
                    signing.HEADER: signing.sign(body, self.secrets())}
-        if not self._slots.acquire(timeout=timeout_s):
-            raise RemoteHandlerError(f"{self.where}: all {self.max_concurrency} connections "
-                                     "stayed busy until the timeout")
+        answer = await self._post(body, headers, timeout_s, ends)
+        if self.shape == "hasura":
+            return hasura.outcome(answer.status, answer.headers, answer.content, self.where,
+                                  max_delay_s=self.max_delay_s)
+        return outcome(answer.status, answer.headers, answer.content, self.where,
+                       max_delay_s=self.max_delay_s)
+
+    async def _post(self, body: bytes, headers: dict[str, str], timeout_s: float,
+                    ends: float) -> remote_http.Answer:
+        """POST within one deadline, a free slot included. Raises RemoteHandlerError."""
         try:
-            answer = remote_http.post(self.client(), self.url, content=body, headers=headers,
-                                      timeout_s=max(ends - time.monotonic(), 0.001),
-                                      max_bytes=self.max_response_bytes)
-        except httpx.TimeoutException:
+            if self._slots.locked():  # else acquire() returns at once: spare the timer
+                async with asyncio.timeout(timeout_s):
+                    await self._slots.acquire()
+            else:
+                await self._slots.acquire()
+        except TimeoutError:
+            raise RemoteHandlerError(f"{self.where}: all {self.max_concurrency} connections "
+                                     "stayed busy until the timeout") from None
+        try:
+            return await self._http().post(self.url, content=body, headers=headers,
+                                           timeout_s=max(ends - time.monotonic(), 0.001),
+                                           max_bytes=self.max_response_bytes)
+        except remote_http.TimedOut:
             raise RemoteHandlerError(
                 f"{self.where} did not answer within {timeout_s:.3g}s") from None
         except remote_http.TooLarge as exc:
             raise RemoteHandlerError(f"{self.where} answered {exc}; at most "
                                      f"{self.max_response_bytes} are read") from None
-        except httpx.HTTPError as exc:
-            reason = str(exc).replace(self.url, self.where) or type(exc).__name__
+        except remote_http.CallFailed as exc:
+            reason = str(exc).replace(self.url, self.where)
             raise RemoteHandlerError(f"{self.where}: {reason}") from None
         finally:
             self._slots.release()
-        return outcome(answer.status, answer.headers, answer.content, self.where,
-                       max_delay_s=self.max_delay_s)
 
     def secrets(self) -> list[str]:
         return self._secrets if self._secrets is not None else signing.secrets_from_env(
             self._secrets_env)
 
-    def client(self) -> httpx.Client:
-        """The endpoint's HTTP client (one per process), keeping connections alive."""
-        with self._lock:
-            if self._client is None:
-                self._client = remote_http.client(
-                    self.url, max_connections=self.max_concurrency, headers=self._headers,
-                    proxy=self._proxy)
-            return self._client
+    def _http(self) -> remote_http.Client:
+        """The endpoint's HTTP client (one per process, on the async loop), keeping
+        connections alive."""
+        if self._client is None:
+            self._client = remote_http.Client(
+                self.url, max_connections=self.max_concurrency, headers=self._headers,
+                proxy=self._proxy)
+            asyncloop.close_at_exit(self._client.close)
+        return self._client
 
     def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+        """Close the kept-alive connections (a later call opens new ones)."""
+        client, self._client = self._client, None
+        if client is not None:
+            asyncloop.run(client.close())
 
     def __repr__(self) -> str:
         return f"Remote({self.__name__!r}, {self.where!r})"
@@ -208,7 +236,7 @@ def _finite(text: str) -> float:
 def traceparent(event: Event) -> str:
     """A W3C trace context: one trace per event (across its attempts), a new span per call."""
     trace_id = hashlib.sha256(event.idempotency_key.encode()).hexdigest()[:32]
-    return f"00-{trace_id}-{random_tokens.token_hex(8)}-01"
+    return f"00-{trace_id}-{_spans.getrandbits(64) or 1:016x}-01"
 
 
 def public_url(url: str) -> str:
@@ -217,23 +245,6 @@ def public_url(url: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
-def retry_after_s(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: whole seconds, or an HTTP date (none before
-    now); None when absent or neither."""
-    if value is None:
-        return None
-    value = value.strip()
-    if re.fullmatch(r"[0-9]{1,12}", value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 LOOPBACK_NAMES = ("localhost",)

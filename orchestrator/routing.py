@@ -51,6 +51,7 @@ class HandlerSpec:
     takes_context: bool
     max_attempts: int | None = None
     timeout_s: float | None = None
+    is_async: bool = False  #: ``async def`` (or an object with one as ``__call__``)
 
 
 class HandlerTable:
@@ -69,7 +70,7 @@ class HandlerTable:
             self.add(HandlerSpec(
                 fn=fn, name=f"{fn.__module__}.{fn.__qualname__}", workflow=self._workflow,
                 route=route, takes_context=_takes_context(fn), max_attempts=max_attempts,
-                timeout_s=timeout_s,
+                timeout_s=timeout_s, is_async=is_async(fn),
             ))
             return fn
 
@@ -93,6 +94,12 @@ class HandlerTable:
 
     def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(self._by_route.values())
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` gives a coroutine: an ``async def`` function, or an object
+    whose ``__call__`` is one (a Remote)."""
+    return inspect.iscoroutinefunction(fn if inspect.isroutine(fn) else type(fn).__call__)
 
 
 def _takes_context(fn: Callable[..., Any]) -> bool:

@@ -1,9 +1,12 @@
-"""Run one handler: on a worker thread, under a deadline, and decide what its attempt came to.
+"""Run one handler: on a worker thread (or, ``async def``, on the async loop), under a deadline,
+and decide what its attempt came to.
 
 A handler that returns is done; one that raises Retry or any error is retried with backoff until
 its attempts run out, then dead; one that returns something illegal is dead at once (running it
 again would return the same). Python cannot kill a thread: a handler past its deadline is
-abandoned (its attempt fails, its database session is terminated) and a new worker replaces it.
+abandoned (its attempt fails, its database session is terminated) and a new worker replaces it;
+an async handler past its deadline is cancelled. Worker threads start as sync handlers need
+them, up to the dispatcher's concurrency; async handlers need none.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from orchestrator import asyncloop
 from orchestrator.backoff import retry_delay_s
 from orchestrator.config import Settings
-from orchestrator.errors import BadOutcome, HandlerTimeout, IllegalTransition, OrchestratorError
+from orchestrator.errors import (
+    BadOutcome,
+    HandlerTimeout,
+    IllegalTransition,
+    OrchestratorError,
+    SyncOnly,
+)
 from orchestrator.events import Event, Next, Retry, as_outcome
 from orchestrator.observe import Observer
 from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Result
@@ -39,18 +49,26 @@ class Context:
     ``db`` is a connection inside a transaction that commits together with the handler's
     outcome (or rolls back if the attempt fails), so rows a handler writes there change exactly
     once. The transaction begins on first use; a handler that never touches ``db`` holds no
-    connection while it runs.
+    connection while it runs. ``db`` is a blocking connection, for sync handlers only: an async
+    handler asking for it gets SyncOnly (it would stall every other async handler).
+    ``table`` is the workflow's (schema, table); ``max_attempts`` the event's limit.
     """
 
     def __init__(self, tx: HandlerTransaction, deadline: float, workflow: str,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, *, table: tuple[str, str] = ("", ""),
+                 max_attempts: int = 1, sync: bool = True) -> None:
         self._tx = tx
         self._deadline = deadline
         self._clock = clock
+        self._sync = sync
+        self.table = table
+        self.max_attempts = max_attempts
         self.log = logging.getLogger(f"orchestrator.handler.{workflow}")
 
     @property
     def db(self) -> Any:
+        if not self._sync:
+            raise SyncOnly()
         return self._tx.connection
 
     @property
@@ -78,6 +96,7 @@ class Job:
     tx: HandlerTransaction
     state: JobState = JobState.RUNNING
     lock: threading.Lock = field(default_factory=threading.Lock)
+    task: asyncloop.Started | None = None  #: an async handler's, on the loop
 
 
 # -- what the runner reports to the loop, from a worker thread ----------------------------------
@@ -141,7 +160,10 @@ class Runner:
         timeout_s = spec.timeout_s or self.settings.handler_timeout_s
         tx = self.store.transaction(pooled=self.settings.transaction_pooling)
         job = Job(event, spec, timeout_s, now + timeout_s, tx)
-        self._workers.submit(job)
+        if spec.is_async:
+            job.task = asyncloop.start(self._execute_async(job))
+        else:
+            self._workers.submit(job)
         return job
 
     def expire(self, job: Job) -> Result | None:
@@ -150,9 +172,12 @@ class Runner:
             if job.state is not JobState.RUNNING:
                 return None
             job.state = JobState.ABANDONED
-        if job.tx.pid is not None:
-            self._terminate(job.tx.pid)
-        self._workers.replace_stuck()
+        if job.task is not None:
+            job.task.cancel()
+        else:
+            if job.tx.pid is not None:
+                self._terminate(job.tx.pid)
+            self._workers.replace_stuck()
         return self.failure(job.event, job.spec, str(HandlerTimeout(job.timeout_s)))
 
     def _max_attempts(self, spec: HandlerSpec | None) -> int:
@@ -190,7 +215,22 @@ class Runner:
         self._observer.started(job.event, job.spec.name)
         began = self._clock()
         result = self._attempt(job)
-        ran_s = self._clock() - began
+        self._report(job, result, self._clock() - began)
+
+    async def _execute_async(self, job: Job) -> None:
+        """An async handler's attempt, on the loop; a timeout cancels it (nothing to report)."""
+        self._observer.started(job.event, job.spec.name)
+        began = self._clock()
+        ctx = self._context(job)
+        try:
+            returned = await job.spec.fn(job.event, ctx) if job.spec.takes_context \
+                else await job.spec.fn(job.event)
+            result = self._returned(job, returned)
+        except (Exception, SystemExit) as exc:
+            result = self._raised(job, exc)
+        self._report(job, result, self._clock() - began)
+
+    def _report(self, job: Job, result: Result, ran_s: float) -> None:
         with job.lock:
             if job.state is JobState.ABANDONED:
                 job.tx.close()
@@ -213,19 +253,36 @@ class Runner:
         job.tx.close()
         self._deliver(Finished(job, result, report))
 
+    def _context(self, job: Job) -> Context:
+        wf = self.registry.workflows.get(job.event.workflow)
+        return Context(job.tx, job.deadline, job.event.workflow, self._clock,
+                       table=(wf.schema, wf.table) if wf else ("", ""),
+                       max_attempts=self._max_attempts(job.spec), sync=not job.spec.is_async)
+
     def _attempt(self, job: Job) -> Result:
         event, spec = job.event, job.spec
-        ctx = Context(job.tx, job.deadline, event.workflow, self._clock)
+        ctx = self._context(job)
         try:
             returned = spec.fn(event, ctx) if spec.takes_context else spec.fn(event)
-            return self._done(event, spec, as_outcome(returned))
-        except Retry as exc:
-            return self.failure(event, spec, f"Retry: {exc}", delay_s=exc.delay_s)
-        except (BadOutcome, IllegalTransition) as exc:
-            return self.failure(event, spec, f"{type(exc).__name__}: {exc}", final=True)
+            return self._returned(job, returned)
         except (Exception, SystemExit) as exc:  # a handler calling sys.exit() fails its attempt
-            log.debug("handler %s failed on event %s", spec.name, event.id, exc_info=True)
-            return self.failure(event, spec, f"{type(exc).__name__}: {exc}")
+            return self._raised(job, exc)
+
+    def _returned(self, job: Job, returned: object) -> Result:
+        try:
+            return self._done(job.event, job.spec, as_outcome(returned))
+        except (BadOutcome, IllegalTransition) as exc:
+            return self._raised(job, exc)
+
+    def _raised(self, job: Job, exc: BaseException) -> Result:
+        """The Result of a handler that raised ``exc``."""
+        event, spec = job.event, job.spec
+        if isinstance(exc, Retry):
+            return self.failure(event, spec, f"Retry: {exc}", delay_s=exc.delay_s)
+        if isinstance(exc, BadOutcome | IllegalTransition):
+            return self.failure(event, spec, f"{type(exc).__name__}: {exc}", final=True)
+        log.debug("handler %s failed on event %s", spec.name, event.id, exc_info=exc)
+        return self.failure(event, spec, f"{type(exc).__name__}: {exc}")
 
     def _done(self, event: Event, spec: HandlerSpec, next_: Next | None) -> Result:
         if next_ is None:
@@ -240,19 +297,28 @@ class Runner:
             raise BadOutcome(f"set the state with Next(state=...), not values[{wf.column!r}]")
         return Result(event, Outcome.APPLIED, handler=spec.name, next=next_)
 
+    @property
+    def worker_threads(self) -> int:
+        """Worker threads started so far (replacements of stuck ones included)."""
+        return self._workers.started
+
     def stop(self) -> None:
         self._workers.stop()
 
 
 class WorkerPool:
-    """Threads that run jobs; a stuck one is replaced, never killed."""
+    """Threads that run jobs, started as jobs need them, up to ``size``; a stuck one is
+    replaced, never killed."""
 
     def __init__(self, size: int, run: Callable[[Job], None]) -> None:
         self._run = run
+        self._size = size
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        for _ in range(size):
-            self._spawn()
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job
+        self._queued = 0  # jobs no thread took yet
+        self._stuck = 0  # abandoned threads, each replaced
 
     def _spawn(self) -> None:
         thread = threading.Thread(target=self._loop, daemon=True,
@@ -261,7 +327,7 @@ class WorkerPool:
         thread.start()
 
     def _loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while (job := self._next()) is not None:
             try:
                 self._run(job)
             except Exception:
@@ -269,12 +335,32 @@ class WorkerPool:
             if job.state is JobState.ABANDONED:
                 return  # a replacement took this thread's place
 
+    def _next(self) -> Job | None:
+        with self._lock:
+            self._idle += 1
+        job = self._jobs.get()
+        with self._lock:
+            self._idle -= 1
+            self._queued -= job is not None
+        return job
+
     def submit(self, job: Job) -> None:
+        with self._lock:
+            self._queued += 1
+            if self._queued > self._idle and len(self._threads) - self._stuck < self._size:
+                self._spawn()
         self._jobs.put(job)
 
+    @property
+    def started(self) -> int:
+        return len(self._threads)
+
     def replace_stuck(self) -> None:
-        self._spawn()
+        with self._lock:
+            self._stuck += 1
+            self._spawn()
 
     def stop(self) -> None:
-        for _ in self._threads:
-            self._jobs.put(None)
+        with self._lock:
+            for _ in self._threads:
+                self._jobs.put(None)

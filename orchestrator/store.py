@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -164,20 +164,29 @@ class Store:
                 conn.commit()
         return FinishReport(_outcomes(sent), [event_from_row(row) for row in handoff.fetchall()])
 
-    def _send_statements(
-        self, conn: psycopg.Connection[Any], results: Sequence[Result]
-    ) -> list[tuple[psycopg.Cursor[Any], list[Result]]]:
+    def _send_statements(self, conn: psycopg.Connection[Any], results: Sequence[Result]
+                         ) -> list[Sent]:
         """Send each result's statement; those sharing a statement go out in one executemany,
-        which spares psycopg the per-statement work of separate executes."""
+        which spares psycopg the per-statement work of separate executes, and those writing
+        nothing to their row in one finish_many."""
+        plain = [r for r in results if r.outcome is not Outcome.RETRY and r.next is None]
         groups: dict[Any, list[tuple[Result, dict[str, Any]]]] = {}
         for r in results:
-            query, params = self._statement(r, conn)
-            groups.setdefault(query, []).append((r, params))
+            if r.outcome is Outcome.RETRY or r.next is not None:
+                query, params = self._statement(r, conn)
+                groups.setdefault(query, []).append((r, params))
         sent = []
         for query, members in groups.items():
             cur = conn.cursor()
             cur.executemany(query, [params for _, params in members], returning=True)
-            sent.append((cur, [r for r, _ in members]))
+            sent.append(Sent(cur, [r for r, _ in members]))
+        if plain:
+            sent.append(Sent(conn.execute(QUERIES["finish_many"], {
+                "ids": [r.event.id for r in plain], "attempts": [r.event.attempt for r in plain],
+                "statuses": [r.status.value for r in plain],
+                "outcomes": [r.outcome.value for r in plain],
+                "handlers": [r.handler for r in plain], "errors": [r.error for r in plain],
+                "dispatcher": self.dispatcher}), plain, by_id=True))
         return sent
 
     def _statement(self, r: Result, conn: psycopg.Connection[Any]) -> tuple[Any, dict[str, Any]]:
@@ -189,8 +198,7 @@ class Store:
         if r.outcome is Outcome.RETRY:
             return QUERIES["retry"], params | {"delay_s": r.delay_s}
         status, outcome = r.status.value, r.outcome.value
-        if r.next is None:
-            return QUERIES["finish"], params | {"status": status, "outcome": outcome}
+        assert r.next is not None  # the others go out in one finish_many
         wf = self._workflows[e.workflow]
         values = dict(r.next.values)
         if r.next.state is not None:
@@ -310,11 +318,24 @@ def _adapt(value: Any) -> Any:
     return Jsonb(value) if isinstance(value, dict | list) else value
 
 
-def _outcomes(sent: list[tuple[psycopg.Cursor[Any], list[Result]]]) -> dict[int, Outcome]:
-    """Each written event's outcome, from the result sets of _send_statements (one per
-    result, in order); an event with no row was no longer ours."""
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A statement sent for ``members``: one result set per member, in order, or with
+    ``by_id`` one result set of (id, outcome) rows."""
+
+    cursor: psycopg.Cursor[Any]
+    members: list[Result]
+    by_id: bool = False
+
+
+def _outcomes(sent: list[Sent]) -> dict[int, Outcome]:
+    """Each written event's outcome, from the result sets of _send_statements; an event with
+    no row was no longer ours."""
     outcomes: dict[int, Outcome] = {}
-    for cur, members in sent:
+    for cur, members, by_id in ((s.cursor, s.members, s.by_id) for s in sent):
+        if by_id:
+            outcomes.update((row[0], Outcome(row[1])) for row in cur.fetchall())
+            continue
         for i, r in enumerate(members):
             if i:
                 cur.nextset()

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +37,13 @@ class DispatcherSettings:
 
 class Dispatchers:
     """``count`` dispatcher processes, started on enter (once each is listening) and stopped
-    gracefully on exit. Raises BenchError, with the log's tail, when one fails."""
+    gracefully on exit; ``env``: more environment variables for them. Raises BenchError, with
+    the log's tail, when one fails."""
 
     def __init__(self, dsn: str, count: int, settings: DispatcherSettings,
-                 monitor: Session) -> None:
+                 monitor: Session, *, env: Mapping[str, str] | None = None) -> None:
         self._dsn = dsn
+        self._env = dict(env or {})
         self._count = count
         self._settings = settings
         self._monitor = monitor
@@ -75,7 +78,7 @@ class Dispatchers:
         argv = [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", "run",
                 "--handlers", HANDLERS, "--concurrency", str(s.concurrency),
                 "--pool-size", str(s.pool_size), "--batch-size", str(s.batch_size)]
-        env = os.environ | {"ORCHESTRATOR_DSN": dsn}
+        env = os.environ | self._env | {"ORCHESTRATOR_DSN": dsn}
         env.pop("ORCHESTRATOR_LISTEN_DSN", None)
         log = open(self._log_path(n), "wb")  # noqa: SIM115 - the child owns it from here
         with log:

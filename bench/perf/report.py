@@ -8,12 +8,32 @@ from rich.table import Table
 
 
 def table(r: dict[str, Any]) -> Table:
-    env, costs = r["environment"], r["costs"]
+    env = r["environment"]
     out = Table(title=f"orchestrator bench - PostgreSQL {env['server_version']}, "
                       f"{env['cores']} cores, {env['date']}",
                 title_justify="left", show_header=False)
     out.add_column("figure")
     out.add_column("value", justify="right")
+    if "costs" in r:
+        _engine_rows(out, r)
+    if "remote" in r:
+        _remote_rows(out, r["remote"])
+    return out
+
+
+def _remote_rows(out: Table, remote: dict[str, Any]) -> None:
+    latency = f"{remote['latency_ms']:g} ms function"
+    for case in remote["by_connections"]:
+        n = case["connections"]
+        out.add_row(f"remote calls/s, {latency}, {n} conns: raw client / one dispatcher",
+                    f"{case['raw_calls_per_s']:.0f} / {case['dispatcher_calls_per_s']:.0f}")
+        out.add_row(f"  ratio to the raw client (each round: "
+                    f"{_rounds([x['ratio'] * 100 for x in case['rounds']])} %)",
+                    f"{case['ratio']:.2f}")
+
+
+def _engine_rows(out: Table, r: dict[str, Any]) -> None:
+    costs = r["costs"]
     conns = r["ceiling_connections"]
     out.add_row(f"ceiling: 1-row UPDATE tx/s (best: {conns} conns, best round)",
                 f"{r['ceiling_updates_per_s']:.0f}")
@@ -46,7 +66,6 @@ def table(r: dict[str, Any]) -> Table:
                 str(costs["connections_per_dispatcher"]))
     out.add_row("dispatcher CPU us per transition", f"{costs['dispatcher_cpu_us_per_transition']}")
     out.add_row("dispatcher peak RSS MB", f"{costs['dispatcher_peak_rss_mb']:.0f}")
-    return out
 
 
 def _rounds(values: list[float]) -> str:

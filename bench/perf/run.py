@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.app import Orchestrator
-from orchestrator.bench import backlog, ceiling, latency, throughput
+from orchestrator.bench import backlog, ceiling, latency, remote, throughput
 from orchestrator.bench.db import Session
 from orchestrator.bench.dispatchers import DispatcherSettings
 from orchestrator.config import Settings
@@ -56,6 +56,10 @@ class BenchConfig:
     results one group commit writes and the most events one claim takes."""
     pool_size: int = 4
     batch_size: int = 64
+    remote: remote.RemoteConfig | None = None
+    """The remote-handler case, when asked for (``--remote-latency-ms``)."""
+    remote_only: bool = False
+    """Run the remote-handler case alone."""
 
     @property
     def dispatcher(self) -> DispatcherSettings:
@@ -104,6 +108,10 @@ def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, 
     """Every case of the bench on the database at ``dsn``; the figures (see the README)."""
     prepare(dsn)
     settings = config.dispatcher
+    if config.remote_only and config.remote:
+        with Session(dsn) as session:
+            return {"environment": environment(session),
+                    "remote": remote.run(config.remote, session, dsn, settings, say)}
     with Session(dsn) as session, ceiling.table(session):
         env = environment(session)
         runs, top = _throughput_rounds(config, session, dsn, say)
@@ -118,7 +126,10 @@ def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, 
                 transitions_per_s=fraction * reference.transitions_per_s)
         say(f"backlog: {config.backlog_events} events, then one dispatcher")
         drained = backlog.drain(session, dsn, settings, events=config.backlog_events)
-    return results(config, env, top, runs, cases, drained)
+        remote_figures = (remote.run(config.remote, session, dsn, settings, say)
+                          if config.remote else None)
+    figures = results(config, env, top, runs, cases, drained)
+    return figures | ({"remote": remote_figures} if remote_figures else {})
 
 
 def _throughput_rounds(

@@ -3,16 +3,19 @@
 ``bench_order`` walks the food-order happy path (six transitions per order); its first handler
 notes when it started, so the bench can measure the time from the commit that created an order
 to its handler starting. ``bench_drain`` has one handler that returns nothing: a backlog of its
-events measures claiming and finishing alone. The bench creates both tables itself
+events measures claiming and finishing alone. ``bench_remote``'s one step is a Remote calling
+the stand-in function of the remote case (``BENCH_REMOTE_URL``, at most
+``BENCH_REMOTE_CONNECTIONS`` calls at once). The bench creates the tables itself
 (``bench/perf/queries.sql``), so no migration of the project knows about them.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from itertools import pairwise
 
-from orchestrator import Event, Next, Workflow
+from orchestrator import Event, Next, Remote, Workflow
 
 PATH = ["placed", "validated", "paid", "approved", "agent_assigned", "picked_up", "delivered"]
 NEXT = dict(pairwise(PATH))
@@ -55,3 +58,19 @@ for _state in PATH[1:-1]:
 @bench_drain.on_enter("queued")
 def drain(event: Event) -> None:
     """A backlog event: nothing to do, nothing to write."""
+
+
+bench_remote = Workflow(
+    "bench_remote",
+    table="public.bench_remote",
+    states=["queued", "called"],
+    initial="queued",
+    terminal=["called"],
+    transitions=[("call", "queued", "called")],
+)
+
+# Always the same handler name (remote.bench_remote), whatever the URL: the definitions the
+# bench installs and those its dispatchers check must agree.
+bench_remote.on_enter("queued", timeout_s=30)(Remote(
+    "bench_remote", os.environ.get("BENCH_REMOTE_URL", "http://127.0.0.1:9/call"),
+    secrets=["bench"], max_concurrency=int(os.environ.get("BENCH_REMOTE_CONNECTIONS", "64"))))

@@ -46,6 +46,18 @@ def bench(
     concurrency: Annotated[int, typer.Option(help="Handlers a dispatcher runs at once.")] = 64,
     pool_size: Annotated[int, typer.Option(help="Pooled connections per dispatcher.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Most events one claim takes.")] = 64,
+    remote_latency_ms: Annotated[float, typer.Option(
+        help="Add the remote-handler case: a stand-in function answering after this many ms "
+             "(0: no remote case).")] = 0.0,
+    remote_connections: Annotated[str, typer.Option(
+        help="Connections of the remote case (raw client and dispatcher), comma-separated.")
+    ] = "64,256",
+    remote_events: Annotated[int, typer.Option(
+        help="Events one dispatcher drains per remote round.")] = 5000,
+    remote_raw_s: Annotated[float, typer.Option(
+        help="Seconds of each raw-client run of the remote case.")] = 5.0,
+    remote_only: Annotated[bool, typer.Option(
+        help="Run the remote case alone (with --remote-latency-ms).")] = False,
     json: Json = False,
 ) -> None:
     """Measure throughput, latency and costs against the server's own UPDATE ceiling.
@@ -54,15 +66,20 @@ def bench(
     not a test: the figures depend on the machine and on whatever else runs on it.
     """
     # Imported here: the bench package is not needed by any other command.
+    from orchestrator.bench.remote import RemoteConfig
     from orchestrator.bench.report import table
     from orchestrator.bench.run import BenchConfig, run
 
+    if remote_only and remote_latency_ms <= 0:
+        raise ConfigError("--remote-only needs --remote-latency-ms")
+    remote = RemoteConfig(remote_latency_ms, _counts(remote_connections, "--remote-connections"),
+                          remote_events, remote_raw_s, repeat) if remote_latency_ms > 0 else None
     config = BenchConfig(
         orders=orders, backlog_events=backlog, unloaded_orders=unloaded_orders, paced_s=paced_s,
         dispatcher_counts=_counts(dispatchers), ceiling_s=ceiling_s, repeat=repeat,
         ceiling_connections=_counts(ceiling_connections, "--ceiling-connections"),
         concurrency=concurrency,
-        pool_size=pool_size, batch_size=batch_size)
+        pool_size=pool_size, batch_size=batch_size, remote=remote, remote_only=remote_only)
     settings = Settings.load(dsn=dsn, data_dir=data_dir)
     target = resolve_dsn(settings, BENCH_DATABASE)
     results = run(config, target, say=lambda line: err.print(line, soft_wrap=True))

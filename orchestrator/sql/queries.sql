@@ -93,14 +93,20 @@ FROM fenced
 WHERE e.id = fenced.id
 RETURNING e.outcome;
 
--- name: finish
--- Finishes one event that writes nothing to its row (no handler, nothing returned, dead).
-UPDATE orchestrator.events
-SET status = %(status)s, outcome = %(outcome)s, handler = %(handler)s, last_error = %(error)s,
+-- name: finish_many
+-- Finishes events that write nothing to their rows, all in one statement (one parse and one
+-- result set, instead of one per event); each event's own columns come in the arrays, in step.
+-- Only an event still ours (same attempt, claimed by this dispatcher, running) is finished;
+-- one no longer ours comes back without a row.
+UPDATE orchestrator.events AS e
+SET status = f.status, outcome = f.outcome, handler = f.handler, last_error = f.error,
     finished_at = now(), lease_until = NULL, suspect = false
-WHERE id = %(id)s AND attempts = %(attempt)s AND claimed_by = %(dispatcher)s
-  AND status = 'running'
-RETURNING outcome;
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(statuses)s::text[],
+            %(outcomes)s::text[], %(handlers)s::text[], %(errors)s::text[])
+     AS f(id, attempt, status, outcome, handler, error)
+WHERE e.id = f.id AND e.attempts = f.attempt AND e.claimed_by = %(dispatcher)s
+  AND e.status = 'running'
+RETURNING e.id, e.outcome;
 
 -- name: retry
 -- Puts a failed event back in the queue for a later attempt; the row stays blocked meanwhile.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from rich.console import Console
 
 from orchestrator.bench import report
@@ -53,3 +54,28 @@ def _assert_table_names_each_figure(result: dict[str, Any]) -> None:
                   "backlog drain", "scaling: 2 dispatcher", "NOTIFYs per transition",
                   "dispatcher peak RSS"):
         assert label in text
+
+
+def test_a_tiny_remote_case_reports_the_raw_client_the_dispatcher_and_their_ratio(
+        dsn: str) -> None:
+    done = cli("bench", "--remote-only", "--remote-latency-ms", "5", "--remote-connections",
+               "2,4", "--remote-events", "20", "--remote-raw-s", "0.5", "--repeat", "1",
+               "--json", "--dsn", dsn, timeout=240)
+    assert done.returncode == 0, done.stderr
+    remote = json.loads(done.stdout)["remote"]
+    assert remote["latency_ms"] == 5 and remote["events"] == 20
+    assert [case["connections"] for case in remote["by_connections"]] == [2, 4]
+    for case in remote["by_connections"]:
+        assert case["raw_calls_per_s"] > 0 and case["dispatcher_calls_per_s"] > 0
+        assert case["ratio"] == pytest.approx(
+            case["dispatcher_calls_per_s"] / case["raw_calls_per_s"], abs=0.01)
+        assert len(case["rounds"]) == 1
+    console = Console(width=120, record=True)
+    console.print(report.table(json.loads(done.stdout)))
+    assert "ratio to the raw client" in console.export_text()
+
+
+def test_the_remote_case_alone_needs_the_functions_latency(dsn: str) -> None:
+    done = cli("bench", "--remote-only", "--dsn", dsn, timeout=60)
+    assert done.returncode == 1
+    assert "--remote-only needs --remote-latency-ms" in done.stdout + done.stderr

@@ -5,6 +5,7 @@ connection slot back. The far end is a raw socket on loopback, so it can misbeha
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import Remote
+from orchestrator import Remote, asyncloop
 from orchestrator.errors import RemoteHandlerError
 from orchestrator.events import Event
 
@@ -80,7 +81,8 @@ def far_end() -> Iterator[tuple[str, list[str]]]:
 
 
 def call(handler: Remote, timeout_s: float) -> Any:
-    return handler(EVENT, SimpleNamespace(remaining_s=timeout_s))  # type: ignore[arg-type]
+    ctx = SimpleNamespace(remaining_s=timeout_s)
+    return asyncloop.run(handler(EVENT, ctx))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("how", ["trickle-headers", "trickle-body"])
@@ -109,3 +111,52 @@ def test_an_answer_longer_than_the_limit_fails_the_attempt(
     with pytest.raises(RemoteHandlerError, match=message):
         call(handler, 5.0)
     handler.close()
+
+
+@pytest.fixture
+def tls_end(tmp_path: Any) -> Iterator[tuple[str, str]]:
+    """An https endpoint on localhost with a certificate of a test CA; yields its URL and the
+    CA's PEM file."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            try:
+                wrapped = context.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):
+                conn.close()  # the client refused our certificate
+                continue
+            threading.Thread(target=misbehave, args=(wrapped, "ok", stop), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"https://localhost:{port}/x", str(ca_file)
+    stop.set()
+    thread.join(timeout=5)
+    server.close()
+
+
+def test_https_certificates_are_verified_against_the_trust_store(
+        tls_end: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, ca_file = tls_end
+    untrusted = Remote("tls", url, secrets=["s"])
+    with pytest.raises(RemoteHandlerError, match="certificate verify failed"):
+        call(untrusted, 5.0)
+    untrusted.close()
+    monkeypatch.setenv("SSL_CERT_FILE", ca_file)  # as for httpx: a CA bundle of one's own
+    trusted = Remote("tls", url, secrets=["s"])
+    assert call(trusted, 5.0) is None
+    trusted.close()

@@ -3,9 +3,11 @@ loop (Ran, Finished, Lost), against the in-memory store of tests/support/fake_st
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -234,3 +236,106 @@ def test_a_handler_sees_the_time_it_has_left(attempts: Any) -> None:
     a = attempts(with_handler(start, timeout_s=5))
     a.result(a.event())
     assert left[0] == pytest.approx(5, abs=1) and left[1] == pytest.approx(1, abs=1)
+
+
+# -- async def handlers: on the async loop, no worker thread each ------------------------------
+
+def test_an_async_handler_runs_on_the_loop_and_its_outcome_is_applied(attempts: Any) -> None:
+    ran_on: list[str] = []
+
+    async def start(event: Event, ctx: Context) -> str:
+        await asyncio.sleep(0.01)
+        ran_on.append(threading.current_thread().name)
+        assert ctx.table == ("public", "jobs") and ctx.max_attempts == 3
+        return "working"
+
+    a = attempts(with_handler(start))
+    result = a.result(a.event())
+    assert (result.outcome, result.next) == (Outcome.APPLIED, Next("working"))
+    assert ran_on == ["orchestrator-async"]
+
+
+@pytest.mark.parametrize("raised,outcome,error", [
+    (Retry(delay_s=0.5, reason="not yet"), Outcome.RETRY, "Retry: not yet"),
+    (ValueError("boom"), Outcome.RETRY, "ValueError: boom"),
+    (SystemExit(3), Outcome.RETRY, "SystemExit: 3"),
+])
+def test_an_async_handler_that_raises_fails_its_attempt_like_a_sync_one(
+        attempts: Any, raised: BaseException, outcome: Outcome, error: str) -> None:
+    async def start(event: Event) -> None:
+        raise raised
+
+    a = attempts(with_handler(start))
+    result = a.result(a.event())
+    assert (result.outcome, result.error) == (outcome, error)
+
+
+def test_an_async_handler_returning_an_illegal_state_is_dead_at_once(attempts: Any) -> None:
+    async def start(event: Event) -> str:
+        return "finished"
+
+    a = attempts(with_handler(start))
+    result = a.result(a.event())
+    assert result.outcome is Outcome.DEAD and result.next == Next("failed")
+
+
+def test_an_async_handler_may_not_use_the_blocking_connection(attempts: Any) -> None:
+    async def start(event: Event, ctx: Context) -> None:
+        ctx.db.append("SELECT 1")
+
+    a = attempts(with_handler(start))
+    result = a.result(a.event())
+    assert result.outcome is Outcome.RETRY
+    assert result.error is not None and result.error.startswith("SyncOnly: ctx.db is a blocking")
+
+
+def test_an_async_handler_past_its_deadline_is_cancelled(attempts: Any) -> None:
+    began, cancelled = threading.Event(), threading.Event()
+
+    async def start(event: Event) -> str:
+        began.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "working"
+
+    a = attempts(with_handler(start, timeout_s=5))
+    job = a.runner.start(a.event(), a.clock())
+    assert isinstance(job, Job) and began.wait(10)
+    result = a.runner.expire(job)
+    assert result is not None and result.error == "handler timed out after 5s"
+    assert cancelled.wait(10)
+    assert a.store.terminated == [] and a.reports.empty()
+
+
+def test_async_handlers_hold_no_worker_thread_and_run_side_by_side(attempts: Any) -> None:
+    """Concurrency 2 in the settings, yet 20 async handlers wait at once, and no worker thread
+    starts: threads start as sync handlers need them."""
+    waiting, go = 0, threading.Event()
+
+    async def start(event: Event) -> str:
+        nonlocal waiting
+        waiting += 1
+        while not go.is_set():
+            await asyncio.sleep(0.005)
+        return "working"
+
+    a = attempts(with_handler(start))
+    for n in range(20):
+        a.runner.start(a.event(str(n)), a.clock())
+    deadline = time.monotonic() + 10
+    while waiting < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert waiting == 20
+    assert a.runner.worker_threads == 0
+    go.set()
+    assert {a.reports.get(timeout=10).result.outcome for _ in range(20)} == {Outcome.APPLIED}
+
+
+def test_worker_threads_start_as_sync_handlers_need_them(attempts: Any) -> None:
+    a = attempts(with_handler(lambda event: "working"))
+    assert a.runner.worker_threads == 0
+    a.result(a.event())
+    assert a.runner.worker_threads == 1  # one job: one thread, not the concurrency's 2

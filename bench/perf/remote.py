@@ -1,0 +1,163 @@
+"""Remote handlers against a stand-in function: how close one dispatcher comes to the rate the
+function itself takes.
+
+The function (``standin``) answers every call after ``latency_ms``. Its capacity at N
+connections is what a raw aiohttp client with N connections, each sending the next request
+as soon as the last is answered, gets from it in ``seconds``. The dispatcher's rate is N
+connections' worth of ``bench_remote`` events (``Remote(..., max_concurrency=N)`` and
+``--concurrency N``), created while no dispatcher runs, then drained by one: from the first
+claim to the last write. Rounds alternate raw client and dispatcher so background load weighs
+on both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from statistics import median
+from typing import Any
+
+import aiohttp
+
+from orchestrator.bench.case import drained, monitor, settle, wait_until
+from orchestrator.bench.db import BenchError, Session
+from orchestrator.bench.dispatchers import Dispatchers, DispatcherSettings
+
+# About the size of a v1 request for a bench_remote row, so both clients send alike.
+RAW_BODY = b'{"version": 1, "payload": "' + b"x" * 560 + b'"}'
+READY_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One round at ``connections``: the raw client's calls/s, then the dispatcher's."""
+
+    connections: int
+    raw_per_s: float
+    dispatcher_per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    latency_ms: float
+    connections: tuple[int, ...]
+    events: int
+    raw_s: float
+    repeat: int
+
+
+def run(config: RemoteConfig, session: Session, dsn: str, settings: DispatcherSettings,
+        say: Callable[[str], None]) -> dict[str, Any]:
+    """Every round at every connection count; the figures by connection count (medians)."""
+    rounds: list[Round] = []
+    with function(config.latency_ms) as url:
+        for round_ in range(1, config.repeat + 1):
+            for n in config.connections:
+                say(f"remote round {round_}: raw client, {n} connections, {config.raw_s:g}s")
+                raw = raw_per_s(url, n, config.raw_s)
+                say(f"remote round {round_}: one dispatcher, {n} connections, "
+                    f"{config.events} events")
+                mine = dispatched_per_s(session, dsn, settings, url, n, config.events)
+                rounds.append(Round(n, raw, mine))
+    return {"latency_ms": config.latency_ms, "events": config.events,
+            "by_connections": [_figures(n, [r for r in rounds if r.connections == n])
+                               for n in config.connections]}
+
+
+def _figures(connections: int, rounds: list[Round]) -> dict[str, Any]:
+    raw = median(r.raw_per_s for r in rounds)
+    mine = median(r.dispatcher_per_s for r in rounds)
+    return {"connections": connections, "raw_calls_per_s": round(raw, 1),
+            "dispatcher_calls_per_s": round(mine, 1),
+            "ratio": round(mine / raw, 3) if raw else 0.0,
+            "rounds": [{"raw": round(r.raw_per_s, 1), "dispatcher": round(r.dispatcher_per_s, 1),
+                        "ratio": round(r.dispatcher_per_s / r.raw_per_s, 3)
+                        if r.raw_per_s else 0.0} for r in rounds]}
+
+
+@contextmanager
+def function(latency_ms: float) -> Iterator[str]:
+    """The stand-in function on a free loopback port, served by one process per core; its
+    URL."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "orchestrator.bench.standin", str(port), str(latency_ms),
+            str(os.cpu_count() or 1)]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}/call"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def raw_per_s(url: str, connections: int, seconds: float) -> float:
+    """Calls/s a raw aiohttp client gets from ``url`` over ``connections`` kept-alive
+    connections, each call sent as soon as the one before is answered."""
+    return asyncio.run(_raw(url, connections, seconds))
+
+
+async def _raw(url: str, connections: int, seconds: float) -> float:
+    answered = 0
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        began = time.monotonic()
+        ends = began + seconds
+
+        async def caller() -> None:
+            nonlocal answered
+            while time.monotonic() < ends:
+                async with http.post(url, data=RAW_BODY,
+                                     headers={"Content-Type": "application/json"}) as answer:
+                    await answer.read()
+                answered += 1
+
+        await asyncio.gather(*(caller() for _ in range(connections)))
+        return answered / (time.monotonic() - began)
+
+
+def dispatched_per_s(session: Session, dsn: str, settings: DispatcherSettings, url: str,
+                     connections: int, events: int) -> float:
+    """Calls/s one dispatcher makes draining ``events`` bench_remote events through
+    ``connections`` connections."""
+    mark = settle(session)
+    session.run("insert_remote", {"count": events})
+    env = {"BENCH_REMOTE_URL": url, "BENCH_REMOTE_CONNECTIONS": str(connections)}
+    with monitor(dsn, session) as mon, Dispatchers(
+            dsn, 1, replace(settings, concurrency=connections), mon, env=env):
+        wait_until(lambda: drained(mon), what="remote calls")
+    row = session.run("remote_calls", mark)[0]
+    seconds = float(row["seconds"] or 0.0)
+    if int(row["events"]) != events:
+        raise BenchError(f"remote case: {row['events']} of {events} calls done")
+    return events / seconds if seconds > 0 else 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"the stand-in function exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"the stand-in function did not listen within {READY_TIMEOUT_S:.0f}s")
