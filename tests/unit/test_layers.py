@@ -78,3 +78,15 @@ def test_the_lowest_layers_import_nothing_of_the_package() -> None:
 def test_a_cycle_is_found_when_there_is_one() -> None:
     assert cycle_from("a", {"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle_from("a", {"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_function_over_60_lines_and_no_class_over_300() -> None:
+    too_long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            limit = (60 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                     else 300 if isinstance(node, ast.ClassDef) else None)
+            if limit and (length := node.end_lineno - node.lineno + 1) > limit:  # type: ignore[operator]
+                too_long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} "
+                                f"({length} lines)")
+    assert too_long == []
