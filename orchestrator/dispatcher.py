@@ -285,8 +285,10 @@ class Dispatcher:
         self._start(events)
 
     def _start(self, events: Sequence[Event]) -> None:
-        if self._stopping.is_set():
-            self.store.release([e.id for e in events])
+        if self._stopping.is_set():  # claimed as the stop came: back to the queue, uncounted
+            if events:
+                released = self.store.release([e.id for e in events])
+                log.warning("stopping: released %d events claimed as the stop came", released)
             return
         self.observer.claimed(events)
         now = self._clock()

@@ -35,7 +35,9 @@ def test_sigterm_releases_what_the_grace_period_did_not_finish_without_counting_
     signalled = time.monotonic()
     out = finish(proc, timeout_s=60)  # exit 0
     assert time.monotonic() - signalled < 10, "it waited for the handlers, not the 1 s grace"
-    assert "stopped with 4 handlers still running; released 4 events" in out
+    # Released as handlers still running, or, when the stop came while the claim was under
+    # way, as claimed but not yet started.
+    assert "released 4 events" in out, out
     # Back in the queue as if never claimed: the attempt is not counted, nothing is recorded.
     assert sql("SELECT status, attempts, claimed_by, lease_until, started_at"
                " FROM orchestrator.events") == [("pending", 0, None, None, None)] * 4
