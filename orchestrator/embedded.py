@@ -108,12 +108,24 @@ class EmbeddedServer:
         with self._lock:
             if not self._initialised():
                 self._initdb()
+            if self.running() and self._binaries_gone():
+                # Started from an install that has since been removed (a venv rebuilt while it
+                # ran): it cannot load its own libraries any more, so restart it from ours.
+                self._pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"])
             if not self.running():
                 options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
                 self._pg_ctl(["-w", "-t", "60", "-l", str(self.log_file),
                               "-o", f"-k {self.data_dir} {options}", "start"])
             self._ensure_database(database)
         return self.uri(database)
+
+    def _binaries_gone(self) -> bool:
+        """Whether the running server's program file was deleted (Linux; False elsewhere)."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+            return os.readlink(f"/proc/{pid}/exe").endswith(" (deleted)")
+        except (OSError, ValueError, IndexError):
+            return False
 
     def stop(self, mode: StopMode = "fast") -> None:
         """Stop the server; a no-op when it is not running."""

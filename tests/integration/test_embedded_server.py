@@ -96,3 +96,18 @@ def test_concurrent_copies_publish_one_whole_installation() -> None:
         version = subprocess.run([results[0] / "postgres", "--version"], capture_output=True,
                                  text=True, check=True).stdout
         assert "PostgreSQL" in version
+
+
+def test_a_server_whose_install_was_removed_is_restarted_from_the_current_one() -> None:
+    with private_dir("gone") as work:
+        bin_dir = closed_copy_of_the_wheel(work / "old-venv")
+        (work / "old-venv").chmod(0o755)
+        data = work / "pgdata"
+        EmbeddedServer(data, bin_dir=bin_dir).start("postgres")
+        try:
+            shutil.rmtree(work / "old-venv")  # the venv rebuilt while its server ran on
+            uri = EmbeddedServer(data).start("postgres")
+            with psycopg.connect(uri, autocommit=True) as conn:
+                conn.execute("DO $$ BEGIN PERFORM 1; END $$")  # loads plpgsql from its install
+        finally:
+            EmbeddedServer(data).discard()
