@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from orchestrator.dispatcher import Stats
     from orchestrator.registry import Registry
 
-__all__ = ["FAST_SETTINGS", "IDLE_TIMEOUT_S", "Harness", "Schema", "assert_path"]
+__all__ = ["FAST_SETTINGS", "IDLE_TIMEOUT_S", "Harness", "Schema", "assert_path",
+           "create_database", "drop_database", "unique_name"]
 
 DSN_ENV = "ORCHESTRATOR_TEST_DSN"
 HANDLERS_INI = "orchestrator_handlers"
@@ -155,10 +156,10 @@ def orchestrator_db(orchestrator_server: str, _orchestrator_templates: _Template
     """The DSN of this test's own database: the application's schema, the orchestrator schema
     and the workflows installed, no events. Dropped after the test."""
     template = _orchestrator_templates.get(orchestrator_schema, orchestrator_registry)
-    name = _unique_name("orch_test")
-    dsn = _create_database(orchestrator_server, name, template=template)
+    name = unique_name("orch_test")
+    dsn = create_database(orchestrator_server, name, template=template)
     yield dsn
-    _drop_database(orchestrator_server, name)
+    drop_database(orchestrator_server, name)
 
 
 @pytest.fixture(name="orchestrator")
@@ -325,19 +326,19 @@ class _Templates:
 
     def drop_all(self) -> None:
         for name, _ in self._built.values():
-            _drop_database(self.server_dsn, name)
+            drop_database(self.server_dsn, name)
         self._built.clear()
 
     def _build(self, schema: Schema, registry: Registry) -> str:
-        name = _unique_name("orch_tmpl")
-        dsn = _create_database(self.server_dsn, name)
+        name = unique_name("orch_tmpl")
+        dsn = create_database(self.server_dsn, name)
         try:
             _create_app_schema(dsn, schema)
             from orchestrator.app import Orchestrator
             with Orchestrator(Settings.load(env={}, dsn=dsn), registry) as app:
                 app.migrate()
         except BaseException:
-            _drop_database(self.server_dsn, name)
+            drop_database(self.server_dsn, name)
             raise
         return name
 
@@ -353,7 +354,9 @@ def _create_app_schema(dsn: str, schema: Schema) -> None:
         conn.execute(text)  # the application's own DDL, as given
 
 
-def _create_database(server_dsn: str, name: str, template: str | None = None) -> str:
+def create_database(server_dsn: str, name: str, template: str | None = None) -> str:
+    """Create database ``name`` on ``server_dsn``'s server (a copy of ``template`` if given);
+    its DSN. Needs CREATEDB."""
     query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     if template:
         query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
@@ -362,14 +365,16 @@ def _create_database(server_dsn: str, name: str, template: str | None = None) ->
     return psycopg.conninfo.make_conninfo(server_dsn, dbname=name)
 
 
-def _drop_database(server_dsn: str, name: str) -> None:
+def drop_database(server_dsn: str, name: str) -> None:
+    """Drop database ``name`` if it exists, even with sessions still on it."""
     # FORCE: a connection a test left open (a thread still running) must not keep it.
     with db.connect(server_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(name)))
 
 
-def _unique_name(prefix: str) -> str:
+def unique_name(prefix: str = "orch_test") -> str:
+    """``prefix`` and a random suffix: a database name no other test run takes."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 

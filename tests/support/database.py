@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import conninfo, sql
 
 from bench import witness
 from orchestrator import demo, schema
@@ -25,6 +24,7 @@ from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
 from orchestrator.embedded import EmbeddedServer
 from orchestrator.registry import Registry
+from orchestrator.testing import create_database, drop_database, unique_name
 from tests.support.jobs import jobs
 from tests.support.tickets import tickets
 
@@ -79,10 +79,6 @@ def private_dir(name: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def with_dbname(dsn: str, dbname: str) -> str:
-    return conninfo.make_conninfo(dsn, dbname=dbname)
-
-
 @contextmanager
 def server_dsn(workdir: Path) -> Iterator[str]:
     """A DSN for a maintenance database of the test server, for the whole session."""
@@ -99,21 +95,6 @@ def server_dsn(workdir: Path) -> Iterator[str]:
             yield server.start("postgres")
         finally:
             server.discard()
-
-
-def create_database(admin_dsn: str, name: str, template: str | None = None) -> str:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        if template:
-            query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-        conn.execute(query)
-    return with_dbname(admin_dsn, name)
-
-
-def drop_database(admin_dsn: str, name: str) -> None:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
 
 
 @contextmanager
@@ -157,10 +138,6 @@ def prepare(dsn: str) -> None:
         schema.install_registry(orch.pool, orch.registry)
     with psycopg.connect(dsn, autocommit=True) as conn:
         witness.install(conn, WATCHED)
-
-
-def unique_name(prefix: str = "orch_test") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 def place_order(sql: Any, ref: str, *, customer_id: int = 1, restaurant_id: int = 1,
