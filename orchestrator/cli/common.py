@@ -160,10 +160,8 @@ def registry_from(settings: Settings) -> Registry:
     if settings.handlers:
         return load_registry(settings.handlers)
     here = Path.cwd()
-    if _is_demo_checkout(here):
-        return load_registry(DEMO_HANDLERS)
     if (here / "handlers" / "__init__.py").is_file() or (here / "handlers.py").is_file():
-        return load_registry("handlers")
+        return load_registry(DEMO_HANDLERS if _is_demo_checkout(here) else "handlers")
     raise ConfigError(
         "no handlers to serve: pass --handlers with your workflows' package or module (or set "
         f"ORCHESTRATOR_HANDLERS), or run from a directory with a `handlers` package; {here} "

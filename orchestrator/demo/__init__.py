@@ -136,9 +136,8 @@ def plan_orders(count: int, seed: int, data: dict[str, list[dict[str, Any]]],
 
 
 def load_reference(orch: Orchestrator) -> dict[str, list[dict[str, Any]]]:
-    """Create the demo's tables if needed and insert the restaurants, menus, customers and
-    agents (rows already there are kept)."""
-    setup(orch)
+    """Insert the restaurants, menus, customers and agents into the demo's tables (made by
+    ``setup``); rows already there are kept."""
     data = reference_data()
     for table, query in REFERENCE_QUERIES.items():
         _insert(orch, query, data[table])
@@ -146,8 +145,8 @@ def load_reference(orch: Orchestrator) -> dict[str, list[dict[str, Any]]]:
 
 
 def seed(orch: Orchestrator, count: int, seed_value: int) -> tuple[int, int]:
-    """Set up the demo's tables and reference data (once) and insert ``count`` new orders;
-    their first and last id."""
+    """Insert the reference data (once) and ``count`` new orders into the demo's tables (made
+    by ``setup``); their first and last id."""
     if count < 0:
         raise OrchestratorError("--orders must be at least 0")
     data = load_reference(orch)

@@ -134,6 +134,7 @@ def prepare(dsn: str) -> None:
         conn.execute(TEST_TABLES)
     settings = Settings.load(env={}, dsn=dsn)
     with Orchestrator(settings, test_registry()) as orch:
+        demo.setup(orch)
         demo.load_reference(orch)
         schema.install_registry(orch.pool, orch.registry)
     with psycopg.connect(dsn, autocommit=True) as conn:
