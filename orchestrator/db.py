@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -28,8 +27,10 @@ from orchestrator.errors import (
     CredentialsError,
     DatabaseUnavailable,
     NotMigrated,
+    PreparedStatementsLost,
     StoreError,
 )
+from orchestrator.redaction import redact
 from orchestrator.sql import QUERIES
 
 if TYPE_CHECKING:
@@ -44,19 +45,6 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
 CHANNEL = "orchestrator"
 LISTEN_APPLICATION_NAME = "orchestrator-listen"
 APPLICATION_NAME = "orchestrator"
-
-# A URI's password runs from the user's ":" to the last "@" before the next blank: a password
-# written with a raw "@" or "/" in it is hidden whole (libpq would cut it at the first "@" and
-# report the rest as part of the host name).
-_PASSWORD_IN_URI = re.compile(r"(://[^:/@\s]*:)\S*@")
-_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """``text`` with any password in a DSN (URI or key=value form) replaced by ``***``."""
-    text = _PASSWORD_IN_URI.sub(r"\1***@", text)
-    return _PASSWORD_PARAM.sub(r"\1***", text)
-
 
 def connect_kwargs(dsn: str, *, password: PasswordProvider | None = None,
                    **extra: Any) -> dict[str, Any]:
@@ -112,7 +100,18 @@ def one_line(exc: BaseException) -> str:
     """A driver error as one line, password-free (libpq spreads its messages over lines)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = text.replace("connection failed: ", "").split(" Is the server running")[0]
+    if _lost_prepared_statement(exc):
+        text += f"; {PreparedStatementsLost.HINT}"
     return redact(text)
+
+
+def _lost_prepared_statement(exc: BaseException) -> bool:
+    """Whether ``exc`` is psycopg's own prepared statement (``_pg3_*``) missing or already
+    there: the mark of a transaction-mode pooler that hands each transaction another server
+    session."""
+    return (isinstance(exc, psycopg.errors.InvalidSqlStatementName
+                        | psycopg.errors.DuplicatePreparedStatement)
+            and '"_pg3_' in str(exc))
 
 
 def describe(dsn: str) -> str:
@@ -137,11 +136,14 @@ RECONNECT_GIVE_UP_S = 3.0
 
 
 def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
-              password: PasswordProvider | None = None, prepare: bool = True) -> ConnectionPool:
+              password: PasswordProvider | None = None, prepare: bool = True,
+              max_lifetime_s: float = 3600.0, max_idle_s: float = 600.0) -> ConnectionPool:
     """A closed pool of work connections; open it with ``open(wait=True)``.
 
     With ``password``, each new connection asks it for its password. ``prepare=False`` turns
-    off server-side prepared statements, which a transaction-mode pooler cannot keep.
+    off server-side prepared statements, which a transaction-mode pooler cannot keep. A
+    connection is replaced after ``max_lifetime_s`` (less up to 5%) and closed after
+    ``max_idle_s`` unused (down to one).
     """
     extra = {} if prepare else {"prepare_threshold": None}
     kwargs: Any = (functools.partial(connect_kwargs, dsn, password=password, **extra)
@@ -149,10 +151,18 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
     return ConnectionPool(
         kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
         check=ConnectionPool.check_connection, timeout=POOL_TIMEOUT_S,
+        max_lifetime=max_lifetime_s, max_idle=max_idle_s,
         # The pool retries a failed connection with a doubling delay; given up early, the
         # next request starts afresh, so it reconnects within our own backoff, not 30 s later.
         reconnect_timeout=RECONNECT_GIVE_UP_S,
     )
+
+
+def pool_stats(pool: ConnectionPool) -> dict[str, int]:
+    """The pool's figures now: psycopg_pool's ``get_stats()`` (pool_size, pool_available,
+    requests_waiting, connections_num, connections_ms, connections_errors, ...; counters since
+    the pool was made, a key missing while it is 0)."""
+    return pool.get_stats()
 
 
 def open_pool(pool: ConnectionPool, dsn: str, *, timeout_s: float = 15.0,
@@ -332,6 +342,8 @@ def translated(conn: psycopg.Connection[Any] | None = None) -> Iterator[None]:
     except psycopg.errors.UndefinedTable as exc:
         raise NotMigrated(f"{NotMigrated.__doc__} ({one_line(exc)})") from exc
     except psycopg.Error as exc:
+        if _lost_prepared_statement(exc):
+            raise PreparedStatementsLost(one_line(exc)) from exc
         kind = DatabaseUnavailable if is_connection_error(exc, conn) else StoreError
         raise kind(f"database error: {one_line(exc)}") from exc
 

@@ -70,3 +70,20 @@ def test_a_handlers_server_session_is_found_through_pgbouncer(
             with pytest.raises(psycopg.OperationalError):
                 conn.execute("SELECT 1")
             tx.close()
+
+
+def test_a_transaction_pooler_without_the_flag_is_named_in_one_line(dsn: str) -> None:
+    """Prepared statements do not survive a transaction-mode pooler: the dispatcher stops with
+    what is wrong and which flag to pass, not with a driver message about ``_pg3_0``."""
+    with private_dir("pgbouncer") as workdir, \
+            servers.pgbouncer(dsn, workdir, pool_size=2) as pooled:
+        seeded = cli("seed", "--orders", "40", "--dsn", pooled)
+        assert seeded.returncode == 0, seeded.stderr
+        done = cli("run", "--until-idle", "--dsn", pooled, "--listen-dsn", dsn,
+                   "--concurrency", "6", "--pool-size", "4")
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: database error: prepared statement \"_pg3_"), last
+    assert last.endswith("server-side prepared statements do not last: pass "
+                         "--transaction-pooling (or set ORCHESTRATOR_TRANSACTION_POOLING=true)")
+    assert "Traceback" not in done.stderr
