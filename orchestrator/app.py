@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from types import TracebackType
 
@@ -14,10 +15,12 @@ from orchestrator import credentials, db, schema
 from orchestrator.config import Settings
 from orchestrator.dispatcher import Dispatcher, dispatcher_name
 from orchestrator.embedded import EmbeddedServer
-from orchestrator.metrics import Metrics
+from orchestrator.metrics import Metrics, connection_summary
 from orchestrator.registry import Registry
 from orchestrator.reports import Reports
 from orchestrator.store import Store
+
+log = logging.getLogger(__name__)
 
 
 def embedded_server(settings: Settings) -> EmbeddedServer:
@@ -48,9 +51,11 @@ class Orchestrator:
         self.settings = settings
         self.registry = registry or Registry([])
         self.dsn = resolve_dsn(settings)
-        self.password = password or credentials.from_settings(settings)
+        self.password = credentials.watched(password or credentials.from_settings(settings))
         self.pool = db.make_pool(self.dsn, max_size=settings.pool_size, password=self.password,
-                                 prepare=not settings.transaction_pooling)
+                                 prepare=not settings.transaction_pooling,
+                                 max_lifetime_s=settings.pool_max_lifetime_s,
+                                 max_idle_s=settings.pool_max_idle_s)
         self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s,
                            lock_timeout_s=settings.lock_timeout_s)
         self.reports = Reports(self.pool)
@@ -64,6 +69,7 @@ class Orchestrator:
                  tb: TracebackType | None) -> None:
         for close in self._on_close:
             close()
+        log.info("connections: %s", connection_summary(db.pool_stats(self.pool), self.password))
         self.pool.close()
 
     def migrate(self) -> list[str]:
@@ -78,7 +84,9 @@ class Orchestrator:
         listen = (self.settings.listen_dsn or self.dsn) if self.settings.listen else None
         metrics = None
         if self.settings.metrics_port is not None:
-            metrics = Metrics(self.registry, self.reports)
+            metrics = Metrics(self.registry, self.reports,
+                              pool_stats=lambda: db.pool_stats(self.pool),
+                              password=self.password)
             metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
             self._on_close.append(metrics.close)
         dispatcher = Dispatcher(self.registry, self.store, self.settings, listen_dsn=listen,
@@ -86,3 +94,4 @@ class Orchestrator:
         if metrics is not None:
             metrics.watch(dispatcher.listener)
         return dispatcher
+

@@ -9,13 +9,19 @@ checks a password only when a session starts), and the pool replaces connections
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError, CredentialsError
+from orchestrator.redaction import redact
+
+log = logging.getLogger(__name__)
 
 PasswordProvider = Callable[[Mapping[str, Any]], str]
 """Called with the parameters of the connection about to open (host, port, user, dbname; never
@@ -82,3 +88,52 @@ def from_settings(settings: Settings) -> PasswordProvider | None:
     if settings.password_provider:
         return load_provider(settings.password_provider)
     return None
+
+
+class WatchedProvider:
+    """A provider that counts its calls and failures and times them, for metrics and logs.
+
+    ``calls``, ``failures`` and ``seconds`` (the time all calls took) only grow. A failure
+    (it raised, or returned no password) is logged as a warning with how long it took, the
+    provider's exception passed on unchanged; an answer is logged at debug level.
+    """
+
+    def __init__(self, provider: PasswordProvider) -> None:
+        self.provider = provider
+        self.calls = 0
+        self.failures = 0
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, params: Mapping[str, Any]) -> str:
+        started = time.monotonic()
+        try:
+            answer = self.provider(params)
+        except Exception as exc:
+            self._count(started, failed=True, reason=f"{type(exc).__name__}: {exc}")
+            raise
+        empty = not isinstance(answer, str) or not answer
+        self._count(started, failed=empty, reason="no password returned")
+        return answer
+
+    def _count(self, started: float, *, failed: bool, reason: str) -> None:
+        took_s = time.monotonic() - started
+        with self._lock:
+            self.calls += 1
+            self.failures += failed
+            self.seconds += took_s
+        if failed:
+            log.warning("password provider failed in %.0f ms: %s", took_s * 1000,
+                        redact(reason))
+        else:
+            log.debug("password provider answered in %.0f ms", took_s * 1000)
+
+    def __repr__(self) -> str:
+        return f"WatchedProvider({self.provider!r})"
+
+
+def watched(provider: PasswordProvider | None) -> WatchedProvider | None:
+    """``provider`` counted and timed (itself if it already is), or None for None."""
+    if provider is None or isinstance(provider, WatchedProvider):
+        return provider
+    return WatchedProvider(provider)
