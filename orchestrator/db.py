@@ -141,9 +141,10 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
     """A closed pool of work connections; open it with ``open(wait=True)``.
 
     With ``password``, each new connection asks it for its password. ``prepare=False`` turns
-    off server-side prepared statements, which a transaction-mode pooler cannot keep. A
-    connection is replaced after ``max_lifetime_s`` (less up to 5%) and closed after
-    ``max_idle_s`` unused (down to one).
+    off server-side prepared statements, which a transaction-mode pooler cannot keep; with
+    ``prepare`` on, a new connection found to go through a pooler (PoolerCheck) gets them off
+    all the same. A connection is replaced after ``max_lifetime_s`` (less up to 5%) and closed
+    after ``max_idle_s`` unused (down to one).
     """
     extra = {} if prepare else {"prepare_threshold": None}
     kwargs: Any = (functools.partial(connect_kwargs, dsn, password=password, **extra)
@@ -151,11 +152,40 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
     return ConnectionPool(
         kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
         check=ConnectionPool.check_connection, timeout=POOL_TIMEOUT_S,
+        configure=PoolerCheck() if prepare else None,
         max_lifetime=max_lifetime_s, max_idle=max_idle_s,
         # The pool retries a failed connection with a doubling delay; given up early, the
         # next request starts afresh, so it reconnects within our own backoff, not 30 s later.
         reconnect_timeout=RECONNECT_GIVE_UP_S,
     )
+
+
+class PoolerCheck:
+    """A new pooled connection's check for a pooler between it and the server.
+
+    PostgreSQL tells a client its server process id when it connects; a pooler (PgBouncer, RDS
+    Proxy, Supavisor) tells one of its own, as it may hand each transaction another server
+    session. When the server's answer differs, server-side prepared statements are turned off
+    on the connection (in transaction mode they would be gone by the next transaction; in
+    session mode turning them off costs a little speed, nothing else), and a warning names
+    --transaction-pooling, once per pool. One round trip per new connection.
+    """
+
+    def __init__(self) -> None:
+        self.pooled = False
+
+    def __call__(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute(QUERIES["backend_pid"]).fetchone()
+        conn.commit()  # the pool takes only idle connections
+        if row is None or row[0] == conn.info.backend_pid:
+            return
+        conn.prepare_threshold = None
+        if not self.pooled:
+            self.pooled = True
+            log.warning("the DSN goes through a connection pooler (the server's process id is "
+                        "not the one the connection was given): server-side prepared "
+                        "statements are off; pass --transaction-pooling to say so, and give "
+                        "LISTEN a direct connection (--listen-dsn) or --no-listen")
 
 
 def pool_stats(pool: ConnectionPool) -> dict[str, int]:
