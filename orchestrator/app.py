@@ -60,6 +60,7 @@ class Orchestrator:
                            lock_timeout_s=settings.lock_timeout_s)
         self.reports = Reports(self.pool)
         self._on_close: list[Callable[[], None]] = []
+        self._dispatched = False
 
     def __enter__(self) -> Orchestrator:
         db.open_pool(self.pool, self.dsn, password=self.password)
@@ -69,7 +70,9 @@ class Orchestrator:
                  tb: TracebackType | None) -> None:
         for close in self._on_close:
             close()
-        log.info("connections: %s", connection_summary(db.pool_stats(self.pool), self.password))
+        if self._dispatched and exc is None:  # a failure's one line stays the only one
+            log.info("connections: %s", connection_summary(db.pool_stats(self.pool),
+                                                           self.password))
         self.pool.close()
 
     def migrate(self) -> list[str]:
@@ -93,5 +96,6 @@ class Orchestrator:
                                 until_idle=until_idle, password=self.password, observer=metrics)
         if metrics is not None:
             metrics.watch(dispatcher.listener)
+        self._dispatched = True
         return dispatcher
 

@@ -19,7 +19,6 @@ from typing import Any
 
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError, CredentialsError
-from orchestrator.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +92,10 @@ def from_settings(settings: Settings) -> PasswordProvider | None:
 class WatchedProvider:
     """A provider that counts its calls and failures and times them, for metrics and logs.
 
-    ``calls``, ``failures`` and ``seconds`` (the time all calls took) only grow. A failure
-    (it raised, or returned no password) is logged as a warning with how long it took, the
-    provider's exception passed on unchanged; an answer is logged at debug level.
+    ``calls``, ``failures`` (it raised, or returned no password) and ``seconds`` (the time all
+    calls took) only grow. Each call is logged at debug level; the provider's answer or
+    exception is passed on unchanged (whoever called says what a failure cost: the pool and
+    the LISTEN connection log it and try again, a command fails with it).
     """
 
     def __init__(self, provider: PasswordProvider) -> None:
@@ -110,23 +110,19 @@ class WatchedProvider:
         try:
             answer = self.provider(params)
         except Exception as exc:
-            self._count(started, failed=True, reason=f"{type(exc).__name__}: {exc}")
+            self._count(started, failed=True, outcome=f"failed: {type(exc).__name__}")
             raise
         empty = not isinstance(answer, str) or not answer
-        self._count(started, failed=empty, reason="no password returned")
+        self._count(started, failed=empty, outcome="returned no password" if empty else "answered")
         return answer
 
-    def _count(self, started: float, *, failed: bool, reason: str) -> None:
+    def _count(self, started: float, *, failed: bool, outcome: str) -> None:
         took_s = time.monotonic() - started
         with self._lock:
             self.calls += 1
             self.failures += failed
             self.seconds += took_s
-        if failed:
-            log.warning("password provider failed in %.0f ms: %s", took_s * 1000,
-                        redact(reason))
-        else:
-            log.debug("password provider answered in %.0f ms", took_s * 1000)
+        log.debug("password provider %s in %.0f ms", outcome, took_s * 1000)
 
     def __repr__(self) -> str:
         return f"WatchedProvider({self.provider!r})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -30,7 +31,6 @@ from orchestrator.errors import (
     PreparedStatementsLost,
     StoreError,
 )
-from orchestrator.redaction import redact
 from orchestrator.sql import QUERIES
 
 if TYPE_CHECKING:
@@ -45,6 +45,19 @@ KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
 CHANNEL = "orchestrator"
 LISTEN_APPLICATION_NAME = "orchestrator-listen"
 APPLICATION_NAME = "orchestrator"
+
+# A URI's password runs from the user's ":" to the last "@" before the next blank: a password
+# written with a raw "@" or "/" in it is hidden whole (libpq would cut it at the first "@" and
+# report the rest as part of the host name).
+_PASSWORD_IN_URI = re.compile(r"(://[^:/@\s]*:)\S*@")
+_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with any password in a DSN (URI or key=value form) replaced by ``***``."""
+    text = _PASSWORD_IN_URI.sub(r"\1***@", text)
+    return _PASSWORD_PARAM.sub(r"\1***", text)
+
 
 def connect_kwargs(dsn: str, *, password: PasswordProvider | None = None,
                    **extra: Any) -> dict[str, Any]:
@@ -147,7 +160,7 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
     after ``max_idle_s`` unused (down to one).
     """
     extra = {} if prepare else {"prepare_threshold": None}
-    kwargs: Any = (functools.partial(connect_kwargs, dsn, password=password, **extra)
+    kwargs: Any = (functools.partial(_pool_connect_kwargs, dsn, password, extra)
                    if password else connect_kwargs(dsn, **extra))
     return ConnectionPool(
         kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
@@ -160,16 +173,22 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
     )
 
 
-class PoolerCheck:
-    """A new pooled connection's check for a pooler between it and the server.
+def _pool_connect_kwargs(dsn: str, password: PasswordProvider,
+                         extra: dict[str, Any]) -> dict[str, Any]:
+    """connect_kwargs for a new pooled connection, opened in the background: a password that
+    cannot be had is logged here (the pool only tries again, its own log says it quietly)."""
+    try:
+        return connect_kwargs(dsn, password=password, **extra)
+    except CredentialsError as exc:
+        log.warning("no password for a new pooled connection (the pool tries again): %s", exc)
+        raise
 
-    PostgreSQL tells a client its server process id when it connects; a pooler (PgBouncer, RDS
-    Proxy, Supavisor) tells one of its own, as it may hand each transaction another server
-    session. When the server's answer differs, server-side prepared statements are turned off
-    on the connection (in transaction mode they would be gone by the next transaction; in
-    session mode turning them off costs a little speed, nothing else), and a warning names
-    --transaction-pooling, once per pool. One round trip per new connection.
-    """
+
+class PoolerCheck:
+    """A new pooled connection's check for a pooler (PgBouncer, RDS Proxy, Supavisor): one
+    tells a client a process id of its own, not the server's. Found, prepared statements are
+    turned off on the connection (safe in any pool mode) and a warning names the flag, once
+    per pool. One round trip per new connection."""
 
     def __init__(self) -> None:
         self.pooled = False
@@ -189,9 +208,8 @@ class PoolerCheck:
 
 
 def pool_stats(pool: ConnectionPool) -> dict[str, int]:
-    """The pool's figures now: psycopg_pool's ``get_stats()`` (pool_size, pool_available,
-    requests_waiting, connections_num, connections_ms, connections_errors, ...; counters since
-    the pool was made, a key missing while it is 0)."""
+    """psycopg_pool's ``get_stats()``: pool_size, pool_available, requests_waiting,
+    connections_num, ... (counters since the pool was made; a key is missing while 0)."""
     return pool.get_stats()
 
 

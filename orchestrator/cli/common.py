@@ -23,8 +23,8 @@ from typer.core import TyperGroup
 
 from orchestrator import logs
 from orchestrator.config import Settings, help_for
+from orchestrator.db import redact
 from orchestrator.errors import ConfigError, OrchestratorError
-from orchestrator.redaction import redact
 from orchestrator.registry import Registry, load_registry
 
 F = TypeVar("F", bound=Callable[..., Any])

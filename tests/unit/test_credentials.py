@@ -65,8 +65,7 @@ def test_any_failure_of_a_provider_is_a_credentials_error() -> None:
     assert connect_kwargs("host=db.example", password=lambda params: "tok")["password"] == "tok"
 
 
-def test_a_watched_provider_counts_calls_failures_and_time(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_a_watched_provider_counts_calls_failures_and_time() -> None:
     from orchestrator.db import connect_kwargs
 
     answers = iter(["tok-1", KeyError("AWS_REGION"), "", "tok-2"])
@@ -87,6 +86,3 @@ def test_a_watched_provider_counts_calls_failures_and_time(
         connect_kwargs("host=db.example", password=watched)
     assert connect_kwargs("host=db.example", password=watched)["password"] == "tok-2"
     assert (watched.calls, watched.failures) == (4, 2) and watched.seconds >= 0
-    failed = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(failed) == 2 and failed[0].endswith("KeyError: 'AWS_REGION'")
-    assert failed[1].endswith("no password returned")

@@ -2,9 +2,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from orchestrator.db import redact
 from orchestrator.errors import BadOutcome
 from orchestrator.events import Event, Next, as_outcome
-from orchestrator.redaction import redact
 
 
 def test_outcomes_accept_none_state_names_and_next() -> None:
