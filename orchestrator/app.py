@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from types import TracebackType
 
@@ -14,10 +15,12 @@ from orchestrator import credentials, db, schema
 from orchestrator.config import Settings
 from orchestrator.dispatcher import Dispatcher, dispatcher_name
 from orchestrator.embedded import EmbeddedServer
-from orchestrator.metrics import Metrics
+from orchestrator.metrics import Metrics, connection_summary
 from orchestrator.registry import Registry
 from orchestrator.reports import Reports
 from orchestrator.store import Store
+
+log = logging.getLogger(__name__)
 
 
 def embedded_server(settings: Settings) -> EmbeddedServer:
@@ -48,13 +51,16 @@ class Orchestrator:
         self.settings = settings
         self.registry = registry or Registry([])
         self.dsn = resolve_dsn(settings)
-        self.password = password or credentials.from_settings(settings)
+        self.password = credentials.watched(password or credentials.from_settings(settings))
         self.pool = db.make_pool(self.dsn, max_size=settings.pool_size, password=self.password,
-                                 prepare=not settings.transaction_pooling)
+                                 prepare=not settings.transaction_pooling,
+                                 max_lifetime_s=settings.pool_max_lifetime_s,
+                                 max_idle_s=settings.pool_max_idle_s)
         self.store = Store(self.pool, dispatcher=dispatcher_name(), lease_s=settings.lease_s,
                            lock_timeout_s=settings.lock_timeout_s)
         self.reports = Reports(self.pool)
         self._on_close: list[Callable[[], None]] = []
+        self._dispatched = False
 
     def __enter__(self) -> Orchestrator:
         db.open_pool(self.pool, self.dsn, password=self.password)
@@ -64,6 +70,9 @@ class Orchestrator:
                  tb: TracebackType | None) -> None:
         for close in self._on_close:
             close()
+        if self._dispatched and exc is None:  # a failure's one line stays the only one
+            log.info("connections: %s", connection_summary(db.pool_stats(self.pool),
+                                                           self.password))
         self.pool.close()
 
     def migrate(self) -> list[str]:
@@ -78,11 +87,15 @@ class Orchestrator:
         listen = (self.settings.listen_dsn or self.dsn) if self.settings.listen else None
         metrics = None
         if self.settings.metrics_port is not None:
-            metrics = Metrics(self.registry, self.reports)
+            metrics = Metrics(self.registry, self.reports,
+                              pool_stats=lambda: db.pool_stats(self.pool),
+                              password=self.password)
             metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
             self._on_close.append(metrics.close)
         dispatcher = Dispatcher(self.registry, self.store, self.settings, listen_dsn=listen,
                                 until_idle=until_idle, password=self.password, observer=metrics)
         if metrics is not None:
             metrics.watch(dispatcher.listener)
+        self._dispatched = True
         return dispatcher
+

@@ -88,6 +88,17 @@ class Settings:
         metadata={"help": "Most pooled work connections (LISTEN adds one); handlers using "
                           "ctx.db each hold one while they run."},
     )
+    pool_max_lifetime_s: float = field(
+        default=3600.0,
+        metadata={"help": "Seconds a pooled connection is used before it is replaced (each "
+                          "gets up to 5% less, so they do not all go at once): set it below a "
+                          "short-lived token's or a load balancer's connection lifetime."},
+    )
+    pool_max_idle_s: float = field(
+        default=600.0,
+        metadata={"help": "Seconds a pooled connection may sit unused before it is closed "
+                          "(the pool keeps one)."},
+    )
     lease_s: float = field(
         default=30.0,
         metadata={"help": "Seconds a claim is held before another dispatcher may take it over."},
@@ -165,7 +176,8 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lease_s", "poll_interval_s", "handler_timeout_s", "retry_base_s",
-                     "lock_timeout_s", "listen_ping_s"):
+                     "lock_timeout_s", "listen_ping_s", "pool_max_lifetime_s",
+                     "pool_max_idle_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.retry_max_s < self.retry_base_s:

@@ -9,13 +9,18 @@ checks a password only when a session starts), and the pool replaces connections
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError, CredentialsError
+
+log = logging.getLogger(__name__)
 
 PasswordProvider = Callable[[Mapping[str, Any]], str]
 """Called with the parameters of the connection about to open (host, port, user, dbname; never
@@ -82,3 +87,49 @@ def from_settings(settings: Settings) -> PasswordProvider | None:
     if settings.password_provider:
         return load_provider(settings.password_provider)
     return None
+
+
+class WatchedProvider:
+    """A provider that counts its calls and failures and times them, for metrics and logs.
+
+    ``calls``, ``failures`` (it raised, or returned no password) and ``seconds`` (the time all
+    calls took) only grow. Each call is logged at debug level; the provider's answer or
+    exception is passed on unchanged (whoever called says what a failure cost: the pool and
+    the LISTEN connection log it and try again, a command fails with it).
+    """
+
+    def __init__(self, provider: PasswordProvider) -> None:
+        self.provider = provider
+        self.calls = 0
+        self.failures = 0
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, params: Mapping[str, Any]) -> str:
+        started = time.monotonic()
+        try:
+            answer = self.provider(params)
+        except Exception as exc:
+            self._count(started, failed=True, outcome=f"failed: {type(exc).__name__}")
+            raise
+        empty = not isinstance(answer, str) or not answer
+        self._count(started, failed=empty, outcome="returned no password" if empty else "answered")
+        return answer
+
+    def _count(self, started: float, *, failed: bool, outcome: str) -> None:
+        took_s = time.monotonic() - started
+        with self._lock:
+            self.calls += 1
+            self.failures += failed
+            self.seconds += took_s
+        log.debug("password provider %s in %.0f ms", outcome, took_s * 1000)
+
+    def __repr__(self) -> str:
+        return f"WatchedProvider({self.provider!r})"
+
+
+def watched(provider: PasswordProvider | None) -> WatchedProvider | None:
+    """``provider`` counted and timed (itself if it already is), or None for None."""
+    if provider is None or isinstance(provider, WatchedProvider):
+        return provider
+    return WatchedProvider(provider)

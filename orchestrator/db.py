@@ -28,6 +28,7 @@ from orchestrator.errors import (
     CredentialsError,
     DatabaseUnavailable,
     NotMigrated,
+    PreparedStatementsLost,
     StoreError,
 )
 from orchestrator.sql import QUERIES
@@ -112,7 +113,18 @@ def one_line(exc: BaseException) -> str:
     """A driver error as one line, password-free (libpq spreads its messages over lines)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = text.replace("connection failed: ", "").split(" Is the server running")[0]
+    if _lost_prepared_statement(exc):
+        text += f"; {PreparedStatementsLost.HINT}"
     return redact(text)
+
+
+def _lost_prepared_statement(exc: BaseException) -> bool:
+    """Whether ``exc`` is psycopg's own prepared statement (``_pg3_*``) missing or already
+    there: the mark of a transaction-mode pooler that hands each transaction another server
+    session."""
+    return (isinstance(exc, psycopg.errors.InvalidSqlStatementName
+                        | psycopg.errors.DuplicatePreparedStatement)
+            and '"_pg3_' in str(exc))
 
 
 def describe(dsn: str) -> str:
@@ -137,22 +149,68 @@ RECONNECT_GIVE_UP_S = 3.0
 
 
 def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
-              password: PasswordProvider | None = None, prepare: bool = True) -> ConnectionPool:
+              password: PasswordProvider | None = None, prepare: bool = True,
+              max_lifetime_s: float = 3600.0, max_idle_s: float = 600.0) -> ConnectionPool:
     """A closed pool of work connections; open it with ``open(wait=True)``.
 
     With ``password``, each new connection asks it for its password. ``prepare=False`` turns
-    off server-side prepared statements, which a transaction-mode pooler cannot keep.
+    off server-side prepared statements, which a transaction-mode pooler cannot keep; with
+    ``prepare`` on, a new connection found to go through a pooler (PoolerCheck) gets them off
+    all the same. A connection is replaced after ``max_lifetime_s`` (less up to 5%) and closed
+    after ``max_idle_s`` unused (down to one).
     """
     extra = {} if prepare else {"prepare_threshold": None}
-    kwargs: Any = (functools.partial(connect_kwargs, dsn, password=password, **extra)
+    kwargs: Any = (functools.partial(_pool_connect_kwargs, dsn, password, extra)
                    if password else connect_kwargs(dsn, **extra))
     return ConnectionPool(
         kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
         check=ConnectionPool.check_connection, timeout=POOL_TIMEOUT_S,
+        configure=PoolerCheck() if prepare else None,
+        max_lifetime=max_lifetime_s, max_idle=max_idle_s,
         # The pool retries a failed connection with a doubling delay; given up early, the
         # next request starts afresh, so it reconnects within our own backoff, not 30 s later.
         reconnect_timeout=RECONNECT_GIVE_UP_S,
     )
+
+
+def _pool_connect_kwargs(dsn: str, password: PasswordProvider,
+                         extra: dict[str, Any]) -> dict[str, Any]:
+    """connect_kwargs for a new pooled connection, opened in the background: a password that
+    cannot be had is logged here (the pool only tries again, its own log says it quietly)."""
+    try:
+        return connect_kwargs(dsn, password=password, **extra)
+    except CredentialsError as exc:
+        log.warning("no password for a new pooled connection (the pool tries again): %s", exc)
+        raise
+
+
+class PoolerCheck:
+    """A new pooled connection's check for a pooler (PgBouncer, RDS Proxy, Supavisor): one
+    tells a client a process id of its own, not the server's. Found, prepared statements are
+    turned off on the connection (safe in any pool mode) and a warning names the flag, once
+    per pool. One round trip per new connection."""
+
+    def __init__(self) -> None:
+        self.pooled = False
+
+    def __call__(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute(QUERIES["backend_pid"]).fetchone()
+        conn.commit()  # the pool takes only idle connections
+        if row is None or row[0] == conn.info.backend_pid:
+            return
+        conn.prepare_threshold = None
+        if not self.pooled:
+            self.pooled = True
+            log.warning("the DSN goes through a connection pooler (the server's process id is "
+                        "not the one the connection was given): server-side prepared "
+                        "statements are off; pass --transaction-pooling to say so, and give "
+                        "LISTEN a direct connection (--listen-dsn) or --no-listen")
+
+
+def pool_stats(pool: ConnectionPool) -> dict[str, int]:
+    """psycopg_pool's ``get_stats()``: pool_size, pool_available, requests_waiting,
+    connections_num, ... (counters since the pool was made; a key is missing while 0)."""
+    return pool.get_stats()
 
 
 def open_pool(pool: ConnectionPool, dsn: str, *, timeout_s: float = 15.0,
@@ -332,6 +390,8 @@ def translated(conn: psycopg.Connection[Any] | None = None) -> Iterator[None]:
     except psycopg.errors.UndefinedTable as exc:
         raise NotMigrated(f"{NotMigrated.__doc__} ({one_line(exc)})") from exc
     except psycopg.Error as exc:
+        if _lost_prepared_statement(exc):
+            raise PreparedStatementsLost(one_line(exc)) from exc
         kind = DatabaseUnavailable if is_connection_error(exc, conn) else StoreError
         raise kind(f"database error: {one_line(exc)}") from exc
 

@@ -38,6 +38,19 @@ class DatabaseUnavailable(StoreError):
     """The database cannot be reached."""
 
 
+class PreparedStatementsLost(StoreError):
+    """The database connection goes through a transaction-mode pooler (PgBouncer, RDS Proxy,
+    Supavisor), which does not keep prepared statements between transactions."""
+
+    HINT = ("the DSN goes through a pooler in transaction mode, where server-side prepared "
+            "statements do not last: pass --transaction-pooling (or set "
+            "ORCHESTRATOR_TRANSACTION_POOLING=true)")
+
+    def __init__(self, detail: str) -> None:
+        # ``detail``: the driver's message, which db.one_line ends with HINT
+        super().__init__(f"database error: {detail}")
+
+
 class MigrationError(StoreError):
     """The migration failed."""
 

@@ -15,10 +15,16 @@ from datetime import UTC
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from orchestrator import admin
+from orchestrator.credentials import WatchedProvider
 from orchestrator.db import Listener
 from orchestrator.errors import ConfigError, OrchestratorError
 from orchestrator.events import Event
@@ -42,7 +48,9 @@ PENDING_KINDS = {"due": "due", "retry": "waiting", "timer": "timers"}
 class Metrics(Observer):
     """A dispatcher's metrics in a registry of their own; ``serve`` exposes them over HTTP."""
 
-    def __init__(self, registry: Registry, store: Reports, *, cache_s: float = 5.0) -> None:
+    def __init__(self, registry: Registry, store: Reports, *, cache_s: float = 5.0,
+                 pool_stats: Callable[[], dict[str, int]] | None = None,
+                 password: WatchedProvider | None = None) -> None:
         self._handlers = registry
         self.registry = CollectorRegistry()
         self._listener: Listener | None = None
@@ -69,6 +77,8 @@ class Metrics(Observer):
             registry=self.registry)
         self.registry.register(DatabaseGauges(store, list(registry.workflows.values()), cache_s))
         self.registry.register(ListenerGauges(lambda: self._listener))
+        if pool_stats is not None:
+            self.registry.register(ConnectionGauges(pool_stats, password))
         self._server: Any = None
 
     # -- the observer hooks (the hot path: increments only) -----------------------------------
@@ -200,3 +210,89 @@ class ListenerGauges(Collector):
                                          "connection was lost and connected again.")
         reconnects.add_metric([], listener.reconnects if listener is not None else 0)
         yield from (up, reconnects)
+
+
+class ConnectionGauges(Collector):
+    """The work pool (psycopg_pool's figures, read when scraped) and the password provider."""
+
+    def __init__(self, pool_stats: Callable[[], dict[str, int]],
+                 password: WatchedProvider | None) -> None:
+        self._pool_stats = pool_stats
+        self._password = password
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._pool_stats()
+        size, available = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        for name, value, text in (
+            ("size", size, "Pooled work connections now, open or being opened."),
+            ("max", stats.get("pool_max", 0), "Most pooled work connections (pool_size)."),
+            ("available", available, "Pooled connections idle, ready to be taken."),
+            ("in_use", max(0, size - available), "Pooled connections taken (or being opened "
+                                                 "or checked)."),
+            ("requests_waiting", stats.get("requests_waiting", 0), "Requests waiting for a "
+                                                                   "pooled connection now."),
+        ):
+            gauge = GaugeMetricFamily(f"orchestrator_pool_{name}", text)
+            gauge.add_metric([], value)
+            yield gauge
+        yield from _pool_counters(stats, self._password)
+        if self._password is not None:
+            yield from _password_families(self._password)
+
+
+def _pool_counters(stats: dict[str, int], password: WatchedProvider | None) -> Iterator[Metric]:
+    for name, value, text in (
+        ("connection_errors", stats.get("connections_errors", 0), "New pooled connections "
+         "that failed to connect (refused, unreachable, authentication failed)."),
+        ("connections_lost", stats.get("connections_lost", 0) + stats.get("returns_bad", 0),
+         "Pooled connections found broken and replaced."),
+        ("requests", stats.get("requests_num", 0), "Requests for a pooled connection."),
+        ("request_timeouts", stats.get("requests_errors", 0), "Requests that got no pooled "
+         "connection in time."),
+    ):
+        counter = CounterMetricFamily(f"orchestrator_pool_{name}", text)
+        counter.add_metric([], value)
+        yield counter
+    connect = SummaryMetricFamily(
+        "orchestrator_pool_connect_seconds", "New pooled connections opened, and the time "
+        "their connecting took (TCP, TLS, authentication).")
+    connect.add_metric([], count_value=connections_opened(stats, password),
+                       sum_value=stats.get("connections_ms", 0) / 1000)
+    yield connect
+
+
+def _password_families(password: WatchedProvider) -> Iterator[Metric]:
+    calls = SummaryMetricFamily(
+        "orchestrator_password_provider_seconds", "Calls to the password provider (command or "
+        "function; one per new connection) and the time they took, failures included.")
+    calls.add_metric([], count_value=password.calls, sum_value=password.seconds)
+    failures = CounterMetricFamily(
+        "orchestrator_password_provider_failures", "Calls to the password provider that "
+        "raised or returned no password.")
+    failures.add_metric([], password.failures)
+    yield from (calls, failures)
+
+
+def connection_summary(stats: dict[str, int],
+                       password: WatchedProvider | None) -> str:
+    """One line on the pool's connections (and the password provider's calls) so far."""
+    opened = connections_opened(stats, password)
+    connect_ms = stats.get("connections_ms", 0) / max(1, opened)
+    text = (f"pool opened {opened} (mean {connect_ms:.0f} ms to connect), "
+            f"{stats.get('connections_errors', 0)} failed to connect, "
+            f"{stats.get('connections_lost', 0)} found broken, "
+            f"{stats.get('requests_errors', 0)} requests timed out")
+    if password is not None:
+        mean_ms = 1000 * password.seconds / max(1, password.calls)
+        text += (f"; password provider: {password.calls} calls, {password.failures} failed, "
+                 f"mean {mean_ms:.0f} ms")
+    return text
+
+
+def connections_opened(stats: dict[str, int], password: WatchedProvider | None
+                       ) -> int:
+    """Connections the pool opened. psycopg_pool counts an attempt whose password could not be
+    had among its attempts (not its errors): those are taken off, the few of the LISTEN
+    connection's and open's direct check with them, so this may fall short by those."""
+    failed = password.failures if password is not None else 0
+    return max(0, stats.get("connections_num", 0) - stats.get("connections_errors", 0) - failed)

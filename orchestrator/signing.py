@@ -7,6 +7,9 @@ replayed is refused). Either side may hold two secrets at once, so a secret is r
 downtime: add the new one where requests are verified, then sign with it, then retire the old.
 
 Functions verify with ``verify`` or ``verify_headers``; only the standard library is used.
+``verify_headers`` takes the headers as any framework has them: a mapping (Starlette, Flask,
+Django, Azure Functions, a Lambda event's ``headers``), a WSGI ``environ``, or the
+``(name, value)`` byte pairs of an ASGI ``scope["headers"]``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import hmac
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from orchestrator.errors import ConfigError, SignatureError
 
@@ -24,6 +28,12 @@ HEADER = "Orchestrator-Signature"
 SCHEME = "v1"
 TOLERANCE_S = 300.0
 SECRETS_ENV = "ORCHESTRATOR_REMOTE_SECRETS"
+# The header's names as frameworks hand them over, lowercased: HTTP, and WSGI's environ key.
+_NAMES = (HEADER.lower(), "http_" + HEADER.lower().replace("-", "_"))
+
+Headers = Mapping[str, Any] | Iterable[tuple[str | bytes, str | bytes]]
+"""Request headers as a framework gives them: a mapping of names to values (any case), a WSGI
+``environ``, or ASGI's list of ``(name, value)`` byte pairs."""
 # Unix seconds: ASCII digits only (str.isdigit takes "²"), few enough for a float.
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 
@@ -60,11 +70,25 @@ def verify(body: bytes, header: str | None, secrets: Sequence[str], *,
     return timestamp
 
 
-def verify_headers(body: bytes, headers: Mapping[str, str], secrets: Sequence[str], *,
+def verify_headers(body: bytes, headers: Headers, secrets: Sequence[str], *,
                    now: float | None = None, tolerance_s: float = TOLERANCE_S) -> int:
-    """``verify`` with the header looked up case-insensitively in ``headers``."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    return verify(body, lowered.get(HEADER.lower()), secrets, now=now, tolerance_s=tolerance_s)
+    """``verify`` with the signature header found in ``headers`` (see ``Headers``; names in
+    any case). Raises SignatureError as ``verify`` does, a missing header included."""
+    return verify(body, header_value(headers), secrets, now=now, tolerance_s=tolerance_s)
+
+
+def header_value(headers: Headers) -> str | None:
+    """The signature header's value in ``headers`` (the first, if repeated), or None."""
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in items:
+        if _text(name).lower() in _NAMES:
+            return _text(value)
+    return None
+
+
+def _text(value: object) -> str:
+    """A header name or value as text; bytes as HTTP sends them (ISO-8859-1)."""
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
 def secrets_from_env(name: str = SECRETS_ENV, env: Mapping[str, str] | None = None) -> list[str]:

@@ -86,6 +86,8 @@ def run(
     concurrency: Annotated[int | None, setting_option("concurrency")] = None,
     batch_size: Annotated[int | None, setting_option("batch_size")] = None,
     pool_size: Annotated[int | None, setting_option("pool_size")] = None,
+    pool_max_lifetime_s: Annotated[float | None, setting_option("pool_max_lifetime_s")] = None,
+    pool_max_idle_s: Annotated[float | None, setting_option("pool_max_idle_s")] = None,
     lease_s: Annotated[float | None, setting_option("lease_s")] = None,
     poll_interval_s: Annotated[float | None, setting_option("poll_interval_s")] = None,
     handler_timeout_s: Annotated[float | None, setting_option("handler_timeout_s")] = None,

@@ -4,6 +4,7 @@ a server of the tests' own (``scram_server`` in conftest.py)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,9 +21,11 @@ from orchestrator.config import Settings
 from orchestrator.db import LISTEN_APPLICATION_NAME
 from orchestrator.errors import DatabaseUnavailable
 from tests.acceptance.test_cli import ROOT, cli
+from tests.acceptance.test_metrics import scrape, total
 from tests.conftest import FAST
 from tests.support import exactly_once, servers
 from tests.support.database import private_dir
+from tests.support.processes import Output, wait_for
 
 TERMINAL = ("delivered", "rejected", "cancelled", "failed")
 
@@ -121,3 +124,72 @@ def test_a_wrong_token_fails_in_one_line_without_the_token(
         pass
     assert "password authentication failed" in str(caught.value)
     assert "SECRET" not in str(caught.value)
+
+
+def test_pool_and_password_metrics_move_with_a_provider_that_fails_now_and_then(
+        scram_server: servers.PostgresServer) -> None:
+    """Connections recycled every half second (--pool-max-lifetime-s) ask the provider again
+    and again; every third call fails. The work still completes, and the metrics and the log
+    say how the pool and the provider fared."""
+    scram_server.sql("ALTER ROLE rotating PASSWORD 'pw-flaky-SECRET'")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTRATOR_")}
+    environ |= {f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in FAST.items()}
+    environ |= {"ORCHESTRATOR_DSN": scram_server.tcp_dsn("shop", user="rotating"),
+                "ORCHESTRATOR_PASSWORD_PROVIDER": "tests.support.flaky_password:token",
+                "FLAKY_PASSWORD": "pw-flaky-SECRET"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "--log-level", "INFO", "run", "--metrics-port",
+         "0", "--pool-size", "3", "--concurrency", "4", "--pool-max-lifetime-s", "0.5",
+         "--pool-max-idle-s", "30"], cwd=ROOT, env=environ, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    output = Output(proc)
+    try:
+        url = output.wait_for(r"Prometheus metrics on (http://[\d.]+:\d+/metrics)",
+                              what="the metrics address in the log")
+        first: Any = None
+
+        def scraped() -> bool:
+            nonlocal first
+            first = scrape(url)
+            return first is not None
+        wait_for(scraped, what="the metrics endpoint")
+        assert total(first, "orchestrator_pool_max") == 3
+        assert total(first, "orchestrator_password_provider_seconds_count") >= 2
+        orders = scram_server.sql("SELECT count(*) FROM orders", "shop")[0][0]  # earlier tests'
+        for seed_value in (1, 2):  # two waves, so the run outlasts several lifetimes
+            seed(scram_server, 15, seed_value)
+            orders += 15
+            wait_until(scram_server, all_terminal(orders))
+        later: Any = None
+
+        def moved() -> bool:
+            nonlocal later
+            later = scrape(url)
+            return later is not None and \
+                total(later, "orchestrator_password_provider_failures_total") >= 2 and \
+                total(later, "orchestrator_pool_connect_seconds_count") > 3
+        wait_for(moved, timeout_s=60, what="connections recycled and the provider failing")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        text = output.close()
+    assert proc.returncode == 0, text
+    calls = total(later, "orchestrator_password_provider_seconds_count")
+    failures = total(later, "orchestrator_password_provider_failures_total")
+    assert calls > total(first, "orchestrator_password_provider_seconds_count")
+    assert failures == calls // 3  # every third call, and no other failure
+    assert total(later, "orchestrator_password_provider_seconds_sum") > 0
+    assert total(later, "orchestrator_pool_connect_seconds_sum") > 0
+    assert 1 <= total(later, "orchestrator_pool_size") <= 3
+    assert total(later, "orchestrator_pool_requests_total") > \
+        total(first, "orchestrator_pool_requests_total")
+    assert total(later, "orchestrator_pool_connection_errors_total") == 0
+    assert scram_server.sql("SELECT count(*) FROM orchestrator.events"
+                            " WHERE status IN ('pending', 'running')", "shop") == [(0,)]
+    assert re.search(r"WARNING orchestrator\.db: no password for a new pooled connection \(the "
+                     r"pool tries again\): password provider failed: TokenServiceBusy: token "
+                     r"service busy \(call \d+\)", text), text
+    summary = re.search(r"connections: pool opened (\d+) .*; password provider: (\d+) calls, "
+                        r"(\d+) failed", text)
+    assert summary and int(summary[1]) > 3 and int(summary[3]) >= failures, text
+    assert "SECRET" not in text

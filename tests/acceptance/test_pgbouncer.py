@@ -70,3 +70,33 @@ def test_a_handlers_server_session_is_found_through_pgbouncer(
             with pytest.raises(psycopg.OperationalError):
                 conn.execute("SELECT 1")
             tx.close()
+
+
+def test_a_pooler_without_the_flag_is_found_named_and_worked_around(dsn: str, sql: Any) -> None:
+    """Without --transaction-pooling, a dispatcher would fail with 'prepared statement
+    "_pg3_24" does not exist'. Each new pooled connection compares the server's process id
+    with the one it was told: PgBouncer's differs, so prepared statements are turned off, one
+    warning names the flag, and the work completes."""
+    with private_dir("pgbouncer") as workdir, \
+            servers.pgbouncer(dsn, workdir, pool_size=2) as pooled:
+        seeded = cli("seed", "--orders", "40", "--dsn", pooled)
+        assert seeded.returncode == 0, seeded.stderr
+        done = cli("run", "--until-idle", "--dsn", pooled, "--listen-dsn", dsn,
+                   "--concurrency", "6", "--pool-size", "4")
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "connection pooler" in line]
+    assert len(warnings) == 1, done.stderr
+    assert warnings[0].endswith("server-side prepared statements are off; pass "
+                                "--transaction-pooling to say so, and give LISTEN a direct "
+                                "connection (--listen-dsn) or --no-listen")
+    assert sql("SELECT count(*) FROM orchestrator.event_errors WHERE error LIKE '%%prepared%%'"
+               ) == [(0,)]
+    states = dict(sql("SELECT status, count(*) FROM orders GROUP BY 1"))
+    assert sum(states.values()) == 40 and set(states) <= TERMINAL
+    exactly_once.assert_charged_once(sql)
+
+
+def test_a_direct_connection_keeps_its_prepared_statements(dsn: str) -> None:
+    settings = Settings.load(env={}, dsn=dsn, listen=False)
+    with Orchestrator(settings) as orch, orch.pool.connection() as conn:
+        assert conn.prepare_threshold == 5  # psycopg's default: prepared after 5 runs

@@ -30,7 +30,9 @@ def test_bad_env_value_names_the_variable() -> None:
 
 
 @pytest.mark.parametrize("field,value", [("concurrency", 0), ("lease_s", 0.0),
-                                         ("poll_interval_s", -1.0), ("max_attempts", 0)])
+                                         ("poll_interval_s", -1.0), ("max_attempts", 0),
+                                         ("pool_max_lifetime_s", 0.0),
+                                         ("pool_max_idle_s", -5.0)])
 def test_out_of_range_values_are_refused(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=field):
         Settings.load({}, **{field: value})
@@ -91,3 +93,15 @@ def test_retention_is_a_duration_from_env_or_flag() -> None:
         Settings.load({}, retention="0s")
     assert "Default: 3d." in help_for("retention")
     assert format_duration(timedelta(hours=36)) == "36h"
+
+
+def test_pool_lifetimes_come_from_env_and_reach_the_pool() -> None:
+    from orchestrator.db import make_pool
+
+    assert (Settings().pool_max_lifetime_s, Settings().pool_max_idle_s) == (3600.0, 600.0)
+    settings = Settings.load({"ORCHESTRATOR_POOL_MAX_LIFETIME_S": "840",
+                              "ORCHESTRATOR_POOL_MAX_IDLE_S": "60"})
+    assert (settings.pool_max_lifetime_s, settings.pool_max_idle_s) == (840.0, 60.0)
+    assert "ORCHESTRATOR_POOL_MAX_LIFETIME_S" in help_for("pool_max_lifetime_s")
+    pool = make_pool("host=db.example", max_size=2, max_lifetime_s=840, max_idle_s=60)
+    assert (pool.max_lifetime, pool.max_idle) == (840, 60)

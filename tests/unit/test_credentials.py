@@ -63,3 +63,26 @@ def test_any_failure_of_a_provider_is_a_credentials_error() -> None:
     with pytest.raises(CredentialsError, match="returned no password"):
         connect_kwargs("host=db.example", password=lambda params: "")
     assert connect_kwargs("host=db.example", password=lambda params: "tok")["password"] == "tok"
+
+
+def test_a_watched_provider_counts_calls_failures_and_time() -> None:
+    from orchestrator.db import connect_kwargs
+
+    answers = iter(["tok-1", KeyError("AWS_REGION"), "", "tok-2"])
+
+    def provider(params: object) -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    watched = credentials.watched(provider)
+    assert watched is not None and credentials.watched(watched) is watched
+    assert credentials.watched(None) is None
+    assert connect_kwargs("host=db.example", password=watched)["password"] == "tok-1"
+    with pytest.raises(CredentialsError, match="KeyError"):
+        connect_kwargs("host=db.example", password=watched)
+    with pytest.raises(CredentialsError, match="returned no password"):
+        connect_kwargs("host=db.example", password=watched)
+    assert connect_kwargs("host=db.example", password=watched)["password"] == "tok-2"
+    assert (watched.calls, watched.failures) == (4, 2) and watched.seconds >= 0
