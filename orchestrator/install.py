@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from orchestrator.errors import DefinitionError, NotMigrated
+from orchestrator.routing import Values
 from orchestrator.sql import INSTALL
 from orchestrator.workflow import Workflow
 
@@ -90,9 +91,10 @@ def install_workflow(conn: psycopg.Connection[Any], wf: Workflow) -> None:
         raise NotMigrated("the orchestrator schema is older than this version: run "
                           "`orchestrator migrate` first")
     _check_table(conn, wf)
+    # A workflow without a state column is stored with '' for it and its initial state.
     conn.execute(INSTALL["upsert_workflow"], {
-        "name": wf.name, "table": wf.qualified_table, "key": wf.key, "column": wf.column,
-        "initial": wf.initial, "definition": Jsonb(wf.definition())})
+        "name": wf.name, "table": wf.qualified_table, "key": wf.key, "column": wf.column or "",
+        "initial": wf.initial or "", "definition": Jsonb(wf.definition())})
     conn.execute(INSTALL["delete_transitions"], {"name": wf.name})
     conn.execute(INSTALL["delete_deadlines"], {"name": wf.name})
     with conn.cursor() as cur:
@@ -103,7 +105,11 @@ def install_workflow(conn: psycopg.Connection[Any], wf: Workflow) -> None:
             {"name": wf.name, "state": d.state, "after_s": d.after_s, "dest": d.to}
             for d in wf.deadlines])
     for statement in trigger_ddl(conn, wf):
-        conn.execute(statement)
+        try:
+            conn.execute(statement)
+        except psycopg.errors.DataError as exc:  # a column route's value the column refuses
+            raise DefinitionError(f"workflow {wf.name!r}: a column route names a value its "
+                                  f"column cannot hold: {str(exc).splitlines()[0]}") from exc
 
 
 def _check_table(conn: psycopg.Connection[Any], wf: Workflow) -> None:
@@ -111,7 +117,7 @@ def _check_table(conn: psycopg.Connection[Any], wf: Workflow) -> None:
     if not columns:
         raise DefinitionError(f"workflow {wf.name!r}: table {wf.qualified_table} does not "
                               "exist; create it in a migration first")
-    for col in (wf.key, wf.column, *wf.watch):
+    for col in (wf.key, *([wf.column] if wf.column else []), *wf.watch):
         if col not in columns:
             raise DefinitionError(
                 f"workflow {wf.name!r}: table {wf.qualified_table} has no column {col!r}")
@@ -138,10 +144,11 @@ def trigger_ddl(conn: psycopg.Connection[Any], wf: Workflow) -> list[sql.Compose
     """CREATE OR REPLACE the guard and capture triggers; DROP the triggers the orchestrator
     made for ``wf`` earlier that it no longer wants (a column no longer watched, a name of an
     older version). Triggers of one timing fire in name order: the state column's capture
-    comes first. Raises DefinitionError if two of its triggers would share a name, or one
+    comes first. A state column PostgreSQL generates from other columns has no guard: its new
+    value is computed after BEFORE triggers run, and nobody writes it. Raises DefinitionError if two of its triggers would share a name, or one
     would replace a trigger the orchestrator did not make for ``wf`` (another workflow's on
     the same table, the application's own)."""
-    specs = _trigger_specs(wf)
+    specs = _trigger_specs(wf, guarded=wf.column is not None and not _generated(conn, wf))
     wanted = {trigger_name(wf, suffix): _trigger(wf, suffix, *spec) for suffix, spec in specs}
     if len(wanted) < len(specs):
         raise DefinitionError(f"workflow {wf.name!r}: two of its triggers would share a name")
@@ -157,40 +164,93 @@ def trigger_ddl(conn: psycopg.Connection[Any], wf: Workflow) -> list[sql.Compose
     return [*drops, *wanted.values()]
 
 
-TriggerSpec = tuple[str, str | None, str, list[str]]  # timing, changed column, function, args
+# timing, the column whose UPDATE fires it (None: INSERT), function, arguments, condition
+TriggerSpec = tuple[str, str | None, str, list[str], sql.Composable | None]
 
 
-def _trigger_specs(wf: Workflow) -> list[tuple[str, TriggerSpec]]:
-    """Each trigger of ``wf`` by name suffix: timing, the column whose change fires it (None:
-    on INSERT), the function and its arguments. The state column's captures also keep the
-    row's deadline timers and record arrivals no handler serves as finished."""
+def _generated(conn: psycopg.Connection[Any], wf: Workflow) -> bool:
+    row = conn.execute(INSTALL["column_generated"], {
+        "schema": wf.schema, "table": wf.table, "column": wf.column}).fetchone()
+    return bool(row and row[0])
+
+
+def _trigger_specs(wf: Workflow, *, guarded: bool) -> list[tuple[str, TriggerSpec]]:
+    """Each trigger of ``wf`` by name suffix. The state column (if any) has a guard on INSERT
+    and UPDATE and captures of both, which also keep the row's deadline timers and record
+    arrivals no handler serves as finished; each watched column a capture of its UPDATEs, and
+    one of INSERTs when a column route serves a change from NULL. A watched column whose
+    handlers are column routes alone is captured only when one of them matches."""
     # The state column's captures: 'deadlines' or '', then the states whose arrival no
     # handler serves (recorded finished); none of either: the arguments capture_v2 took.
     unserved = wf.unserved_states()
     state_args = (["deadlines" if wf.deadlines else "", *unserved] if unserved
                   else ["deadlines"] if wf.deadlines else [])
     guard, capture = "orchestrator.guard_v2", "orchestrator.capture_v3"
-    specs: list[tuple[str, TriggerSpec]] = [
-        ("guard_insert", ("BEFORE", None, guard, [wf.name, wf.column])),
-        ("guard_update", ("BEFORE", wf.column, guard, [wf.name, wf.column])),
-        ("capture_insert", ("AFTER", None, capture, [wf.name, wf.key, wf.column, *state_args])),
-    ]
-    for rank, column in enumerate((wf.column, *wf.watch)):
+    specs: list[tuple[str, TriggerSpec]] = []
+    if wf.column is not None and guarded:
+        specs += [
+            ("guard_insert", ("BEFORE", None, guard, [wf.name, wf.column], None)),
+            ("guard_update", ("BEFORE", wf.column, guard, [wf.name, wf.column],
+                              _changed(wf.column))),
+        ]
+    if wf.column is not None:
+        specs.append(("capture_insert", ("AFTER", None, capture,
+                                         [wf.name, wf.key, wf.column, *state_args], None)))
+    for rank, column in enumerate(c for c in (wf.column, *wf.watch) if c is not None):
+        args = [wf.name, wf.key, column]
         extra = state_args if column == wf.column else []
         specs.append((f"capture_{rank}_{column}",
-                      ("AFTER", column, capture, [wf.name, wf.key, column, *extra])))
+                      ("AFTER", column, capture, [*args, *extra], _update_when(wf, column))))
+        if column != wf.column and (when := _insert_when(wf, column)) is not None:
+            specs.append((f"insert_{rank}_{column}", ("AFTER", None, capture, args, when)))
     return specs
 
 
+def _changed(column: str) -> sql.Composable:
+    return sql.SQL("OLD.{c} IS DISTINCT FROM NEW.{c}").format(c=sql.Identifier(column))
+
+
+def _update_when(wf: Workflow, column: str) -> sql.Composable:
+    """A real change of ``column``; for a watched column served by column routes alone, one
+    that one of them matches."""
+    routes = wf.handlers.column_routes(column)
+    if column == wf.column or not routes or any(
+            s.route.column == column and s.route.change is None for s in wf.handlers):
+        return _changed(column)
+    matches = [sql.SQL("({} AND {})").format(_among("OLD", column, r.change.old),
+                                             _among("NEW", column, r.change.new))
+               for r in routes if r.change is not None]
+    return sql.SQL("{} AND ({})").format(_changed(column), sql.SQL(" OR ").join(matches))
+
+
+def _insert_when(wf: Workflow, column: str) -> sql.Composable | None:
+    """For a watched column, the condition on a new row under which a column route serves its
+    value as a change from NULL; None when no route does."""
+    news = [r.change.new for r in wf.handlers.column_routes(column)
+            if r.change is not None and (r.change.old is None or None in r.change.old)]
+    if not news:
+        return None
+    return sql.SQL("NEW.{} IS NOT NULL AND ({})").format(
+        sql.Identifier(column), sql.SQL(" OR ").join(_among("NEW", column, n) for n in news))
+
+
+def _among(row: str, column: str, values: Values) -> sql.Composable:
+    """``row.column`` is one of ``values`` (None: any); each value an untyped literal, which
+    PostgreSQL reads in the column's own type."""
+    if values is None:
+        return sql.SQL("true")
+    ref = sql.SQL("{}.{}").format(sql.SQL(row), sql.Identifier(column))
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(
+        sql.SQL("{} IS NULL").format(ref) if v is None
+        else sql.SQL("{} = {}").format(ref, sql.Literal(v)) for v in values))
+
+
 def _trigger(wf: Workflow, suffix: str, timing: str, column: str | None, function: str,
-             args: list[str]) -> sql.Composed:
-    if column is None:
-        event: sql.Composable = sql.SQL("INSERT")
-        when: sql.Composable = sql.SQL("")
-    else:
-        col = sql.Identifier(column)
-        event = sql.SQL("UPDATE OF {}").format(col)
-        when = sql.SQL("WHEN (OLD.{c} IS DISTINCT FROM NEW.{c})").format(c=col)
+             args: list[str], condition: sql.Composable | None) -> sql.Composed:
+    event = (sql.SQL("INSERT") if column is None
+             else sql.SQL("UPDATE OF {}").format(sql.Identifier(column)))
+    when = (sql.SQL("") if condition is None
+            else sql.SQL("WHEN ({})").format(condition))
     return sql.SQL(INSTALL["create_trigger"]).format(
         name=sql.Identifier(trigger_name(wf, suffix)), timing=sql.SQL(timing), event=event,
         table=sql.Identifier(wf.schema, wf.table), when=when,
