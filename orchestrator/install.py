@@ -145,9 +145,9 @@ def trigger_ddl(conn: psycopg.Connection[Any], wf: Workflow) -> list[sql.Compose
     made for ``wf`` earlier that it no longer wants (a column no longer watched, a name of an
     older version). Triggers of one timing fire in name order: the state column's capture
     comes first. A state column PostgreSQL generates from other columns has no guard: its new
-    value is computed after BEFORE triggers run, and nobody writes it. Raises DefinitionError if two of its triggers would share a name, or one
-    would replace a trigger the orchestrator did not make for ``wf`` (another workflow's on
-    the same table, the application's own)."""
+    value is computed after BEFORE triggers run, and nobody writes it. Raises DefinitionError
+    if two of its triggers would share a name, or one would replace a trigger the orchestrator
+    did not make for ``wf`` (another workflow's on the same table, the application's own)."""
     specs = _trigger_specs(wf, guarded=wf.column is not None and not _generated(conn, wf))
     wanted = {trigger_name(wf, suffix): _trigger(wf, suffix, *spec) for suffix, spec in specs}
     if len(wanted) < len(specs):

@@ -163,7 +163,7 @@ def test_two_dispatchers_run_each_orders_events_once_and_in_order(
     def run() -> None:
         try:
             orchestrator.run_until_idle(concurrency=4)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]
