@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator import admin
 from orchestrator.app import Orchestrator
+from orchestrator.errors import OrchestratorError
 from orchestrator.metrics import DatabaseGauges
 from orchestrator.testing import Harness
 from orchestrator.web import create_app
@@ -55,6 +56,10 @@ def test_status_history_dashboard_and_gauges_show_a_workflow_without_states(
         "pending": 0, "running": 0, "dead": 0, "oldest_pending_age_s": None}
     orders = admin.workflows(app.reports)["orders"]
     assert orders.column is None and orders.states == ()
+    with pytest.raises(OrchestratorError, match="has no states to draw"):
+        admin.graph(orders)
+    with pytest.raises(OrchestratorError, match="no state column, so no path"):
+        orchestrator.path("orders", key)
     timeline = admin.history(app.reports, orders, str(key))["events"]
     # validated NULL -> true is not there: no route serves it (only to=False does).
     assert [(e["column_name"], e["new_value"]) for e in timeline] == [
