@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any, TypeVar
 
 from orchestrator.errors import RegistrationError
@@ -20,6 +21,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 # The values a column route accepts on one side of a change, as the text the event log records
 # for them (None for NULL); None accepts any value.
 Values = tuple[str | None, ...] | None
+# A value a column route names: compared with the column's value in the column's own type.
+ColumnValue = bool | int | str | None
+# What on_column accepts for either side of a change: a value, a list of them, or ... for any.
+ValueCondition = ColumnValue | Sequence[ColumnValue] | EllipsisType
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,30 @@ def _text(values: Values) -> str:
     if values is None:
         return "*"
     return json.dumps(sorted(values, key=lambda v: (v is not None, v or "")))
+
+
+def values_of(workflow: str, condition: ValueCondition) -> Values:
+    """The text forms of a value condition (None for any value, see Change). Raises
+    RegistrationError for a value that is not None, a bool, an int or a str."""
+    if condition is ...:
+        return None
+    given = (list(condition) if isinstance(condition, Sequence) and not isinstance(condition, str)
+             else [condition])
+    texts: list[str | None] = []
+    for value in given:
+        if value is None or isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, bool):
+            texts.append("true" if value else "false")
+        elif isinstance(value, int):
+            texts.append(str(value))
+        else:
+            raise RegistrationError(f"workflow {workflow!r}: a column route compares None, "
+                                    f"bools, ints and strs, not {type(value).__name__}")
+    if not texts:
+        raise RegistrationError(f"workflow {workflow!r}: an empty list of values matches no "
+                                "change; use ... for any value")
+    return tuple(dict.fromkeys(texts))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,14 +14,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import EllipsisType
 from typing import Any, TypeVar
 
 from transitions import Machine
 from transitions import Transition as TransitionsMove
 
 from orchestrator.errors import DefinitionError, IllegalTransition, RegistrationError
-from orchestrator.routing import Change, HandlerTable, Route, Values
+from orchestrator.routing import Change, HandlerTable, Route, ValueCondition, values_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 FAIL_TRIGGER = "fail"
@@ -51,10 +50,6 @@ class Deadline:
 
 
 TransitionSpec = Mapping[str, Any] | Sequence[Any]
-# A value a column route names: compared with the column's value in the column's own type.
-ColumnValue = bool | int | str | None
-# What on_column accepts for either side of a change: a value, a list of them, or ... for any.
-ValueCondition = ColumnValue | Sequence[ColumnValue] | EllipsisType
 # A workflow's name: ASCII letters, digits and _, at most 30 bytes, so that its triggers' names
 # fit PostgreSQL's 63 bytes ("orchestrator_<name>_capture_insert") or, cut for a long column
 # name, still sort the state column's capture first ("orchestrator_<name>_capture_0...").
@@ -329,7 +324,7 @@ class Workflow:
         RegistrationError for a column not watched, a value of another type, or conditions
         that overlap another column route of the same column.
         """
-        change = Change(_values(self.name, from_), _values(self.name, to))
+        change = Change(values_of(self.name, from_), values_of(self.name, to))
         return self._register(Route(column, None, None, any_source=True, change=change),
                               options)
 
@@ -369,30 +364,6 @@ def _check_names(name: str, identifiers: Iterable[tuple[str, str]]) -> None:
             raise DefinitionError(
                 f"workflow {name!r}: {what} {identifier!r} is not a PostgreSQL name (1 to "
                 f"{MAX_IDENTIFIER_BYTES} bytes, no zero byte; this one has {size})")
-
-
-def _values(workflow: str, condition: ValueCondition) -> Values:
-    """The text forms of a value condition (None for any value, see Change). Raises
-    RegistrationError for a value that is not None, a bool, an int or a str."""
-    if condition is ...:
-        return None
-    given = (list(condition) if isinstance(condition, Sequence) and not isinstance(condition, str)
-             else [condition])
-    texts: list[str | None] = []
-    for value in given:
-        if value is None or isinstance(value, str):
-            texts.append(value)
-        elif isinstance(value, bool):
-            texts.append("true" if value else "false")
-        elif isinstance(value, int):
-            texts.append(str(value))
-        else:
-            raise RegistrationError(f"workflow {workflow!r}: a column route compares None, "
-                                    f"bools, ints and strs, not {type(value).__name__}")
-    if not texts:
-        raise RegistrationError(f"workflow {workflow!r}: an empty list of values matches no "
-                                "change; use ... for any value")
-    return tuple(dict.fromkeys(texts))
 
 
 def _check_stateless(name: str, states: Sequence[str], initial: str | None,
