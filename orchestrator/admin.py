@@ -169,9 +169,14 @@ def fire(reports: Reports, wf: Workflow, key: str, target: str) -> dict[str, str
 
 def graph(wf: Workflow, *, fmt: str = "mermaid",
           counts: Mapping[str, int] | None = None) -> str:
-    """The state diagram as Mermaid or Graphviz dot text, optionally with rows per state."""
+    """The state diagram as Mermaid or Graphviz dot text, optionally with rows per state.
+    Raises OrchestratorError for a workflow without a state column."""
     def label(state: str) -> str:
         return f"{state} ({counts.get(state, 0)})" if counts is not None else state
+
+    if wf.column is None:
+        raise OrchestratorError(f"workflow {wf.name!r} has no states to draw: its handlers "
+                                "route on its columns' changes")
 
     if fmt == "mermaid":
         lines = ["stateDiagram-v2", f"    [*] --> {wf.initial}"]

@@ -118,7 +118,10 @@ class Reports:
     # -- the workflow tables -----------------------------------------------------------------
 
     def state_counts(self, wf: Workflow) -> dict[str, int]:
-        """How many rows of ``wf`` are in each state (states with none are absent)."""
+        """How many rows of ``wf`` are in each state (states with none are absent; none for a
+        workflow without a state column)."""
+        if wf.column is None:
+            return {}
         rows = self._rows(_on_table(REPORTS["state_counts"], wf))
         return {str(r["state"]): int(r["rows"]) for r in rows}
 
@@ -199,10 +202,11 @@ def _check_override(conn: psycopg.Connection[Any], moves: Sequence[tuple[Workflo
 
 
 def _on_table(query: str, wf: Workflow) -> sql.Composed:
-    """``query`` with ``wf``'s table, key and state column composed in."""
+    """``query`` with ``wf``'s table, key and state column composed in; a workflow without a
+    state column reads '' as every row's state (in no state: there are none)."""
     return sql.SQL(query).format(
         table=sql.Identifier(wf.schema, wf.table), key=sql.Identifier(wf.key),
-        state=sql.Identifier(wf.column))
+        state=sql.Identifier(wf.column) if wf.column else sql.SQL("''::text"))
 
 
 def _move(conn: psycopg.Connection[Any], wf: Workflow, key: str, source: str,

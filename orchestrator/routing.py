@@ -8,31 +8,99 @@ the handler of an event.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any, TypeVar
 
 from orchestrator.errors import RegistrationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The values a column route accepts on one side of a change, as the text the event log records
+# for them (None for NULL); None accepts any value.
+Values = tuple[str | None, ...] | None
+# A value a column route names: compared with the column's value in the column's own type.
+ColumnValue = bool | int | str | None
+# What on_column accepts for either side of a change: a value, a list of them, or ... for any.
+ValueCondition = ColumnValue | Sequence[ColumnValue] | EllipsisType
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The value conditions of a column route: the old and the new values it serves (a change
+    is always from one value to a different one; a new row's columns change from NULL)."""
+
+    old: Values = None
+    new: Values = None
+
+    def matches(self, old: str | None, new: str | None) -> bool:
+        return ((self.old is None or old in self.old)
+                and (self.new is None or new in self.new))
+
+    def overlaps(self, other: Change) -> bool:
+        """Whether some change would match both."""
+        return all(a is None or b is None or bool(set(a) & set(b))
+                   for a, b in ((self.old, other.old), (self.new, other.new)))
+
+    @property
+    def key(self) -> str:
+        return f"{_text(self.old)}=>{_text(self.new)}"
+
+
+def _text(values: Values) -> str:
+    if values is None:
+        return "*"
+    return json.dumps(sorted(values, key=lambda v: (v is not None, v or "")))
+
+
+def values_of(workflow: str, condition: ValueCondition) -> Values:
+    """The text forms of a value condition (None for any value, see Change). Raises
+    RegistrationError for a value that is not None, a bool, an int or a str."""
+    if condition is ...:
+        return None
+    given = (list(condition) if isinstance(condition, Sequence) and not isinstance(condition, str)
+             else [condition])
+    texts: list[str | None] = []
+    for value in given:
+        if value is None or isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, bool):
+            texts.append("true" if value else "false")
+        elif isinstance(value, int):
+            texts.append(str(value))
+        else:
+            raise RegistrationError(f"workflow {workflow!r}: a column route compares None, "
+                                    f"bools, ints and strs, not {type(value).__name__}")
+    if not texts:
+        raise RegistrationError(f"workflow {workflow!r}: an empty list of values matches no "
+                                "change; use ... for any value")
+    return tuple(dict.fromkeys(texts))
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Which changes a handler serves: a column, and a source/dest (None with any_source: any)."""
+    """Which changes a handler serves: a column, and a source/dest (None with any_source: any);
+    or, with ``change``, the column's changes between the values it names."""
 
     column: str
     source: str | None
     dest: str | None
     any_source: bool = False
+    change: Change | None = None
 
     @property
     def key(self) -> str:
         """A stable text form, stored with the workflow's definition."""
+        if self.change is not None:
+            return f"{self.column}:{self.change.key}"
         source = "*" if self.any_source else self.source
         return f"{self.column}:{source}->{self.dest or '*'}"
 
     def __str__(self) -> str:
+        if self.change is not None:
+            return f"change of {self.column} {self.change.key}"
         if self.dest is None:
             return f"change of {self.column}"
         if self.any_source:
@@ -78,7 +146,9 @@ class HandlerTable:
 
     def add(self, spec: HandlerSpec) -> None:
         """Register ``spec``. Raises RegistrationError when its route already has a handler."""
-        if (other := self._by_route.get(spec.route)) is not None:
+        other = self._by_route.get(spec.route) or next(
+            (s for s in self._by_route.values() if _overlap(s.route, spec.route)), None)
+        if other is not None:
             raise RegistrationError(
                 f"workflow {self._workflow!r}: {spec.route} already has handler "
                 f"{other.name}; cannot also register {spec.name}"
@@ -86,14 +156,27 @@ class HandlerTable:
         self._by_route[spec.route] = spec
 
     def find(self, column: str, source: str | None, dest: str | None) -> HandlerSpec | None:
-        """The handler for a change: exact transition first, then entering dest, then any."""
+        """The handler for a change: exact transition first, then entering dest, then the
+        column route whose values match (no two overlap), then any change of the column."""
         table = self._by_route
         return (table.get(Route(column, source, dest))
                 or table.get(Route(column, None, dest, any_source=True))
+                or next((s for r, s in table.items() if r.column == column
+                         and r.change is not None and r.change.matches(source, dest)), None)
                 or table.get(Route(column, None, None, any_source=True)))
+
+    def column_routes(self, column: str) -> list[Route]:
+        """The routes of ``column`` that have value conditions (see Change)."""
+        return [r for r in self._by_route if r.column == column and r.change is not None]
 
     def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(self._by_route.values())
+
+
+def _overlap(a: Route, b: Route) -> bool:
+    """Whether two column routes of one column would both serve some change."""
+    return (a.column == b.column and a.change is not None and b.change is not None
+            and a.change.overlaps(b.change))
 
 
 def is_async(fn: Callable[..., Any]) -> bool:

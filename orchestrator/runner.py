@@ -203,7 +203,7 @@ class Runner:
                                         max_s=self.settings.retry_max_s)
             return Result(event, Outcome.RETRY, handler=name, error=error, delay_s=delay_s)
         wf = self.registry.workflows.get(event.workflow)
-        state = event.new_row.get(wf.column) if wf else None
+        state = event.new_row.get(wf.column) if wf and wf.column else None
         move = (Next(wf.failure_state) if wf and wf.failure_state and state not in wf.terminal
                 else None)
         return Result(event, Outcome.DEAD, handler=name, next=move,
@@ -289,6 +289,9 @@ class Runner:
             return Result(event, Outcome.NOOP, handler=spec.name)
         wf = self.registry.workflow(event.workflow)
         if next_.state is not None:
+            if wf.column is None:
+                raise BadOutcome(f"workflow {wf.name!r} has no state column: return "
+                                 "Next(values={...}) or write the row through ctx.db")
             wf.check(event.new_row.get(wf.column), next_.state)
         if unknown := set(next_.values) - self.store.columns(wf.name):
             raise BadOutcome(f"handler returned values for unknown columns {sorted(unknown)} "

@@ -50,7 +50,7 @@ class Store:
         self._write_settings = {"lock_timeout": f"{int(lock_timeout_s * 1000)}ms"}
         self._workflows: dict[str, Workflow] = {}
         self._columns: dict[str, frozenset[str]] = {}
-        self._write_back: dict[tuple[str, tuple[str, ...]], bytes] = {}
+        self._write_back: dict[tuple[str, tuple[str, ...], tuple[str, ...]], bytes] = {}
         self._claim = {kind: sql.SQL(QUERIES["claim"]).format(kind=sql.SQL(where),
                                                               order=sql.SQL(order))
                        for kind, (where, order) in CLAIM_KINDS.items()}
@@ -201,30 +201,35 @@ class Store:
         assert r.next is not None  # the others go out in one finish_many
         wf = self._workflows[e.workflow]
         values = dict(r.next.values)
-        if r.next.state is not None:
+        if r.next.state is not None and wf.column is not None:
             values[wf.column] = r.next.state
         params |= {
             "status": status, "outcome": outcome,
             "stale_outcome": (Outcome.DEAD if r.status is EventStatus.DEAD
                               else Outcome.STALE).value,
-            "next_state": r.next.state, "key": e.key, "expected": e.new_row.get(wf.column),
+            "next_state": r.next.state, "key": e.key,
         }
-        names = tuple(sorted(values))
+        names, seen = tuple(sorted(values)), _seen_columns(wf, e)
         params |= {f"v_{i}": _adapt(values[name]) for i, name in enumerate(names)}
-        return self._write_back_sql(wf, names, conn), params
+        params |= {f"e_{i}": e.new_row.get(name) for i, name in enumerate(seen)}
+        return self._write_back_sql(wf, names, seen, conn), params
 
-    def _write_back_sql(self, wf: Workflow, names: tuple[str, ...],
+    def _write_back_sql(self, wf: Workflow, names: tuple[str, ...], seen: tuple[str, ...],
                         conn: psycopg.Connection[Any]) -> bytes:
         # Kept as bytes: psycopg would compose a sql.Composed again on every execute of every
         # write-back; composed once per workflow and set of columns, it is sent as it is.
-        cache_key = (wf.name, names)
+        cache_key = (wf.name, names, seen)
         if (query := self._write_back.get(cache_key)) is None:
             assignments = sql.SQL(", ").join(
                 sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(f"v_{i}"))
                 for i, name in enumerate(names))
+            expected = sql.SQL(" AND ").join(
+                sql.SQL("{} IS NOT DISTINCT FROM {}").format(sql.Identifier(name),
+                                                             sql.Placeholder(f"e_{i}"))
+                for i, name in enumerate(seen)) if seen else sql.SQL("true")
             query = sql.SQL(QUERIES["write_back"]).format(
                 table=sql.Identifier(wf.schema, wf.table), key=sql.Identifier(wf.key),
-                state=sql.Identifier(wf.column), assignments=assignments).as_bytes(conn)
+                expected=expected, assignments=assignments).as_bytes(conn)
             self._write_back[cache_key] = query
         return query
 
@@ -311,6 +316,15 @@ class Store:
     def columns(self, workflow: str) -> frozenset[str]:
         """The columns of a workflow's table, as read by use_workflows."""
         return self._columns[workflow]
+
+
+def _seen_columns(wf: Workflow, event: Event) -> tuple[str, ...]:
+    """The columns whose values the write-back of ``event`` compares with those the event saw:
+    the state column, and the column the event is about (a deadline timer's is the state
+    column). A json value is not compared (json has no equality)."""
+    columns = [c for c in (wf.column, event.column) if c is not None]
+    return tuple(c for c in dict.fromkeys(columns)
+                 if not isinstance(event.new_row.get(c), dict | list))
 
 
 def _adapt(value: Any) -> Any:

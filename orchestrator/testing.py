@@ -38,6 +38,7 @@ from psycopg.rows import dict_row
 
 from orchestrator import db
 from orchestrator.config import Settings
+from orchestrator.errors import OrchestratorError
 from orchestrator.sql import REPORTS
 
 if TYPE_CHECKING:
@@ -237,8 +238,11 @@ class Harness:
         """The states a row went through, in order, up to the one it is in now: its state when
         inserted, then each change of the state column (by a handler, a deadline or anyone
         else). [] when the row has no events. Raises OrchestratorError for a workflow the
-        registry does not have."""
+        registry does not have or one without a state column (see ``history``)."""
         column = self.registry.workflow(workflow).column
+        if column is None:
+            raise OrchestratorError(f"workflow {workflow!r} has no state column, so no path: "
+                                    "read its history")
         states: list[str] = []
         for event in self.history(workflow, key):
             if event["column_name"] != column or event["op"] == "TIMER":

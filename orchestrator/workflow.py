@@ -4,6 +4,9 @@ States and transitions are data, checked when the Workflow is built and then hel
 ``transitions`` Machine, which answers every question about the graph: which moves are legal,
 where a trigger leads, the edges a diagram draws. A workflow can also be declared from an
 existing Machine or its config dict. Handlers attach with ``@workflow.on(...)``.
+
+A lifecycle kept in several columns needs no state column: ``column=None`` and no states, and
+handlers attach to the watched columns' changes with ``@workflow.on_column(...)``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from transitions import Machine
 from transitions import Transition as TransitionsMove
 
 from orchestrator.errors import DefinitionError, IllegalTransition, RegistrationError
-from orchestrator.routing import HandlerTable, Route
+from orchestrator.routing import Change, HandlerTable, Route, ValueCondition, values_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 FAIL_TRIGGER = "fail"
@@ -66,6 +69,8 @@ class Workflow:
     ``(trigger, source, dest)`` tuples. With a ``failure_state``, every non-terminal state may also
     move there (trigger ``fail``): that is where rows go whose handler exhausted its attempts.
     ``watch`` names further columns whose changes are recorded as events.
+    ``column=None`` (with no states, initial state or transitions): no state column and no
+    guard; the rows are driven by routes on the watched columns alone (``on_column``).
 
     The graph is held by ``machine``, a ``transitions.Machine`` without a model: its states
     (terminal ones marked ``final``), its initial state and one event per trigger. ``states``,
@@ -78,13 +83,13 @@ class Workflow:
         name: str,
         *,
         table: str,
-        states: Sequence[str],
-        initial: str,
-        transitions: Iterable[TransitionSpec],
+        states: Sequence[str] = (),
+        initial: str | None = None,
+        transitions: Iterable[TransitionSpec] = (),
         terminal: Iterable[str] = (),
         failure_state: str | None = None,
         key: str = "id",
-        column: str = "status",
+        column: str | None = "status",
         watch: Iterable[str] = (),
         deadlines: Iterable[Deadline] = (),
     ) -> None:
@@ -96,8 +101,15 @@ class Workflow:
         self.failure_state = failure_state
         self.watch: tuple[str, ...] = tuple(dict.fromkeys(c for c in watch if c != column))
         _check_names(name, [("schema", self.schema), ("table", self.table), ("key", key),
-                            ("column", column), *(("watched column", c) for c in self.watch)])
+                            *([("column", column)] if column is not None else []),
+                            *(("watched column", c) for c in self.watch)])
         ends = frozenset(terminal)
+        transitions, deadlines = list(transitions), list(deadlines)
+        if column is None:
+            _check_stateless(name, states, initial, transitions, failure_state, deadlines,
+                             self.watch)
+        elif initial is None:
+            raise DefinitionError(f"workflow {name!r}: a state column needs an initial state")
         _check_states(name, tuple(states), initial, ends, failure_state)
         self.machine = Machine(
             model=None, states=[{"name": s, "final": s in ends} for s in states],
@@ -150,8 +162,9 @@ class Workflow:
         return tuple(self.machine.states)
 
     @property
-    def initial(self) -> str:
-        return str(self.machine.initial)
+    def initial(self) -> str | None:
+        """The state of a new row; None without a state column."""
+        return None if self.machine.initial is None else str(self.machine.initial)
 
     @property
     def terminal(self) -> frozenset[str]:
@@ -240,9 +253,11 @@ class Workflow:
         into it, on_change of the state column. The capture trigger records those arrivals
         finished. A workflow without any handler (rebuilt from its definition) has none."""
         routes = [spec.route for spec in self.handlers if spec.route.column == self.column]
-        if not routes or any(r.dest is None for r in routes):
+        if not routes or any(r.dest is None and (r.change is None or r.change.new is None)
+                             for r in routes):
             return ()
-        served = {r.dest for r in routes}
+        served = {r.dest for r in routes} | {
+            v for r in routes if r.change is not None for v in r.change.new or ()}
         return tuple(s for s in self.states if s not in served)
 
     def definition(self) -> dict[str, Any]:
@@ -279,20 +294,46 @@ class Workflow:
         Options: ``max_attempts``, ``timeout_s``. Raises RegistrationError at import time for a
         transition the workflow does not allow or one that already has a handler.
         """
-        return self._register(Route(self.column, source, dest), options)
+        return self._register(Route(self._state_column(), source, dest), options)
 
     def on_enter(self, state: str, **options: Any) -> Callable[[F], F]:
         """Register for every arrival in ``state`` (including a new row when it is the initial
         state); a handler registered with ``on`` for a specific transition takes precedence."""
-        return self._register(Route(self.column, None, state, any_source=True), options)
+        return self._register(Route(self._state_column(), None, state, any_source=True),
+                              options)
+
+    def _state_column(self) -> str:
+        if self.column is None:
+            raise RegistrationError(f"workflow {self.name!r} has no state column: register "
+                                    "handlers with on_column() or on_change()")
+        return self.column
 
     def on_change(self, column: str, **options: Any) -> Callable[[F], F]:
-        """Register for every change of a watched column (one of ``watch``)."""
+        """Register for every change of a watched column (one of ``watch``) by an UPDATE."""
         return self._register(Route(column, None, None, any_source=True), options)
+
+    def on_column(self, column: str, *, from_: ValueCondition = ...,
+                  to: ValueCondition = ..., **options: Any) -> Callable[[F], F]:
+        """Register for the changes of ``column`` (a watched column, or the state column) from
+        a value in ``from_`` to a value in ``to``: each a value, a list of values, or ``...``
+        for any. A value is None (NULL), a bool, an int or a str, compared in the column's own
+        type (a str as the column's text form). A new row counts as a change from NULL.
+
+        The conditions go into the capture trigger: a change no route of the column serves is
+        not recorded at all (unless the column also has an ``on_change`` handler). Raises
+        RegistrationError for a column not watched, a value of another type, or conditions
+        that overlap another column route of the same column.
+        """
+        change = Change(values_of(self.name, from_), values_of(self.name, to))
+        return self._register(Route(column, None, None, any_source=True, change=change),
+                              options)
 
     def _register(self, route: Route, options: dict[str, Any]) -> Callable[[F], F]:
         where = f"workflow {self.name!r}"
-        if route.column == self.column:
+        if route.change is not None:
+            if route.column not in (self.column, *self.watch):
+                raise RegistrationError(f"{where} does not watch column {route.column!r}")
+        elif route.column == self.column:
             if route.dest is None:
                 raise RegistrationError(f"{where}: use on()/on_enter() for the state column")
             if route.dest not in self.states:
@@ -325,7 +366,22 @@ def _check_names(name: str, identifiers: Iterable[tuple[str, str]]) -> None:
                 f"{MAX_IDENTIFIER_BYTES} bytes, no zero byte; this one has {size})")
 
 
-def _check_states(name: str, states: tuple[str, ...], initial: str,
+def _check_stateless(name: str, states: Sequence[str], initial: str | None,
+                     transitions: Sequence[Any], failure_state: str | None,
+                     deadlines: Iterable[Deadline], watch: Sequence[str]) -> None:
+    """Raise DefinitionError unless a workflow without a state column has no states, initial
+    state, transitions, failure state or deadlines, and watches at least one column."""
+    given = [what for what, value in [
+        ("states", states), ("an initial state", initial), ("transitions", transitions),
+        ("a failure state", failure_state), ("deadlines", list(deadlines))] if value]
+    if given:
+        raise DefinitionError(f"workflow {name!r} has no state column (column=None), so it "
+                              f"cannot have {given[0]}")
+    if not watch:
+        raise DefinitionError(f"workflow {name!r} has no state column and watches no column")
+
+
+def _check_states(name: str, states: tuple[str, ...], initial: str | None,
                   terminal: frozenset[str], failure_state: str | None) -> None:
     """Raise DefinitionError unless the states are consistent (before the machine is built)."""
     where = f"workflow {name!r}"

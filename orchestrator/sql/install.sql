@@ -41,6 +41,13 @@ FROM pg_attribute a
 WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
   AND a.attnum > 0 AND NOT a.attisdropped;
 
+-- name: column_generated
+-- Whether a column is one PostgreSQL computes from the row's other columns (GENERATED ALWAYS AS).
+SELECT a.attgenerated <> ''
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  AND a.attname = %(column)s AND NOT a.attisdropped;
+
 -- name: functions_present
 -- Whether the schema has the trigger functions this version installs (revision 0006 on).
 SELECT to_regprocedure('orchestrator.capture_v3()') IS NOT NULL
@@ -74,7 +81,8 @@ SELECT pg_advisory_lock(hashtext('orchestrator.migrate'));
 
 -- name: create_trigger
 -- One guard or capture trigger of a workflow. {timing} is BEFORE or AFTER, {event} INSERT or
--- UPDATE OF a column, {when} empty or a WHEN clause that fires only on a real change.
+-- UPDATE OF a column, {when} empty or a WHEN clause: a real change of the column (and, for a
+-- column served by column routes alone, values one of them serves), or a new row's values.
 CREATE OR REPLACE TRIGGER {name} {timing} {event} ON {table}
 FOR EACH ROW {when} EXECUTE FUNCTION {function}({args});
 

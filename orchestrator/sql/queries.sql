@@ -71,9 +71,10 @@ SELECT EXISTS (
 
 -- name: write_back
 -- Finishes one event and writes the handler's outcome to its row in one statement. The row is
--- written only while the event is still ours (fencing token) and only if the row is still in the
--- state the event saw (compare-and-set); otherwise the event is finished as stale. Returns the
--- outcome, or no row when the event is no longer ours.
+-- written only while the event is still ours (fencing token) and only if the row still holds the
+-- values the event saw in its state column and the column the event is about ({expected}: a
+-- compare-and-set); otherwise the event is finished as stale. Returns the outcome, or no row
+-- when the event is no longer ours.
 WITH fenced AS (
     SELECT id FROM orchestrator.events
     WHERE id = %(id)s AND attempts = %(attempt)s AND claimed_by = %(dispatcher)s
@@ -81,7 +82,7 @@ WITH fenced AS (
     FOR UPDATE
 ), moved AS (
     UPDATE {table} SET {assignments}
-    WHERE {key} = %(key)s AND {state} = %(expected)s AND EXISTS (SELECT FROM fenced)
+    WHERE {key} = %(key)s AND {expected} AND EXISTS (SELECT FROM fenced)
     RETURNING 1
 )
 UPDATE orchestrator.events e

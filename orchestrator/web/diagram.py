@@ -80,6 +80,8 @@ def _spine(wf: Workflow) -> list[str]:
     for t in wf.transitions:
         if t.dest != wf.failure_state:
             moves.setdefault(t.source, []).append(t.dest)
+    if wf.initial is None:
+        return []
     best: list[str] = [wf.initial]
     budget = [MAX_PATHS]
 
@@ -92,7 +94,7 @@ def _spine(wf: Workflow) -> list[str]:
             if dest not in path and budget[0] > 0:
                 walk([*path, dest])
 
-    walk([wf.initial])
+    walk(best)
     return best
 
 
@@ -159,7 +161,10 @@ def _route(src: Box, dst: Box, slot: float) -> tuple[str, float, float]:
 
 
 def svg(wf: Workflow) -> str:
-    """The diagram as an inline SVG element (text escaped)."""
+    """The diagram as an inline SVG element (text escaped); empty for a workflow without a
+    state column."""
+    if wf.initial is None:
+        return ""
     d = layout(wf)
     marker = f"arrow-{escape(wf.name)}"  # ids are per page: one marker per diagram
     parts = [f'<svg class="diagram" viewBox="0 0 {d.width:.0f} {d.height:.0f}" '

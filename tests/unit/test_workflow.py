@@ -225,7 +225,7 @@ def test_trigger_names_fit_and_differ_whatever_the_lengths() -> None:
     from orchestrator.install import _trigger_specs, trigger_name
 
     wf = make(watch=["c" * 62 + "1", "c" * 62 + "2", "note"])
-    names = [trigger_name(wf, suffix) for suffix, _ in _trigger_specs(wf)]
+    names = [trigger_name(wf, suffix) for suffix, _ in _trigger_specs(wf, guarded=True)]
     assert len(set(names)) == len(names) == 7
     assert all(len(n.encode()) <= 63 for n in names)
     assert names[:4] == ["orchestrator_wf_guard_insert", "orchestrator_wf_guard_update",
