@@ -17,8 +17,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from orchestrator.db import one_line
 from orchestrator.errors import DefinitionError, NotMigrated
-from orchestrator.sql import INSTALL
+from orchestrator.related import Related
+from orchestrator.sql import INSTALL, QUERIES
 from orchestrator.workflow import Workflow
 
 
@@ -62,7 +64,8 @@ def difference(installed: Mapping[str, Any], mine: Mapping[str, Any]) -> str | N
         return None
     if {k: v for k, v in installed.items() if k != "handlers"} != \
             {k: v for k, v in mine.items() if k != "handlers"}:
-        return "the states or transitions in the database differ from this dispatcher's"
+        return ("the states, transitions or related data in the database differ from this "
+                "dispatcher's")
     theirs, ours = installed.get("handlers", {}), mine["handlers"]
     parts = [f"{what}: {', '.join(sorted(routes))}" for what, routes in (
         ("missing here", set(theirs) - set(ours)), ("not installed", set(ours) - set(theirs)),
@@ -82,7 +85,8 @@ def install_workflow(conn: psycopg.Connection[Any], wf: Workflow) -> None:
     """Record ``wf`` and (re)create its guard and capture triggers, in the connection's
     current transaction. Raises NotMigrated before the schema exists (or when it is older than
     the trigger functions this version installs), DefinitionError when the table, key or a
-    watched column does not exist."""
+    watched column does not exist, or a declaration of related data does not fit the
+    database."""
     if not schema_present(conn):
         raise NotMigrated()
     row = conn.execute(INSTALL["functions_present"]).fetchone()
@@ -90,6 +94,7 @@ def install_workflow(conn: psycopg.Connection[Any], wf: Workflow) -> None:
         raise NotMigrated("the orchestrator schema is older than this version: run "
                           "`orchestrator migrate` first")
     _check_table(conn, wf)
+    _check_related(conn, wf)
     conn.execute(INSTALL["upsert_workflow"], {
         "name": wf.name, "table": wf.qualified_table, "key": wf.key, "column": wf.column,
         "initial": wf.initial, "definition": Jsonb(wf.definition())})
@@ -115,6 +120,33 @@ def _check_table(conn: psycopg.Connection[Any], wf: Workflow) -> None:
         if col not in columns:
             raise DefinitionError(
                 f"workflow {wf.name!r}: table {wf.qualified_table} has no column {col!r}")
+
+
+def _check_related(conn: psycopg.Connection[Any], wf: Workflow) -> None:
+    """Raise DefinitionError, one line naming the declaration, unless each of ``wf``'s
+    related data reads columns its table has and its query plans (EXPLAIN, with every
+    parameter NULL, inside a savepoint)."""
+    own = table_columns(conn, wf)
+    for name, rel in wf.related.items():
+        where = f"workflow {wf.name!r}: related {name!r}"
+        if missing := [c for c in rel.row_columns(wf.key) if c not in own]:
+            raise DefinitionError(f"{where}: table {wf.qualified_table} has no column "
+                                  f"{missing[0]!r}")
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("EXPLAIN ") + related_query(rel),
+                             dict.fromkeys(rel.params(wf.key, {})))
+        except psycopg.Error as exc:
+            raise DefinitionError(f"{where}: {one_line(exc)}") from None
+
+
+def related_query(rel: Related) -> sql.Composed:
+    """The query that reads ``rel`` for one row: one row, one jsonb value."""
+    if rel.kind == "query":
+        return sql.SQL(QUERIES["related_query"]).format(query=sql.SQL(rel.sql))
+    column = rel.column if rel.kind == "children" else rel.key or "id"
+    return sql.SQL(QUERIES[f"related_{rel.kind}"]).format(
+        table=sql.Identifier(*rel.schema_table), column=sql.Identifier(column))
 
 
 # PostgreSQL keeps at most this many bytes of a name.
@@ -169,7 +201,7 @@ def _trigger_specs(wf: Workflow) -> list[tuple[str, TriggerSpec]]:
     unserved = wf.unserved_states()
     state_args = (["deadlines" if wf.deadlines else "", *unserved] if unserved
                   else ["deadlines"] if wf.deadlines else [])
-    guard, capture = "orchestrator.guard_v2", "orchestrator.capture_v3"
+    guard, capture = "orchestrator.guard_v2", "orchestrator.capture_v4"
     specs: list[tuple[str, TriggerSpec]] = [
         ("guard_insert", ("BEFORE", None, guard, [wf.name, wf.column])),
         ("guard_update", ("BEFORE", wf.column, guard, [wf.name, wf.column])),

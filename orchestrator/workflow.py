@@ -17,6 +17,7 @@ from transitions import Machine
 from transitions import Transition as TransitionsMove
 
 from orchestrator.errors import DefinitionError, IllegalTransition, RegistrationError
+from orchestrator.related import Related, checked
 from orchestrator.routing import HandlerTable, Route
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -65,7 +66,8 @@ class Workflow:
     (a state, a list of states, or ``"*"`` for every non-terminal state) and ``dest``; or
     ``(trigger, source, dest)`` tuples. With a ``failure_state``, every non-terminal state may also
     move there (trigger ``fail``): that is where rows go whose handler exhausted its attempts.
-    ``watch`` names further columns whose changes are recorded as events.
+    ``watch`` names further columns whose changes are recorded as events. ``related`` names
+    data read with each event (``orchestrator.related``), given to handlers as ``event.related``.
 
     The graph is held by ``machine``, a ``transitions.Machine`` without a model: its states
     (terminal ones marked ``final``), its initial state and one event per trigger. ``states``,
@@ -87,6 +89,7 @@ class Workflow:
         column: str = "status",
         watch: Iterable[str] = (),
         deadlines: Iterable[Deadline] = (),
+        related: Mapping[str, Related] | None = None,
     ) -> None:
         self.name = name
         self.schema, _, self.table = table.rpartition(".")
@@ -104,6 +107,7 @@ class Workflow:
             initial=initial, auto_transitions=False)
         self._add_transitions(transitions)
         self.deadlines = self._check_deadlines(deadlines)
+        self.related = checked(name, related or {})
         self.handlers = HandlerTable(self.name)
 
     @classmethod
@@ -257,7 +261,8 @@ class Workflow:
             "deadlines": [[d.state, d.after_s, d.to] for d in self.deadlines],
             "handlers": {spec.route.key: spec.name
                          for spec in sorted(self.handlers, key=lambda s: s.route.key)},
-        }
+        } | ({"related": {n: r.definition() for n, r in self.related.items()}}
+             if self.related else {})
 
     @classmethod
     def from_definition(cls, data: Mapping[str, Any]) -> Workflow:
@@ -269,6 +274,7 @@ class Workflow:
             transitions=[tuple(t) for t in data["transitions"]
                          if not (t[0] == FAIL_TRIGGER and t[2] == data["failure_state"])],
             deadlines=[Deadline(*d) for d in data.get("deadlines", [])],
+            related={n: Related.from_definition(d) for n, d in data.get("related", {}).items()},
         )
 
     # -- handler registration ----------------------------------------------------------------
