@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 _HOMES = {
     "Context": "runner", "Deadline": "workflow", "Event": "events", "Next": "events",
     "Orchestrator": "app", "OrchestratorError": "errors", "Registry": "registry",
-    "Related": "related", "Remote": "remote", "Retry": "events", "Settings": "config", "Workflow": "workflow",
+    "Related": "related", "Remote": "remote", "Retry": "events", "Settings": "config",
+    "Workflow": "workflow",
     "alembic_include_name": "schema", "install_workflows": "schema",
     "load_registry": "registry",
 }

@@ -44,10 +44,11 @@ def installed_workflows(conn: psycopg.Connection[Any]) -> list[Workflow]:
 
 
 def verify(conn: psycopg.Connection[Any], workflows: Sequence[Workflow]) -> None:
-    """Raise NotMigrated when the schema or one of ``workflows`` is not installed, and
-    DefinitionError when the database holds another definition of one (other handlers were
-    migrated last)."""
+    """Raise NotMigrated when the schema is missing or older than this version, or one of
+    ``workflows`` is not installed, and DefinitionError when the database holds another
+    definition of one (other handlers were migrated last)."""
     installed = installed_definitions(conn)
+    _check_version(conn)
     for wf in workflows:
         if wf.name not in installed:
             raise NotMigrated(f"workflow {wf.name!r} is not installed in the database: "
@@ -89,10 +90,7 @@ def install_workflow(conn: psycopg.Connection[Any], wf: Workflow) -> None:
     database."""
     if not schema_present(conn):
         raise NotMigrated()
-    row = conn.execute(INSTALL["functions_present"]).fetchone()
-    if not (row and row[0]):
-        raise NotMigrated("the orchestrator schema is older than this version: run "
-                          "`orchestrator migrate` first")
+    _check_version(conn)
     _check_table(conn, wf)
     _check_related(conn, wf)
     conn.execute(INSTALL["upsert_workflow"], {
@@ -109,6 +107,13 @@ def install_workflow(conn: psycopg.Connection[Any], wf: Workflow) -> None:
             for d in wf.deadlines])
     for statement in trigger_ddl(conn, wf):
         conn.execute(statement)
+
+
+def _check_version(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute(INSTALL["functions_present"]).fetchone()
+    if not (row and row[0]):
+        raise NotMigrated("the orchestrator schema is older than this version: run "
+                          "`orchestrator migrate` first")
 
 
 def _check_table(conn: psycopg.Connection[Any], wf: Workflow) -> None:

@@ -42,7 +42,8 @@ WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::te
   AND a.attnum > 0 AND NOT a.attisdropped;
 
 -- name: functions_present
--- Whether the schema has the trigger functions this version installs (revision 0007 on).
+-- Whether the schema has the trigger functions (and so the columns) this version needs
+-- (revision 0007 on).
 SELECT to_regprocedure('orchestrator.capture_v4()') IS NOT NULL
    AND to_regprocedure('orchestrator.guard_v2()') IS NOT NULL;
 
