@@ -63,10 +63,11 @@ def difference(installed: Mapping[str, Any], mine: Mapping[str, Any]) -> str | N
     """What differs between an installed definition and this process's, or None."""
     if installed == mine:
         return None
-    if {k: v for k, v in installed.items() if k != "handlers"} != \
-            {k: v for k, v in mine.items() if k != "handlers"}:
-        return ("the states, transitions or related data in the database differ from this "
-                "dispatcher's")
+    if {k: v for k, v in installed.items() if k not in ("handlers", "related")} != \
+            {k: v for k, v in mine.items() if k not in ("handlers", "related")}:
+        return "the states or transitions in the database differ from this dispatcher's"
+    if installed.get("related") != mine.get("related"):
+        return "the related data declared in the database differs from this dispatcher's"
     theirs, ours = installed.get("handlers", {}), mine["handlers"]
     parts = [f"{what}: {', '.join(sorted(routes))}" for what, routes in (
         ("missing here", set(theirs) - set(ours)), ("not installed", set(ours) - set(theirs)),

@@ -7,6 +7,7 @@ import pytest
 
 from orchestrator import Related, Workflow
 from orchestrator.errors import DefinitionError
+from orchestrator.install import difference
 
 TOTALS = Related.query("SELECT sum(qty) AS qty FROM items WHERE order_id = %(id)s "
                        "AND region = %(region)s AND again = %(id)s;")
@@ -62,3 +63,10 @@ def test_a_bad_declaration_fails_when_the_workflow_is_built(
         orders(**related)
     assert str(caught.value).startswith("workflow 'orders': ")
     assert message in str(caught.value)
+
+
+def test_a_dispatcher_with_other_related_data_is_told_so() -> None:
+    installed = orders(totals=TOTALS).definition()
+    assert difference(installed, orders().definition()) == (
+        "the related data declared in the database differs from this dispatcher's")
+    assert difference(installed, orders(totals=TOTALS).definition()) is None
