@@ -250,3 +250,6 @@ def test_revision_0007_goes_down_and_up_with_events_in_queue_and_history(
                " WHERE op = 'INSERT' ORDER BY id") == [
         ("1", None), ("2", None), ("3", None), ("4", SESSION)]
     assert dispatch(dsn, wf).applied == 3
+    sql("SELECT orchestrator.archive_v1(now() + interval '1 hour', NULL, true, '1 day')")
+    assert sql("SELECT row_key FROM orchestrator.events_history"
+               " WHERE session_variables = %s::jsonb", (json.dumps(SESSION),)) == [("4",)]
