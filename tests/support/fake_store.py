@@ -129,6 +129,7 @@ class FakeStore:
         self.down = False
         self.failed_calls = 0
         self.lose_next_answer = False  # the next claim commits, but its answer never arrives
+        self.lose_related = False  # the next read of related data meets the server gone
         self.in_use: list[str] = []  # the workflows a dispatcher started with
         self.definition_changed = False
         self.refuse: Callable[[Result], str | None] = lambda result: None
@@ -230,6 +231,9 @@ class FakeStore:
         (integration/test_rich_events.py)."""
         with self._changed:
             self._answer()
+            if self.lose_related:
+                self.lose_related = False
+                raise DatabaseUnavailable("database error: server closed the connection")
             return list(events), []
 
     def has_suspects(self) -> bool:
