@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from orchestrator.errors import OrchestratorError
     from orchestrator.events import Event, Next, Retry
     from orchestrator.registry import Registry, load_registry
+    from orchestrator.related import Related
     from orchestrator.remote import Remote
     from orchestrator.runner import Context
     from orchestrator.schema import alembic_include_name, install_workflows
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 _HOMES = {
     "Context": "runner", "Deadline": "workflow", "Event": "events", "Next": "events",
     "Orchestrator": "app", "OrchestratorError": "errors", "Registry": "registry",
-    "Remote": "remote", "Retry": "events", "Settings": "config", "Workflow": "workflow",
+    "Related": "related", "Remote": "remote", "Retry": "events", "Settings": "config",
+    "Workflow": "workflow",
     "alembic_include_name": "schema", "install_workflows": "schema",
     "load_registry": "registry",
 }
@@ -40,6 +42,7 @@ __all__ = [
     "Orchestrator",
     "OrchestratorError",
     "Registry",
+    "Related",
     "Remote",
     "Retry",
     "Settings",

@@ -292,12 +292,32 @@ class Dispatcher:
             return
         self.observer.claimed(events)
         now = self._clock()
-        for event in events:
+        for event in self._with_related(events):
             started = self._runner.start(event, now)
             if isinstance(started, Job):
                 self._in_flight[event.id] = started
             else:
                 self._unwritten.append(started)
+
+    def _with_related(self, events: Sequence[Event]) -> list[Event]:
+        """``events`` with their related data, read for those a handler will run. Events whose
+        related data cannot be read fail this attempt; while the database is unreachable
+        none starts (their claims are released once it is back)."""
+        wanted = [e for e in events if e.op != "TIMER"
+                  and self.registry.workflows[e.workflow].related and self.registry.route(e)]
+        if not wanted:
+            return list(events)
+        try:
+            ready, failed = self.store.with_related(wanted)
+        except DatabaseUnavailable as exc:
+            self._db_failed(exc)
+            return []
+        for event, error in failed:
+            self._unwritten.append(
+                self._runner.failure(event, self.registry.route(event), str(error)))
+        read = {e.id: e for e in ready}
+        gone = {e.id for e, _ in failed}
+        return [read.get(e.id, e) for e in events if e.id not in gone]
 
     # -- writing results ---------------------------------------------------------------------
 

@@ -59,6 +59,14 @@ class NotMigrated(StoreError):
     """The database has no orchestrator schema: run `orchestrator migrate` first."""
 
 
+class RelatedDataError(StoreError):
+    """The related data a workflow declares could not be read."""
+
+    def __init__(self, workflow: str, error: str) -> None:
+        super().__init__(f"workflow {workflow!r}: related data: {error}")
+        self.workflow = workflow
+
+
 class IllegalTransition(OrchestratorError):
     """The workflow does not allow this transition."""
 

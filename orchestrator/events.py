@@ -19,6 +19,10 @@ class Event:
 
     ``old_row`` is empty for an INSERT. ``attempt`` counts from 1. ``id`` is unique across the
     database and stable across retries, so ``idempotency_key`` can be handed to outside systems.
+    ``session_variables``: what the writing transaction set as ``orchestrator.session`` (or
+    Hasura's ``hasura.user``), empty when it set neither. ``related``: the data the workflow
+    declares with ``related=`` (``orchestrator.related``), read when the event is claimed,
+    by name; empty when it declares none.
     """
 
     id: int
@@ -32,6 +36,8 @@ class Event:
     new_row: Mapping[str, Any]
     attempt: int
     created_at: datetime
+    session_variables: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    related: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     @property
     def idempotency_key(self) -> str:
@@ -86,11 +92,12 @@ def as_outcome(result: object) -> Next | None:
 def event_from_row(row: Mapping[str, Any]) -> Event:
     """Build an Event from a claimed row of orchestrator.events, read by column name (the
     RETURNING list of the claim queries)."""
-    old_row = row["old_row"]
+    old_row, session = row["old_row"], row["session_variables"]
     return Event(
         id=row["id"], workflow=row["workflow"], key=row["row_key"], column=row["column_name"],
         op=row["op"], old_value=row["old_value"], new_value=row["new_value"],
         old_row=MappingProxyType(old_row) if old_row else _EMPTY,
         new_row=MappingProxyType(row["new_row"]), attempt=row["attempts"],
         created_at=row["created_at"],
+        session_variables=MappingProxyType(session) if session else _EMPTY,
     )

@@ -1,11 +1,13 @@
 """The request shape of Hasura's event triggers, for ``Remote(..., shape="hasura")``.
 
 A function written for a Hasura event trigger runs unchanged: it receives the JSON Hasura
-sends (``event.op``, ``event.data.old/new``, ``event.session_variables``,
-``event.trace_context``, ``trigger.name``, ``table.schema/name``, ``id``, ``created_at``,
-``delivery_info``) and answers as it answers Hasura: any 2xx is success, and the function
-writes to the database itself (the engine writes no outcome); a non-2xx with ``Retry-After``
-asks for a retry after that delay; any other answer fails the attempt (retried with backoff).
+sends (``event.op``, ``event.data.old/new``, ``event.session_variables`` (the writing
+transaction's ``hasura.user`` or ``orchestrator.session``), ``event.trace_context``,
+``trigger.name``, ``table.schema/name``, ``id``, ``created_at``, ``delivery_info``), and
+``event.related``, the workflow's related data (Hasura sends no such key). It answers as it
+answers Hasura: any 2xx is success, and the function writes to the database itself (the
+engine writes no outcome); a non-2xx with ``Retry-After`` asks for a retry after that delay;
+any other answer fails the attempt (retried with backoff).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def request_body(event: Event, ctx: Where, trigger: str, trace: str) -> dict[str
             "op": event.op,
             "data": {"old": dict(event.old_row) if event.old_row else None,
                      "new": dict(event.new_row)},
-            "session_variables": {},
+            "session_variables": dict(event.session_variables),
+            "related": dict(event.related),
             "trace_context": {"trace_id": trace_id, "span_id": span_id},
         },
         "created_at": event.created_at.isoformat(),

@@ -172,6 +172,8 @@ def request_body(event: Event, timeout_s: float, trace: str) -> dict[str, Any]:
         "old_row": dict(event.old_row) if event.old_row else None,
         "new_row": dict(event.new_row),
         "changed": sorted(event.changed),
+        "session_variables": dict(event.session_variables),
+        "related": dict(event.related),
         "attempt": event.attempt,
         "idempotency_key": event.idempotency_key,
         "created_at": event.created_at.isoformat(),

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any
 
 import psycopg
@@ -22,7 +23,7 @@ from psycopg_pool import ConnectionPool
 
 from orchestrator import install
 from orchestrator.db import Transaction, borrowed, is_connection_error, one_line, translated
-from orchestrator.errors import DatabaseUnavailable
+from orchestrator.errors import DatabaseUnavailable, RelatedDataError
 from orchestrator.events import Event, event_from_row
 from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Pruned, Result
 from orchestrator.sql import QUERIES
@@ -37,8 +38,6 @@ CLAIM_KINDS = {  # the claim query's variants: which pending events, in which or
 }
 
 
-
-
 class Store:
     """The engine's database verbs for one dispatcher (``dispatcher`` names it in claims)."""
 
@@ -51,6 +50,7 @@ class Store:
         self._workflows: dict[str, Workflow] = {}
         self._columns: dict[str, frozenset[str]] = {}
         self._write_back: dict[tuple[str, tuple[str, ...], tuple[str, ...]], bytes] = {}
+        self._related = RelatedReader(pool)
         self._claim = {kind: sql.SQL(QUERIES["claim"]).format(kind=sql.SQL(where),
                                                               order=sql.SQL(order))
                        for kind, (where, order) in CLAIM_KINDS.items()}
@@ -233,6 +233,15 @@ class Store:
             self._write_back[cache_key] = query
         return query
 
+    # -- related data ------------------------------------------------------------------------
+
+    def with_related(self, events: Sequence[Event]
+                     ) -> tuple[list[Event], list[tuple[Event, RelatedDataError]]]:
+        """``events`` with the related data their workflows declare in ``event.related``, all
+        read in one round trip; the events of a workflow whose queries fail come back apart,
+        each with the error. Raises DatabaseUnavailable when the connection is lost."""
+        return self._related.read(events, self._workflows)
+
     def extend_leases(self, ids: Sequence[int]) -> None:
         """Renew the lease on events this dispatcher is still working on."""
         with self._conn() as conn:
@@ -325,6 +334,75 @@ def _seen_columns(wf: Workflow, event: Event) -> tuple[str, ...]:
     columns = [c for c in (wf.column, event.column) if c is not None]
     return tuple(c for c in dict.fromkeys(columns)
                  if not isinstance(event.new_row.get(c), dict | list))
+
+
+class RelatedReader:
+    """Reads the related data workflows declare (``orchestrator.related``) for claimed events."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self._composed: dict[tuple[str, str], bytes] = {}
+
+    def read(self, events: Sequence[Event], workflows: Mapping[str, Workflow]
+             ) -> tuple[list[Event], list[tuple[Event, RelatedDataError]]]:
+        """As Store.with_related, for ``events`` of ``workflows``."""
+        groups: dict[str, list[Event]] = {}
+        for e in events:
+            if workflows[e.workflow].related:
+                groups.setdefault(e.workflow, []).append(e)
+        if not groups:
+            return list(events), []
+        found: dict[int, dict[str, Any]] = {}
+        errors: dict[str, RelatedDataError] = {}
+        try:
+            found = self._read(workflows, list(groups.values()))
+        except RelatedDataError:  # which workflow's? each on its own
+            for workflow, group in groups.items():
+                try:
+                    found |= self._read(workflows, [group])
+                except RelatedDataError as exc:
+                    errors[workflow] = exc
+        ready = [replace(e, related=MappingProxyType(found[e.id])) if e.id in found else e
+                 for e in events if e.workflow not in errors]
+        return ready, [(e, errors[e.workflow]) for e in events if e.workflow in errors]
+
+    def _read(self, workflows: Mapping[str, Workflow], groups: Sequence[Sequence[Event]]
+              ) -> dict[int, dict[str, Any]]:
+        """Each event's related data, by event id: one executemany per declaration, all in
+        one pipeline. Raises RelatedDataError when a query fails."""
+        sent: list[tuple[str, Sequence[Event], psycopg.Cursor[Any]]] = []
+        with borrowed(self.pool) as conn:
+            try:
+                with conn.pipeline():
+                    for group in groups:
+                        wf = workflows[group[0].workflow]
+                        for name, rel in wf.related.items():
+                            cur = conn.cursor()
+                            cur.executemany(self._sql(wf, name, conn), [
+                                {k: _adapt(v) for k, v in rel.params(wf.key, e.new_row).items()}
+                                for e in group], returning=True)
+                            sent.append((name, group, cur))
+                    conn.commit()
+            except psycopg.Error as exc:
+                _rollback(conn)
+                if is_connection_error(exc, conn):
+                    raise DatabaseUnavailable(f"database error: {one_line(exc)}") from exc
+                raise RelatedDataError(groups[0][0].workflow, one_line(exc)) from exc
+        found: dict[int, dict[str, Any]] = {}
+        for name, group, cur in sent:
+            for i, e in enumerate(group):
+                if i:
+                    cur.nextset()
+                row = cur.fetchone()
+                found.setdefault(e.id, {})[name] = row[0] if row else None
+        return found
+
+    def _sql(self, wf: Workflow, name: str, conn: psycopg.Connection[Any]) -> bytes:
+        # Composed once per declaration, as the write-backs are.
+        if (query := self._composed.get((wf.name, name))) is None:
+            query = install.related_query(wf.related[name]).as_bytes(conn)
+            self._composed[(wf.name, name)] = query
+        return query
 
 
 def _adapt(value: Any) -> Any:

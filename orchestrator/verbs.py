@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
+from orchestrator.errors import RelatedDataError
 from orchestrator.events import Event
 from orchestrator.outcomes import FinishReport, Pruned, Result
 from orchestrator.workflow import Workflow
@@ -58,6 +59,9 @@ class EventQueue(RunnerStore, Protocol):
     def claim(self, limit: int, *, suspect: bool = False) -> list[Event]: ...
 
     def claim_timers(self, limit: int) -> list[Event]: ...
+
+    def with_related(self, events: Sequence[Event]
+                     ) -> tuple[list[Event], list[tuple[Event, RelatedDataError]]]: ...
 
     def has_suspects(self) -> bool: ...
 

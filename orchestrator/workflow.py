@@ -20,6 +20,7 @@ from transitions import Machine
 from transitions import Transition as TransitionsMove
 
 from orchestrator.errors import DefinitionError, IllegalTransition, RegistrationError
+from orchestrator.related import Related, checked
 from orchestrator.routing import Change, HandlerTable, Route, ValueCondition, values_of
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,7 +69,8 @@ class Workflow:
     (a state, a list of states, or ``"*"`` for every non-terminal state) and ``dest``; or
     ``(trigger, source, dest)`` tuples. With a ``failure_state``, every non-terminal state may also
     move there (trigger ``fail``): that is where rows go whose handler exhausted its attempts.
-    ``watch`` names further columns whose changes are recorded as events.
+    ``watch`` names further columns whose changes are recorded as events. ``related`` names
+    data read with each event (``orchestrator.related``), given to handlers as ``event.related``.
     ``column=None`` (with no states, initial state or transitions): no state column and no
     guard; the rows are driven by routes on the watched columns alone (``on_column``).
 
@@ -92,6 +94,7 @@ class Workflow:
         column: str | None = "status",
         watch: Iterable[str] = (),
         deadlines: Iterable[Deadline] = (),
+        related: Mapping[str, Related] | None = None,
     ) -> None:
         self.name = name
         self.schema, _, self.table = table.rpartition(".")
@@ -116,6 +119,7 @@ class Workflow:
             initial=initial, auto_transitions=False)
         self._add_transitions(transitions)
         self.deadlines = self._check_deadlines(deadlines)
+        self.related = checked(name, related or {})
         self.handlers = HandlerTable(self.name)
 
     @classmethod
@@ -272,7 +276,8 @@ class Workflow:
             "deadlines": [[d.state, d.after_s, d.to] for d in self.deadlines],
             "handlers": {spec.route.key: spec.name
                          for spec in sorted(self.handlers, key=lambda s: s.route.key)},
-        }
+        } | ({"related": {n: r.definition() for n, r in self.related.items()}}
+             if self.related else {})
 
     @classmethod
     def from_definition(cls, data: Mapping[str, Any]) -> Workflow:
@@ -284,6 +289,7 @@ class Workflow:
             transitions=[tuple(t) for t in data["transitions"]
                          if not (t[0] == FAIL_TRIGGER and t[2] == data["failure_state"])],
             deadlines=[Deadline(*d) for d in data.get("deadlines", [])],
+            related={n: Related.from_definition(d) for n, d in data.get("related", {}).items()},
         )
 
     # -- handler registration ----------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Backlog drain: events created while no dispatcher runs, then drained by one.
 
 The backlog's handler returns nothing, so draining is claiming and finishing alone; the clock
-runs from the first claim to the last write (the events' own started/finished times).
+runs from the first claim to the last write (the events' own started/finished times). With
+``related``, the backlog's workflow declares related data (a parent and children), read for
+every claimed batch: the difference is what reading it costs.
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ class Backlog:
                 "events_per_s": round(self.events_per_s, 1)}
 
 
-def drain(session: Session, dsn: str, settings: DispatcherSettings, *, events: int) -> Backlog:
+def drain(session: Session, dsn: str, settings: DispatcherSettings, *, events: int,
+          related: bool = False) -> Backlog:
     """Create ``events`` pending events, then start a dispatcher and time the drain."""
     mark = settle(session)
-    session.run("insert_backlog", {"count": events})
+    session.run("insert_related_backlog" if related else "insert_backlog", {"count": events})
     with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
         wait_until(lambda: drained(mon), what="backlog drain")
-    row = session.run("drain", mark)[0]
+    row = session.run("drain", mark | {
+        "workflow": "bench_related" if related else "bench_drain"})[0]
     return Backlog(int(row["events"]), float(row["seconds"] or 0.0))

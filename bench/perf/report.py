@@ -56,6 +56,8 @@ def _engine_rows(out: Table, r: dict[str, Any]) -> None:
                     f"{case['p50_ms']:.1f} / {case['p95_ms']:.1f} / {case['p99_ms']:.1f}")
     out.add_row(f"backlog drain events/s ({r['backlog']['events']} events)",
                 f"{r['backlog_events_per_s']:.0f}")
+    out.add_row(f"  with related data ({r['backlog_related']['events']} events)",
+                f"{r['backlog_related_events_per_s']:.0f}")
     for run in r["scaling"]:
         out.add_row(f"scaling: {run['dispatchers']} dispatcher(s) transitions/s",
                     f"{run['transitions_per_s']:.0f} ({run['ratio_to_ceiling']:.2f}x)")

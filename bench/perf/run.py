@@ -126,9 +126,12 @@ def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, 
                 transitions_per_s=fraction * reference.transitions_per_s)
         say(f"backlog: {config.backlog_events} events, then one dispatcher")
         drained = backlog.drain(session, dsn, settings, events=config.backlog_events)
+        say(f"backlog: {config.backlog_events} events with related data, then one dispatcher")
+        related = backlog.drain(session, dsn, settings, events=config.backlog_events,
+                                related=True)
         remote_figures = (remote.run(config.remote, session, dsn, settings, say)
                           if config.remote else None)
-    figures = results(config, env, top, runs, cases, drained)
+    figures = results(config, env, top, runs, cases, drained, related)
     return figures | ({"remote": remote_figures} if remote_figures else {})
 
 
@@ -164,7 +167,7 @@ def _median_run(runs: list[throughput.Throughput]) -> throughput.Throughput:
 
 def results(config: BenchConfig, env: dict[str, Any], top: Ceiling,
             runs: dict[int, list[throughput.Throughput]], cases: dict[str, latency.Latency],
-            drained: backlog.Backlog) -> dict[str, Any]:
+            drained: backlog.Backlog, related: backlog.Backlog) -> dict[str, Any]:
     """The JSON document: the headline keys at the top level, then each case's details.
     Throughput figures are the median of the rounds, the ceiling the best round (each
     round's figure is listed too)."""
@@ -189,6 +192,8 @@ def results(config: BenchConfig, env: dict[str, Any], top: Ceiling,
         "latency": {name: case.as_dict() for name, case in cases.items()},
         "backlog": drained.as_dict(),
         "backlog_events_per_s": round(drained.events_per_s, 1),
+        "backlog_related": related.as_dict(),
+        "backlog_related_events_per_s": round(related.events_per_s, 1),
         "scaling": [_scaling(series, top) for series in runs.values()],
         "costs": {
             "notifies_per_transition": round(ref.per_transition(ref.notifies), 4),

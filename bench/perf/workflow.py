@@ -3,9 +3,10 @@
 ``bench_order`` walks the food-order happy path (six transitions per order); its first handler
 notes when it started, so the bench can measure the time from the commit that created an order
 to its handler starting. ``bench_drain`` has one handler that returns nothing: a backlog of its
-events measures claiming and finishing alone. ``bench_remote``'s one step is a Remote calling
-the stand-in function of the remote case (``BENCH_REMOTE_URL``, at most
-``BENCH_REMOTE_CONNECTIONS`` calls at once). The bench creates the tables itself
+events measures claiming and finishing alone; ``bench_related`` is the same with related
+data declared (a parent and children), read for every claimed batch. ``bench_remote``'s one
+step is a Remote calling the stand-in function of the remote case (``BENCH_REMOTE_URL``, at
+most ``BENCH_REMOTE_CONNECTIONS`` calls at once). The bench creates the tables itself
 (``bench/perf/queries.sql``), so no migration of the project knows about them.
 """
 
@@ -15,7 +16,7 @@ import os
 import time
 from itertools import pairwise
 
-from orchestrator import Event, Next, Remote, Workflow
+from orchestrator import Event, Next, Related, Remote, Workflow
 
 PATH = ["placed", "validated", "paid", "approved", "agent_assigned", "picked_up", "delivered"]
 NEXT = dict(pairwise(PATH))
@@ -74,3 +75,19 @@ bench_remote = Workflow(
 bench_remote.on_enter("queued", timeout_s=30)(Remote(
     "bench_remote", os.environ.get("BENCH_REMOTE_URL", "http://127.0.0.1:9/call"),
     secrets=["bench"], max_concurrency=int(os.environ.get("BENCH_REMOTE_CONNECTIONS", "64"))))
+
+
+# The backlog with related data: bench_drain's one step that does nothing, on rows whose
+# workflow declares a parent (the order) and children (the rows of the same order), read for
+# every claimed batch.
+bench_related = Workflow(
+    "bench_related",
+    table="public.bench_related",
+    states=["queued", "drained"],
+    initial="queued",
+    terminal=["drained"],
+    transitions=[("drain", "queued", "drained")],
+    related={"order": Related.parent("public.bench_orders", "order_id"),
+             "siblings": Related.children("public.bench_related", "order_id", key="order_id")},
+)
+bench_related.on_enter("queued")(drain)

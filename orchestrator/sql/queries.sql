@@ -33,7 +33,7 @@ SET status = 'running', attempts = e.attempts + 1, claimed_by = %(dispatcher)s,
 FROM picked
 WHERE e.id = picked.id
 RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_value,
-          e.old_row, e.new_row, e.attempts, e.created_at;
+          e.old_row, e.new_row, e.attempts, e.created_at, e.session_variables;
 
 -- name: claim_next_of_rows
 -- Hands the next event of rows whose event this transaction just finished straight to the same
@@ -59,7 +59,7 @@ WHERE NOT e.suspect AND e.id = ANY (ARRAY(
   AND e.status = 'pending'
   AND e.run_after <= now()
 RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_value,
-          e.old_row, e.new_row, e.attempts, e.created_at;
+          e.old_row, e.new_row, e.attempts, e.created_at, e.session_variables;
 
 -- name: has_suspects
 -- Whether an event whose dispatcher died (see requeue_expired) waits to be run alone; the
@@ -208,3 +208,16 @@ SELECT orchestrator.archive_v1(now() - make_interval(secs => %(after_s)s), %(max
 -- orchestrator.prune_v1). No row: another session is at it, and this one does not wait.
 SELECT events, partitions, pruned_before
 FROM orchestrator.prune_v1(now() - %(older_than)s::interval, %(dry_run)s, %(wait)s);
+
+-- name: related_children
+-- A workflow's related data (orchestrator.related), read for one row: {table}, {column} and
+-- the query's text are composed in from its declaration. The rows of a child table.
+SELECT coalesce(jsonb_agg(to_jsonb(c)), '[]'::jsonb) FROM {table} c WHERE c.{column} = %(value)s;
+
+-- name: related_parent
+-- The row of a parent table, or NULL: always one result row.
+SELECT (SELECT to_jsonb(p) FROM {table} p WHERE p.{column} = %(value)s LIMIT 1);
+
+-- name: related_query
+-- The rows of the workflow's own query.
+SELECT coalesce(jsonb_agg(to_jsonb(q)), '[]'::jsonb) FROM ({query}) q;

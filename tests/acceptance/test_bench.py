@@ -25,7 +25,7 @@ def test_a_tiny_bench_run_reports_every_figure(dsn: str) -> None:
     result = json.loads(done.stdout)
     for key in ("ceiling_updates_per_s", "ceiling_notify_updates_per_s",
                 "ceiling_updates_per_s_at_pool_size", "transitions_per_s",
-                "ratio_to_ceiling", "backlog_events_per_s"):
+                "ratio_to_ceiling", "backlog_events_per_s", "backlog_related_events_per_s"):
         assert isinstance(result[key], int | float), key
     assert set(result["latency"]) == {"unloaded", "half_load", "load_80"}
     for case in result["latency"].values():
@@ -37,7 +37,7 @@ def test_a_tiny_bench_run_reports_every_figure(dsn: str) -> None:
     assert result["ceiling_updates_per_s"] == max(by_count.values())
     assert by_count[str(result["ceiling_connections"])] == result["ceiling_updates_per_s"]
     assert [run["dispatchers"] for run in result["scaling"]] == [1, 2]
-    assert result["backlog"]["events"] == 50
+    assert result["backlog"]["events"] == result["backlog_related"]["events"] == 50
     assert {"notifies_per_transition", "commits_per_transition", "wal_bytes_per_transition",
             "connections_per_dispatcher", "dispatcher_peak_rss_mb"} <= set(result["costs"])
     env = result["environment"]
@@ -51,8 +51,8 @@ def _assert_table_names_each_figure(result: dict[str, Any]) -> None:
     console.print(report.table(result))
     text = console.export_text()
     for label in ("ceiling", "sustained transitions/s", "latency unloaded", "latency half load",
-                  "backlog drain", "scaling: 2 dispatcher", "NOTIFYs per transition",
-                  "dispatcher peak RSS"):
+                  "backlog drain", "with related data", "scaling: 2 dispatcher",
+                  "NOTIFYs per transition", "dispatcher peak RSS"):
         assert label in text
 
 

@@ -212,8 +212,8 @@ def test_revision_0004_takes_over_the_installed_triggers_and_gives_them_back(
         dsn: str, sql: Any) -> None:
     """A database at 0003 with workflows installed, one on a partitioned table: upgrading
     re-creates each trigger in place on the SECURITY DEFINER functions (same name, table,
-    event, WHEN and arguments; a partition's clones follow; 0006 moves capture on to v3) and
-    narrows the dispatcher; downgrading restores 0003's functions and grants."""
+    event, WHEN and arguments; a partition's clones follow; 0006 and 0007 move capture on to
+    v3, then v4) and narrows the dispatcher; downgrading restores 0003's functions and grants."""
     sql("CREATE TABLE parts (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'new')"
         " PARTITION BY RANGE (id)")
     sql("CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100)")
@@ -223,7 +223,7 @@ def test_revision_0004_takes_over_the_installed_triggers_and_gives_them_back(
             terminal=["done"], transitions=[("finish", "new", "done")]))
     at_head = sql(TRIGGERS)
     assert len([row for row in at_head if row[0] == "parts_1"]) == 4
-    assert at_head and all("guard_v2(" in definition or "capture_v3(" in definition
+    assert at_head and all("guard_v2(" in definition or "capture_v4(" in definition
                            for _, _, definition in at_head)
     assert sql(PRIVILEGES) == [
         ("orchestrator_admin", False, False, True, True, True),
@@ -232,7 +232,7 @@ def test_revision_0004_takes_over_the_installed_triggers_and_gives_them_back(
 
     schema.downgrade(dsn, "0003")
     assert sql(TRIGGERS) == [(table, name, definition.replace("_v2(", "_v1(")
-                              .replace("_v3(", "_v1("))
+                              .replace("_v3(", "_v1(").replace("_v4(", "_v1("))
                              for table, name, definition in at_head]
     assert ("orchestrator_dispatcher", True, True, True, True, True) in sql(PRIVILEGES)
     assert not [row for row in sql(PRIVILEGES) if row[0] != "orchestrator_dispatcher"

@@ -28,7 +28,8 @@ from tests.support import http
 
 SECRET = "s3cret"
 DOCUMENTED_KEYS = {"version", "id", "workflow", "key", "transition", "old_row", "new_row",
-                   "changed", "attempt", "idempotency_key", "created_at", "timeout_s", "trace"}
+                   "changed", "attempt", "idempotency_key", "created_at", "timeout_s", "trace",
+                   "session_variables", "related"}
 
 
 @dataclass
@@ -232,7 +233,8 @@ def test_the_hasura_shape_end_to_end_the_function_writes_the_row_itself(
     assert event["event"]["op"] == "INSERT"
     assert event["event"]["data"]["old"] is None
     assert event["event"]["data"]["new"]["status"] == "new"
-    assert set(event["event"]) == {"op", "data", "session_variables", "trace_context"}
+    assert set(event["event"]) == {"op", "data", "session_variables", "related",
+                                   "trace_context"}
     assert event["event"]["trace_context"]["trace_id"] == headers["traceparent"].split("-")[1]
     assert event["table"] == {"schema": "public", "name": "calls"}
     assert event["delivery_info"] == {"max_retries": 3, "current_retry": 0}

@@ -180,11 +180,11 @@ def test_dispatchers_apply_the_retention_themselves(
 
 def test_upgrading_keeps_the_history_and_downgrading_brings_it_back(
         dsn: str, sql: Any, run_idle: Any, store: Store) -> None:
+    old = finished_jobs(sql, run_idle, 3)  # a dispatcher needs the head's columns
     schema.downgrade(dsn, "0004")
-    old = finished_jobs(sql, run_idle, 3)
     dead = dead_event(sql)
     before = sql("SELECT * FROM orchestrator.events ORDER BY id")
-    schema.upgrade(dsn)
+    schema.upgrade(dsn, "0006")  # the history's revisions; 0007 adds a column
     assert sql("SELECT * FROM orchestrator.event_log ORDER BY id") == before
     backdate(sql, old, "2 hours")
     assert store.archive(after_s=10, max_rows=100) == 9

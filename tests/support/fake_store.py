@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from orchestrator.errors import DatabaseUnavailable, DefinitionError
+from orchestrator.errors import DatabaseUnavailable, DefinitionError, RelatedDataError
 from orchestrator.events import Event
 from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Pruned, Result
 from orchestrator.workflow import Workflow
@@ -129,6 +129,7 @@ class FakeStore:
         self.down = False
         self.failed_calls = 0
         self.lose_next_answer = False  # the next claim commits, but its answer never arrives
+        self.lose_related = False  # the next read of related data meets the server gone
         self.in_use: list[str] = []  # the workflows a dispatcher started with
         self.definition_changed = False
         self.refuse: Callable[[Result], str | None] = lambda result: None
@@ -223,6 +224,17 @@ class FakeStore:
             due = sorted((r for r in self._runnable() if r.event.op == "TIMER"),
                          key=lambda r: r.run_after)
             return [self._take(r) for r in due[:limit]]
+
+    def with_related(self, events: Sequence[Event]
+                     ) -> tuple[list[Event], list[tuple[Event, RelatedDataError]]]:
+        """Events as they are: related data is read on a real server only
+        (integration/test_rich_events.py)."""
+        with self._changed:
+            self._answer()
+            if self.lose_related:
+                self.lose_related = False
+                raise DatabaseUnavailable("database error: server closed the connection")
+            return list(events), []
 
     def has_suspects(self) -> bool:
         with self._changed:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import Context, Event, Next, Workflow
+from orchestrator import Context, Event, Next, Related, Workflow
 from orchestrator.config import Settings
 from orchestrator.dispatcher import DEFINITION_CHECK_S, Dispatcher, Stats
 from orchestrator.errors import DefinitionError
@@ -340,6 +340,29 @@ def test_a_claim_whose_answer_was_lost_is_released_and_run_after_the_outage() ->
         loop.store.wait_until(lambda: loop.outcome(first) is APPLIED, "the event to run")
     assert ("release", first) in loop.store.history
     assert attempts == [1]  # the lost claim was given back uncounted, and ran once
+
+
+def test_claims_whose_related_data_could_not_be_read_are_released_and_run_after_the_outage(
+        ) -> None:
+    wf = Workflow("jobs", table="public.jobs", states=["new", "working"], initial="new",
+                  terminal=["working"], transitions=[("start", "new", "working")],
+                  related={"owner": Related.parent("owners", "owner_id")})
+    attempts: list[int] = []
+
+    @wf.on_enter("new")
+    def start(event: Event) -> str:
+        attempts.append(event.attempt)
+        return "working"
+
+    loop = Loop(wf, **NO_POLL)
+    loop.store.lose_related = True
+    first = loop.store.insert("jobs", "1")
+    with loop.running() as dispatcher:
+        loop.store.wait_until(lambda: ("release", first) in loop.store.history,
+                              "the claim to be given back after the outage")
+        dispatcher.wake()
+        loop.store.wait_until(lambda: loop.outcome(first) is APPLIED, "the event to run")
+    assert attempts == [1]  # never started before the outage; given back uncounted
 
 
 def test_a_result_lost_with_the_handlers_transaction_runs_again_after_the_outage() -> None:

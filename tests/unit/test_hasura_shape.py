@@ -14,7 +14,10 @@ EVENT = Event(id=7, workflow="food_order", key="42", column="status", op="UPDATE
               old_value="approved", new_value="agent_assigned",
               old_row=MappingProxyType({"id": 42, "status": "approved"}),
               new_row=MappingProxyType({"id": 42, "status": "agent_assigned"}),
-              attempt=2, created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+              attempt=2, created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+              session_variables=MappingProxyType({"x-hasura-role": "user",
+                                                  "x-hasura-user-id": "9"}),
+              related=MappingProxyType({"items": [{"sku": "A1", "qty": 2}]}))
 CTX = SimpleNamespace(table=("public", "orders"), max_attempts=5)
 
 
@@ -26,7 +29,8 @@ def test_the_request_is_the_shape_hasura_sends() -> None:
         "event": {"op": "UPDATE",
                   "data": {"old": {"id": 42, "status": "approved"},
                            "new": {"id": 42, "status": "agent_assigned"}},
-                  "session_variables": {},
+                  "session_variables": {"x-hasura-role": "user", "x-hasura-user-id": "9"},
+                  "related": {"items": [{"sku": "A1", "qty": 2}]},
                   "trace_context": {"trace_id": trace_id, "span_id": span_id}},
         "created_at": "2026-01-02T03:04:05+00:00",
         "id": hasura.event_uuid(EVENT),

@@ -66,7 +66,9 @@ def test_the_request_body_is_the_documented_shape() -> None:
                   old_row=MappingProxyType({"id": 42, "status": "approved", "agent_id": None}),
                   new_row=MappingProxyType({"id": 42, "status": "agent_assigned",
                                             "agent_id": 3}),
-                  attempt=2, created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+                  attempt=2, created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+                  session_variables=MappingProxyType({"x-user-id": "9"}),
+                  related=MappingProxyType({"customer": {"id": 5}, "items": []}))
     trace = remote.traceparent(event)
     assert remote.request_body(event, 9.5, trace) == {
         "version": 1, "id": 7, "workflow": "food_order", "key": "42",
@@ -75,6 +77,7 @@ def test_the_request_body_is_the_documented_shape() -> None:
         "old_row": {"id": 42, "status": "approved", "agent_id": None},
         "new_row": {"id": 42, "status": "agent_assigned", "agent_id": 3},
         "changed": ["agent_id", "status"], "attempt": 2, "idempotency_key": "food_order:7",
+        "session_variables": {"x-user-id": "9"}, "related": {"customer": {"id": 5}, "items": []},
         "created_at": "2026-01-02T03:04:05+00:00", "timeout_s": 9.5,
         "trace": {"traceparent": trace},
     }
