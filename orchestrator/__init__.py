@@ -20,12 +20,13 @@ if TYPE_CHECKING:
     from orchestrator.events import Event, Next, Retry
     from orchestrator.registry import Registry, load_registry
     from orchestrator.remote import Remote
+    from orchestrator.routing import Limit
     from orchestrator.runner import Context
     from orchestrator.schema import alembic_include_name, install_workflows
     from orchestrator.workflow import Deadline, Workflow
 
 _HOMES = {
-    "Context": "runner", "Deadline": "workflow", "Event": "events", "Next": "events",
+    "Context": "runner", "Deadline": "workflow", "Event": "events", "Limit": "routing", "Next": "events",
     "Orchestrator": "app", "OrchestratorError": "errors", "Registry": "registry",
     "Remote": "remote", "Retry": "events", "Settings": "config", "Workflow": "workflow",
     "alembic_include_name": "schema", "install_workflows": "schema",
@@ -36,6 +37,7 @@ __all__ = [
     "Context",
     "Deadline",
     "Event",
+    "Limit",
     "Next",
     "Orchestrator",
     "OrchestratorError",

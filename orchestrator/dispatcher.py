@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import random
 import socket
 import threading
 import time
@@ -35,6 +36,7 @@ from orchestrator.logs import EventLog
 from orchestrator.observe import Observer, Observers
 from orchestrator.outcomes import FinishReport, Outcome, Result
 from orchestrator.registry import Registry
+from orchestrator.routing import Limit
 from orchestrator.retention import ARCHIVE_EVERY_S, PRUNE_EVERY_S, Retention
 from orchestrator.runner import Clock, Finished, Job, Lost, Ran, Report, Runner
 from orchestrator.verbs import EventQueue
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 # handlers since it started (a rolling deploy): if so it stops, and its supervisor restarts it
 # with the new code.
 DEFINITION_CHECK_S = 15.0
+# How long an event over its handler's fleet-wide limit waits before it is claimed again (a
+# random half to one and a half times this, so waiting dispatchers do not come back in step).
+LIMIT_WAIT_S = 0.2
 
 
 def dispatcher_name() -> str:
@@ -90,6 +95,7 @@ class Stats:
     dead: int = 0
     lost: int = 0
     timed_out: int = 0
+    waited: int = 0  #: claims put back to wait for a fleet-wide limit's turn
 
     def count(self, outcome: Outcome) -> None:
         """Count one outcome a write recorded."""
@@ -292,12 +298,32 @@ class Dispatcher:
             return
         self.observer.claimed(events)
         now = self._clock()
-        for event in events:
+        for event in self._admit(events):
             started = self._runner.start(event, now)
             if isinstance(started, Job):
                 self._in_flight[event.id] = started
             else:
                 self._unwritten.append(started)
+
+    def _admit(self, events: Sequence[Event]) -> Sequence[Event]:
+        """The events that may start now: those whose handler has a fleet-wide Limit must win
+        a turn of it in the database; the others go back to the queue to wait theirs."""
+        if not self.registry.limits:
+            return events
+        wanted: dict[Limit, list[int]] = {}
+        for event in events:
+            spec = self.registry.route(event) if event.op != "TIMER" else None
+            if spec is not None and spec.limit is not None:
+                wanted.setdefault(spec.limit, []).append(event.id)
+        if not wanted:
+            return events
+        admitted = self.store.admit(wanted, wait_s=LIMIT_WAIT_S * random.uniform(0.5, 1.5))
+        for limit, ids in wanted.items():
+            if waiting := sum(1 for i in ids if i not in admitted):
+                self.stats.waited += waiting
+                self.observer.waited(str(limit.name), waiting)
+        held = {i for ids in wanted.values() for i in ids} - admitted
+        return [e for e in events if e.id not in held]
 
     # -- writing results ---------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from orchestrator.db import Transaction, borrowed, is_connection_error, one_line
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.events import Event, event_from_row
 from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Pruned, Result
+from orchestrator.routing import Limit
 from orchestrator.sql import QUERIES
 from orchestrator.workflow import Workflow
 
@@ -248,6 +249,33 @@ class Store:
                 "keep": list(all_but or ()),
             }).fetchall()
         return len(rows)
+
+    def admit(self, wanted: Mapping[Limit, Sequence[int]], *, wait_s: float) -> set[int]:
+        """Fleet-wide limits: for each limit, the claimed events of ``wanted`` that may run
+        now (a free slot when it bounds runs at once, a token when it has a rate), in their
+        order; the others go back to the queue for ``wait_s`` seconds without using an
+        attempt. One transaction. Raises DatabaseUnavailable when the connection is lost."""
+        admitted: list[int] = []
+        with self._conn() as conn, conn.transaction():
+            for limit, ids in wanted.items():
+                where = {"name": limit.name, "ids": list(ids)}
+                passing = list(ids)
+                if limit.max_running:
+                    slots = {row[0] for row in conn.execute(QUERIES["take_slots"], where)}
+                    passing = [i for i in ids if i in slots]
+                if limit.per_s and passing:
+                    row = conn.execute(QUERIES["take_tokens"],
+                                       where | {"count": len(passing)}).fetchone()
+                    allowed = row[0] if row else len(passing)
+                    if limit.max_running and allowed < len(passing):
+                        conn.execute(QUERIES["give_slots_back"],
+                                     where | {"ids": passing[allowed:]})
+                    passing = passing[:allowed]
+                admitted += passing
+                if waiting := [i for i in ids if i not in set(passing)]:
+                    conn.execute(QUERIES["wait_turn"], where | {
+                        "ids": waiting, "delay_s": wait_s, "dispatcher": self.dispatcher})
+        return set(admitted)
 
     def has_open_events(self) -> bool:
         """Whether any event of these workflows is pending (due or not) or running, by any

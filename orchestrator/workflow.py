@@ -257,7 +257,15 @@ class Workflow:
             "deadlines": [[d.state, d.after_s, d.to] for d in self.deadlines],
             "handlers": {spec.route.key: spec.name
                          for spec in sorted(self.handlers, key=lambda s: s.route.key)},
+            **self._limits_definition(),
         }
+
+    def _limits_definition(self) -> dict[str, Any]:
+        """``{"limits": {route: [name, max_running, per_s]}}`` when a handler has a Limit
+        (absent otherwise, so a workflow without limits keeps the definition it had)."""
+        limits = {spec.route.key: [spec.limit.name, *spec.limit.as_list()]
+                  for spec in sorted(self.handlers, key=lambda s: s.route.key) if spec.limit}
+        return {"limits": limits} if limits else {}
 
     @classmethod
     def from_definition(cls, data: Mapping[str, Any]) -> Workflow:
