@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from orchestrator.workflow import Deadline, Workflow
 
 _HOMES = {
-    "Context": "runner", "Deadline": "workflow", "Event": "events", "Limit": "routing", "Next": "events",
+    "Context": "runner", "Deadline": "workflow", "Event": "events", "Limit": "routing",
+    "Next": "events",
     "Orchestrator": "app", "OrchestratorError": "errors", "Registry": "registry",
     "Remote": "remote", "Retry": "events", "Settings": "config", "Workflow": "workflow",
     "alembic_include_name": "schema", "install_workflows": "schema",

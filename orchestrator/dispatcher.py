@@ -36,8 +36,8 @@ from orchestrator.logs import EventLog
 from orchestrator.observe import Observer, Observers
 from orchestrator.outcomes import FinishReport, Outcome, Result
 from orchestrator.registry import Registry
-from orchestrator.routing import Limit
 from orchestrator.retention import ARCHIVE_EVERY_S, PRUNE_EVERY_S, Retention
+from orchestrator.routing import Limit
 from orchestrator.runner import Clock, Finished, Job, Lost, Ran, Report, Runner
 from orchestrator.verbs import EventQueue
 

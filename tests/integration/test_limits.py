@@ -8,9 +8,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import generate_latest
 
-from orchestrator import Event, Limit, Workflow
+from orchestrator import Event, Limit, Workflow, admin, install
+from orchestrator.app import Orchestrator
+from orchestrator.config import Settings
 from orchestrator.errors import DefinitionError, NotMigrated, RegistrationError
+from orchestrator.metrics import Metrics
 from orchestrator.registry import Registry
 from orchestrator.schema import install_workflows
 from tests.support import limited
@@ -58,6 +62,14 @@ def test_two_dispatchers_never_run_a_limited_handler_more_than_its_bound_at_once
     assert sql("SELECT waits > 0 FROM orchestrator.limits WHERE name = 'the_api'") == [(True,)]
     # Both dispatchers took part.
     assert sql("SELECT count(DISTINCT pid) FROM task_runs") == [(2,)]
+    # What an operator sees: status and the metrics' gauges.
+    with Orchestrator(Settings.load(env={}, dsn=tasks_db), Registry([limited.tasks])) as orch:
+        (seen,) = admin.status(orch.reports)["limits"]
+        exposed = generate_latest(Metrics(orch.registry, orch.reports).registry).decode()
+    assert seen["name"] == "the_api" and seen["max_running"] == 2 and seen["running"] == 0
+    assert seen["waits"] > 0
+    assert 'orchestrator_limit_max_running{limit="the_api"} 2.0' in exposed
+    assert f'orchestrator_limit_waits_total{{limit="the_api"}} {float(seen["waits"])}' in exposed
 
 
 def test_a_rate_limit_spaces_the_starts_across_dispatchers(tasks_db: str, sql: Any) -> None:
@@ -87,7 +99,8 @@ def test_migrate_writes_a_slot_per_run_at_once_and_resizes_them(tasks_db: str, s
     wf.on_enter("queued", limit=Limit(max_running=5, name="the_api"))(limited.work)
     with psycopg.connect(tasks_db) as conn:
         install_workflows(conn, wf)
-    assert sql("SELECT slot FROM orchestrator.limit_slots ORDER BY 1") == [(n,) for n in range(1, 6)]
+    slots = sql("SELECT slot FROM orchestrator.limit_slots ORDER BY 1")
+    assert slots == [(n,) for n in range(1, 6)]
 
 
 def test_a_dispatcher_with_other_limits_than_the_installed_ones_refuses_to_start(
@@ -95,7 +108,6 @@ def test_a_dispatcher_with_other_limits_than_the_installed_ones_refuses_to_start
     wf = Workflow.from_definition(limited.tasks.definition())
     wf.on_enter("queued", limit=Limit(max_running=3, name="the_api"))(limited.work)
     with psycopg.connect(tasks_db) as conn, pytest.raises(DefinitionError, match="limits differ"):
-        from orchestrator import install
         install.verify(conn, [wf])
 
 
