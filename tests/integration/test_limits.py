@@ -141,3 +141,31 @@ def test_installing_a_limit_on_a_schema_before_limits_says_to_migrate(
     sql("DROP TABLE orchestrator.limit_slots, orchestrator.limits")
     with psycopg.connect(tasks_db) as conn, pytest.raises(NotMigrated, match="migrate"):
         install_workflows(conn, limited.tasks)
+
+
+def test_events_over_a_limit_go_back_pending_without_using_an_attempt(
+        tasks_db: str, sql: Any) -> None:
+    sql("INSERT INTO tasks (sleep_s) SELECT 0 FROM generate_series(1, 3)")
+    registry = Registry([limited.tasks])
+    one_at_a_time = Limit(max_running=1, name="the_api")
+    sql("DELETE FROM orchestrator.limit_slots WHERE slot > 1")
+    with Orchestrator(Settings.load(env={}, dsn=tasks_db), registry) as a, \
+            Orchestrator(Settings.load(env={}, dsn=tasks_db), registry) as b:
+        a.store.use_workflows([limited.tasks])
+        b.store.use_workflows([limited.tasks])
+        first = a.store.claim(2)
+        second = b.store.claim(2)
+        assert len(first) == 2 and len(second) == 1
+        won = a.store.admit({one_at_a_time: [e.id for e in first]}, wait_s=30)
+        assert won == {first[0].id}
+        # b's event finds the one slot taken by a's running event.
+        assert b.store.admit({one_at_a_time: [second[0].id]}, wait_s=30) == set()
+        waiting = sql("SELECT id, attempts, status, run_after > now() + interval '20 s'"
+                      " FROM orchestrator.events WHERE status = 'pending' ORDER BY id")
+        assert waiting == [(first[1].id, 0, "pending", True), (second[0].id, 0, "pending", True)]
+        # Once a's event is no longer running, its slot is free again, with nothing given back.
+        a.store.release([first[0].id])
+        sql("UPDATE orchestrator.events SET run_after = now()")
+        (again,) = b.store.claim(1)
+        assert b.store.admit({one_at_a_time: [again.id]}, wait_s=30) == {again.id}
+    assert sql("SELECT waits FROM orchestrator.limits") == [(2,)]
