@@ -35,7 +35,7 @@ INSERT INTO orchestrator.transitions (workflow, from_state, to_state, trigger)
 VALUES (%(name)s, %(source)s, %(dest)s, %(trigger)s);
 
 -- name: limits_present
--- Whether the schema has the fleet-wide limits' tables (revision 0010 on).
+-- Whether the schema has the fleet-wide limits' tables (revision 0008 on).
 SELECT to_regclass('orchestrator.limits') IS NOT NULL;
 
 -- name: upsert_limit

@@ -209,7 +209,7 @@ SELECT events, partitions, pruned_before
 FROM orchestrator.prune_v1(now() - %(older_than)s::interval, %(dry_run)s, %(wait)s);
 
 -- name: take_slots
--- Fleet-wide limits (revision 0010): takes up to one slot of limit %(name)s for each of the
+-- Fleet-wide limits (revision 0008): takes up to one slot of limit %(name)s for each of the
 -- claimed events %(ids)s, in their order, and returns the ids that got one. A slot is free when
 -- it holds no event or one that is no longer running: a slot is given back by the event's own
 -- finish, retry, release or requeue, with nothing to undo when a dispatcher dies. Slots these
