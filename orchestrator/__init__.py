@@ -21,12 +21,14 @@ if TYPE_CHECKING:
     from orchestrator.registry import Registry, load_registry
     from orchestrator.related import Related
     from orchestrator.remote import Remote
+    from orchestrator.routing import Limit
     from orchestrator.runner import Context
     from orchestrator.schema import alembic_include_name, install_workflows
     from orchestrator.workflow import Deadline, Workflow
 
 _HOMES = {
-    "Context": "runner", "Deadline": "workflow", "Event": "events", "Next": "events",
+    "Context": "runner", "Deadline": "workflow", "Event": "events", "Limit": "routing",
+    "Next": "events",
     "Orchestrator": "app", "OrchestratorError": "errors", "Registry": "registry",
     "Related": "related", "Remote": "remote", "Retry": "events", "Settings": "config",
     "Workflow": "workflow",
@@ -38,6 +40,7 @@ __all__ = [
     "Context",
     "Deadline",
     "Event",
+    "Limit",
     "Next",
     "Orchestrator",
     "OrchestratorError",

@@ -53,7 +53,15 @@ def status(reports: Reports) -> dict[str, Any]:
                        "dead": ev.get("dead", 0),
                        "oldest_pending_age_s": ev.get("oldest_pending_age_s")},
         })
-    return {"workflows": out}
+    return {"workflows": out, "limits": limits(reports)}
+
+
+def limits(reports: Reports) -> list[dict[str, Any]]:
+    """Each fleet-wide limit: ``name``, ``max_running``, ``per_s`` (None: no bound of that
+    kind), ``running`` (runs holding one of its slots now) and ``waits`` (times an event was
+    put back to wait its turn, by every dispatcher, since it was installed)."""
+    return [{k: r[k] for k in ("name", "max_running", "per_s", "running", "waits")}
+            for r in reports.limits()]
 
 
 BACKLOG_FIELDS = ("due", "waiting", "timers", "running", "dead", "oldest_due_age_s")

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from orchestrator import limits
 from orchestrator.backoff import reconnect_delay_s
 from orchestrator.config import Settings
 from orchestrator.credentials import PasswordProvider
@@ -90,6 +91,7 @@ class Stats:
     dead: int = 0
     lost: int = 0
     timed_out: int = 0
+    waited: int = 0  #: claims put back to wait for a fleet-wide limit's turn
 
     def count(self, outcome: Outcome) -> None:
         """Count one outcome a write recorded."""
@@ -292,12 +294,17 @@ class Dispatcher:
             return
         self.observer.claimed(events)
         now = self._clock()
-        for event in self._with_related(events):
+        for event in self._with_related(self._admit(events)):
             started = self._runner.start(event, now)
             if isinstance(started, Job):
                 self._in_flight[event.id] = started
             else:
                 self._unwritten.append(started)
+
+    def _admit(self, events: Sequence[Event]) -> list[Event]:
+        admitted, waited = limits.take_turns(events, self.registry, self.store, self.observer)
+        self.stats.waited += waited
+        return admitted
 
     def _with_related(self, events: Sequence[Event]) -> list[Event]:
         """``events`` with their related data, read for those a handler will run. Events whose

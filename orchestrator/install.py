@@ -64,11 +64,14 @@ def difference(installed: Mapping[str, Any], mine: Mapping[str, Any]) -> str | N
     """What differs between an installed definition and this process's, or None."""
     if installed == mine:
         return None
-    if {k: v for k, v in installed.items() if k not in ("handlers", "related")} != \
-            {k: v for k, v in mine.items() if k not in ("handlers", "related")}:
+    handling = ("handlers", "related", "limits")
+    if {k: v for k, v in installed.items() if k not in handling} != \
+            {k: v for k, v in mine.items() if k not in handling}:
         return "the states or transitions in the database differ from this dispatcher's"
     if installed.get("related") != mine.get("related"):
         return "the related data declared in the database differs from this dispatcher's"
+    if installed.get("handlers") == mine.get("handlers"):
+        return "this dispatcher's handler limits differ from the installed ones"
     theirs, ours = installed.get("handlers", {}), mine["handlers"]
     parts = [f"{what}: {', '.join(sorted(routes))}" for what, routes in (
         ("missing here", set(theirs) - set(ours)), ("not installed", set(ours) - set(theirs)),
@@ -108,6 +111,7 @@ def install_workflow(conn: psycopg.Connection[Any], wf: Workflow) -> None:
         cur.executemany(INSTALL["insert_deadline"], [
             {"name": wf.name, "state": d.state, "after_s": d.after_s, "dest": d.to}
             for d in wf.deadlines])
+    _install_limits(conn, wf)
     for statement in trigger_ddl(conn, wf):
         try:
             conn.execute(statement)
@@ -121,6 +125,23 @@ def _check_version(conn: psycopg.Connection[Any]) -> None:
     if not (row and row[0]):
         raise NotMigrated("the orchestrator schema is older than this version: run "
                           "`orchestrator migrate` first")
+
+
+def _install_limits(conn: psycopg.Connection[Any], wf: Workflow) -> None:
+    """Write the fleet-wide limits of ``wf``'s handlers. Raises NotMigrated when the schema
+    predates them."""
+    limits = {spec.limit for spec in wf.handlers if spec.limit is not None}
+    if not limits:
+        return
+    row = conn.execute(INSTALL["limits_present"]).fetchone()
+    if not (row and row[0]):
+        raise NotMigrated("the orchestrator schema is older than handler limits: run "
+                          "`orchestrator migrate` first")
+    for limit in sorted(limits, key=lambda lim: str(lim.name)):
+        params = {"name": limit.name, "max_running": limit.max_running, "per_s": limit.per_s,
+                  "burst": max(1.0, limit.per_s or 1.0)}
+        conn.execute(INSTALL["upsert_limit"], params)
+        conn.execute(INSTALL["size_limit_slots"], params)
 
 
 def _check_table(conn: psycopg.Connection[Any], wf: Workflow) -> None:

@@ -75,6 +75,10 @@ class Metrics(Observer):
             "orchestrator_event_lag_seconds", "From the row change that recorded an event to its "
             "handler's start, first attempts only.", ["workflow"], buckets=LAG_BUCKETS_S,
             registry=self.registry)
+        self.events_waited = Counter(
+            "orchestrator_events_waited", "Claims this dispatcher put back to wait for a turn "
+            "of their handler's fleet-wide limit (no attempt used).", ["limit"],
+            registry=self.registry)
         self.registry.register(DatabaseGauges(store, list(registry.workflows.values()), cache_s))
         self.registry.register(ListenerGauges(lambda: self._listener))
         if pool_stats is not None:
@@ -94,6 +98,9 @@ class Metrics(Observer):
 
     def ran(self, event: Event, handler: str, duration_s: float) -> None:
         self.handler_duration.labels(event.workflow, handler).observe(duration_s)
+
+    def waited(self, limit: str, count: int) -> None:
+        self.events_waited.labels(limit).inc(count)
 
     def finished(self, result: Result, outcome: Outcome | None) -> None:
         labels = (result.event.workflow, result.handler or NO_HANDLER)
@@ -164,7 +171,8 @@ class DatabaseGauges(Collector):
         try:
             return {"backlog": admin.backlog(self._store),
                     "rows": {wf.name: self._store.state_counts(wf) for wf in self._workflows},
-                    "states": {wf.name: wf.states for wf in self._workflows}}
+                    "states": {wf.name: wf.states for wf in self._workflows},
+                    "limits": admin.limits(self._store)}
         except OrchestratorError as exc:
             log.warning("metrics: cannot read the database: %s", exc)
             return None
@@ -194,6 +202,23 @@ def _database_families(figures: dict[str, Any]) -> Iterator[Metric]:
         for state in states:
             rows.add_metric([name, state], counts.get(state, 0))
     yield from (pending, running, dead, oldest, rows)
+    yield from _limit_families(figures["limits"])
+
+
+def _limit_families(limits: Sequence[dict[str, Any]]) -> Iterator[Metric]:
+    running = GaugeMetricFamily("orchestrator_limit_running", "Runs holding a slot of a "
+                                "fleet-wide limit now, by any dispatcher.", labels=["limit"])
+    bound = GaugeMetricFamily("orchestrator_limit_max_running", "A fleet-wide limit's most runs "
+                              "at once (absent: no such bound).", labels=["limit"])
+    waits = CounterMetricFamily("orchestrator_limit_waits", "Times an event was put back to "
+                                "wait for a turn of a fleet-wide limit, by any dispatcher.",
+                                labels=["limit"])
+    for lim in limits:
+        running.add_metric([lim["name"]], lim["running"])
+        if lim["max_running"]:
+            bound.add_metric([lim["name"]], lim["max_running"])
+        waits.add_metric([lim["name"]], lim["waits"])
+    yield from (running, bound, waits)
 
 
 class ListenerGauges(Collector):

@@ -28,6 +28,10 @@ class Observer:
         """On a worker thread: the handler returned or raised after ``duration_s`` (one that
         timed out is abandoned and never reported here)."""
 
+    def waited(self, limit: str, count: int) -> None:
+        """On the loop thread: ``count`` claimed events went back to the queue to wait for a
+        turn of the fleet-wide limit named ``limit``."""
+
     def finished(self, result: Result, outcome: Outcome | None) -> None:
         """On the loop thread, after ``result`` was written: ``outcome`` is what the write
         recorded, or None when the write did not take (the claim was lost, or the result was
@@ -52,6 +56,10 @@ class Observers(Observer):
     def ran(self, event: Event, handler: str, duration_s: float) -> None:
         for o in self.observers:
             _safely(o.ran, event, handler, duration_s)
+
+    def waited(self, limit: str, count: int) -> None:
+        for o in self.observers:
+            _safely(o.waited, limit, count)
 
     def finished(self, result: Result, outcome: Outcome | None) -> None:
         for o in self.observers:

@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from orchestrator.errors import HandlerModuleError, OrchestratorError, RegistrationError
-from orchestrator.routing import HandlerSpec
+from orchestrator.routing import HandlerSpec, Limit
 from orchestrator.workflow import Workflow
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ class Registry:
             if wf.name in self.workflows and self.workflows[wf.name] is not wf:
                 raise RegistrationError(f"two workflows are named {wf.name!r}")
             self.workflows[wf.name] = wf
+        self.limits = _limits(self.workflows.values())
 
     def route(self, event: Event) -> HandlerSpec | None:
         """The handler for an event, or None when its workflow has none for that change."""
@@ -48,6 +49,23 @@ class Registry:
         except KeyError:
             known = ", ".join(sorted(self.workflows)) or "none"
             raise OrchestratorError(f"unknown workflow {name!r} (known: {known})") from None
+
+
+def _limits(workflows: Iterable[Workflow]) -> dict[str, Limit]:
+    """Every named Limit of the handlers, by name. Raises RegistrationError when two handlers
+    give one name different bounds."""
+    limits: dict[str, Limit] = {}
+    for wf in workflows:
+        for spec in wf.handlers:
+            if spec.limit is None:
+                continue
+            assert spec.limit.name is not None  # named when registered
+            other = limits.setdefault(spec.limit.name, spec.limit)
+            if other != spec.limit:
+                raise RegistrationError(
+                    f"limit {spec.limit.name!r} is declared twice with different bounds "
+                    f"({other.as_list()} and {spec.limit.as_list()})")
+    return limits
 
 
 def load_registry(module_name: str) -> Registry:

@@ -117,6 +117,14 @@ class Reports:
 
     # -- the workflow tables -----------------------------------------------------------------
 
+    def limits(self) -> list[Row]:
+        """Each fleet-wide limit: name, max_running, per_s, running (runs holding a slot now)
+        and waits (times an event was put back to wait its turn); none on a schema older than
+        limits."""
+        if not self._rows(REPORTS["limits_present"])[0]["present"]:
+            return []
+        return self._rows(REPORTS["limits"])
+
     def state_counts(self, wf: Workflow) -> dict[str, int]:
         """How many rows of ``wf`` are in each state (states with none are absent; none for a
         workflow without a state column)."""

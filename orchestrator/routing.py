@@ -109,6 +109,41 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class Limit:
+    """The most runs of a handler at once (``max_running``) and per second (``per_s``) across
+    every dispatcher of a database; None: no bound of that kind. Handlers that give the same
+    ``name`` share one limit (default: the handler's own qualified name, so one function
+    registered for several routes shares it). Events over the limit wait their turn in the
+    queue without using an attempt."""
+
+    max_running: int | None = None
+    per_s: float | None = None
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_running is None and self.per_s is None:
+            raise RegistrationError("a Limit needs max_running, per_s or both")
+        if self.max_running is not None and (
+                isinstance(self.max_running, bool) or not isinstance(self.max_running, int)
+                or self.max_running < 1):
+            raise RegistrationError(f"Limit max_running must be a whole number at least 1, "
+                                    f"not {self.max_running!r}")
+        if self.per_s is not None and not (isinstance(self.per_s, int | float)
+                                           and 0 < self.per_s < float("inf")):
+            raise RegistrationError(f"Limit per_s must be a positive number, not {self.per_s!r}")
+        if self.name is not None and not (isinstance(self.name, str) and self.name):
+            raise RegistrationError(f"Limit name must be a non-empty string, not {self.name!r}")
+
+    def named(self, default: str) -> Limit:
+        """This limit with its name set (``default`` when none was given)."""
+        return self if self.name else Limit(self.max_running, self.per_s, default)
+
+    def as_list(self) -> list[Any]:
+        """The stored form: ``[max_running, per_s]``."""
+        return [self.max_running, self.per_s]
+
+
+@dataclass(frozen=True, slots=True)
 class HandlerSpec:
     """A registered handler and its per-handler limits (None: use the settings' defaults)."""
 
@@ -120,6 +155,7 @@ class HandlerSpec:
     max_attempts: int | None = None
     timeout_s: float | None = None
     is_async: bool = False  #: ``async def`` (or an object with one as ``__call__``)
+    limit: Limit | None = None  #: fleet-wide bound, named
 
 
 class HandlerTable:
@@ -130,15 +166,22 @@ class HandlerTable:
         self._by_route: dict[Route, HandlerSpec] = {}
 
     def decorator(
-        self, route: Route, *, max_attempts: int | None = None, timeout_s: float | None = None
+        self, route: Route, *, max_attempts: int | None = None, timeout_s: float | None = None,
+        limit: Limit | None = None,
     ) -> Callable[[F], F]:
         """A decorator that registers its function for ``route`` (checked by the caller).
-        Raises RegistrationError for a function of the wrong arity or a route taken."""
+        Raises RegistrationError for a function of the wrong arity or a route taken, or a
+        ``limit`` that is not a Limit."""
+        if limit is not None and not isinstance(limit, Limit):
+            raise RegistrationError(f"limit must be a Limit(...), not {limit!r:.80}")
+
         def register(fn: F) -> F:
+            name = f"{fn.__module__}.{fn.__qualname__}"
             self.add(HandlerSpec(
-                fn=fn, name=f"{fn.__module__}.{fn.__qualname__}", workflow=self._workflow,
+                fn=fn, name=name, workflow=self._workflow,
                 route=route, takes_context=_takes_context(fn), max_attempts=max_attempts,
                 timeout_s=timeout_s, is_async=is_async(fn),
+                limit=limit.named(name) if limit else None,
             ))
             return fn
 

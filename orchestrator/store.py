@@ -21,11 +21,12 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from orchestrator import install
+from orchestrator import install, slots
 from orchestrator.db import Transaction, borrowed, is_connection_error, one_line, translated
 from orchestrator.errors import DatabaseUnavailable, RelatedDataError
 from orchestrator.events import Event, event_from_row
 from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Pruned, Result
+from orchestrator.routing import Limit
 from orchestrator.sql import QUERIES
 from orchestrator.workflow import Workflow
 
@@ -262,6 +263,11 @@ class Store:
                 "keep": list(all_but or ()),
             }).fetchall()
         return len(rows)
+
+    def admit(self, wanted: Mapping[Limit, Sequence[int]], *, wait_s: float) -> set[int]:
+        """Fleet-wide limits: see ``orchestrator.slots.admit``."""
+        with self._conn() as conn:
+            return slots.admit(conn, wanted, wait_s=wait_s, dispatcher=self.dispatcher)
 
     def has_open_events(self) -> bool:
         """Whether any event of these workflows is pending (due or not) or running, by any

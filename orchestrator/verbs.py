@@ -7,13 +7,14 @@ is documented on the Store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Protocol
 
 from orchestrator.errors import RelatedDataError
 from orchestrator.events import Event
 from orchestrator.outcomes import FinishReport, Pruned, Result
+from orchestrator.routing import Limit
 from orchestrator.workflow import Workflow
 
 
@@ -73,6 +74,8 @@ class EventQueue(RunnerStore, Protocol):
                 all_but: Sequence[int] | None = None) -> int: ...
 
     def has_open_events(self) -> bool: ...
+
+    def admit(self, wanted: Mapping[Limit, Sequence[int]], *, wait_s: float) -> set[int]: ...
 
     def archive(self, *, after_s: float, max_rows: int,
                 width: timedelta = ...) -> int | None: ...

@@ -118,7 +118,7 @@ class Workflow:
             model=None, states=[{"name": s, "final": s in ends} for s in states],
             initial=initial, auto_transitions=False)
         self._add_transitions(transitions)
-        self.deadlines = self._check_deadlines(deadlines)
+        self.deadlines = _checked_deadlines(self, deadlines)
         self.related = checked(name, related or {})
         self.handlers = HandlerTable(self.name)
 
@@ -205,19 +205,6 @@ class Workflow:
         except ValueError as exc:  # e.g. a trigger named like the model attribute, "state"
             raise DefinitionError(f"workflow {self.name!r}: trigger {trigger!r}: {exc}") from exc
 
-    def _check_deadlines(self, deadlines: Iterable[Deadline]) -> tuple[Deadline, ...]:
-        by_state: dict[str, Deadline] = {}
-        for d in deadlines:
-            where = f"workflow {self.name!r}: deadline of {d.state!r}"
-            if d.state in by_state:
-                raise DefinitionError(f"{where} given twice")
-            if d.after_s <= 0:
-                raise DefinitionError(f"{where} must be after a positive time")
-            if not self.allows(d.state, d.to):
-                raise DefinitionError(f"{where}: {d.state!r} -> {d.to!r} is not a transition")
-            by_state[d.state] = d
-        return tuple(by_state.values())
-
     def _check_move(self, src: str, dest: str) -> None:
         for state in (src, dest):
             if state not in self.machine.states:
@@ -276,6 +263,7 @@ class Workflow:
             "deadlines": [[d.state, d.after_s, d.to] for d in self.deadlines],
             "handlers": {spec.route.key: spec.name
                          for spec in sorted(self.handlers, key=lambda s: s.route.key)},
+            **_limits_definition(self.handlers),
         } | ({"related": {n: r.definition() for n, r in self.related.items()}}
              if self.related else {})
 
@@ -355,6 +343,30 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, table={self.qualified_table!r})"
+
+
+def _checked_deadlines(wf: Workflow, deadlines: Iterable[Deadline]) -> tuple[Deadline, ...]:
+    """``deadlines``, one per state. Raises DefinitionError for a state given twice, a time
+    that is not positive or a move ``wf`` does not allow."""
+    by_state: dict[str, Deadline] = {}
+    for d in deadlines:
+        where = f"workflow {wf.name!r}: deadline of {d.state!r}"
+        if d.state in by_state:
+            raise DefinitionError(f"{where} given twice")
+        if d.after_s <= 0:
+            raise DefinitionError(f"{where} must be after a positive time")
+        if not wf.allows(d.state, d.to):
+            raise DefinitionError(f"{where}: {d.state!r} -> {d.to!r} is not a transition")
+        by_state[d.state] = d
+    return tuple(by_state.values())
+
+
+def _limits_definition(handlers: HandlerTable) -> dict[str, Any]:
+    """``{"limits": {route: [name, max_running, per_s]}}`` when a handler has a Limit (absent
+    otherwise, so a workflow without limits keeps the definition it had)."""
+    limits = {spec.route.key: [spec.limit.name, *spec.limit.as_list()]
+              for spec in sorted(handlers, key=lambda s: s.route.key) if spec.limit}
+    return {"limits": limits} if limits else {}
 
 
 def _check_names(name: str, identifiers: Iterable[tuple[str, str]]) -> None:

@@ -56,6 +56,12 @@ def status(dsn: Dsn = None, data_dir: DataDir = None, json: Json = False) -> Non
         age = ev["oldest_pending_age_s"]
         out.print(f"events: {ev['pending']} pending, {ev['running']} running, {ev['dead']} dead"
                   + (f"; oldest pending {age:.1f}s" if age is not None else ""))
+    for lim in report["limits"]:
+        bounds = [f"{lim['running']} of {lim['max_running']} at once"
+                  if lim["max_running"] else f"{lim['running']} running",
+                  *([f"{lim['per_s']:g}/s"] if lim["per_s"] else [])]
+        out.print(f"limit {shown(lim['name'])}: {', '.join(bounds)}; "
+                  f"{lim['waits']} waits for a turn")
 
 
 @app.command()

@@ -34,6 +34,30 @@ VALUES (%(name)s, %(state)s, %(after_s)s, %(dest)s);
 INSERT INTO orchestrator.transitions (workflow, from_state, to_state, trigger)
 VALUES (%(name)s, %(source)s, %(dest)s, %(trigger)s);
 
+-- name: limits_present
+-- Whether the schema has the fleet-wide limits' tables (revision 0008 on).
+SELECT to_regclass('orchestrator.limits') IS NOT NULL;
+
+-- name: upsert_limit
+-- A handler's fleet-wide limit; the bucket never holds more than a second's worth of tokens
+-- (at least one), and keeps what it holds when the rate changes.
+INSERT INTO orchestrator.limits AS l (name, max_running, per_s, burst, tokens)
+VALUES (%(name)s, %(max_running)s, %(per_s)s, %(burst)s, %(burst)s)
+ON CONFLICT (name) DO UPDATE
+SET max_running = EXCLUDED.max_running, per_s = EXCLUDED.per_s, burst = EXCLUDED.burst,
+    tokens = least(l.tokens, EXCLUDED.burst), updated_at = now();
+
+-- name: size_limit_slots
+-- One slot per run at once: those missing are added, those over the bound removed (an event
+-- running in a removed slot finishes; the new bound holds from then on).
+WITH added AS (
+    INSERT INTO orchestrator.limit_slots (name, slot)
+    SELECT %(name)s, g FROM generate_series(1, coalesce(%(max_running)s::integer, 0)) AS g
+    ON CONFLICT DO NOTHING
+)
+DELETE FROM orchestrator.limit_slots
+WHERE name = %(name)s AND slot > coalesce(%(max_running)s::integer, 0);
+
 -- name: table_columns
 -- A workflow names its table exactly (case and all): quoted here before the lookup.
 SELECT a.attname

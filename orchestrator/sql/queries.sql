@@ -221,3 +221,68 @@ SELECT (SELECT to_jsonb(p) FROM {table} p WHERE p.{column} = %(value)s LIMIT 1);
 -- name: related_query
 -- The rows of the workflow's own query.
 SELECT coalesce(jsonb_agg(to_jsonb(q)), '[]'::jsonb) FROM ({query}) q;
+
+-- name: take_slots
+-- Fleet-wide limits (revision 0008): takes up to one slot of limit %(name)s for each of the
+-- claimed events %(ids)s, in their order, and returns the ids that got one. A slot is free when
+-- it holds no event or one that is no longer running: a slot is given back by the event's own
+-- finish, retry, release or requeue, with nothing to undo when a dispatcher dies. Slots these
+-- events still hold from an earlier attempt come first, so an event never holds two. SKIP
+-- LOCKED: a slot another dispatcher is taking right now is not free for this one.
+WITH free AS (
+    SELECT s.slot, s.event_id = ANY(%(ids)s::bigint[]) AS own
+    FROM orchestrator.limit_slots s
+    WHERE s.name = %(name)s
+      AND (s.event_id IS NULL OR s.event_id = ANY(%(ids)s::bigint[])
+           OR NOT EXISTS (SELECT FROM orchestrator.events e
+                          WHERE e.id = s.event_id AND e.status = 'running'))
+    ORDER BY own DESC, s.slot
+    LIMIT cardinality(%(ids)s::bigint[])
+    FOR UPDATE SKIP LOCKED
+), paired AS (
+    SELECT f.slot, w.id
+    FROM (SELECT slot, row_number() OVER (ORDER BY own DESC, slot) AS k FROM free) AS f
+    JOIN unnest(%(ids)s::bigint[]) WITH ORDINALITY AS w (id, k) USING (k)
+)
+UPDATE orchestrator.limit_slots s SET event_id = paired.id
+FROM paired
+WHERE s.name = %(name)s AND s.slot = paired.slot
+RETURNING s.event_id;
+
+-- name: take_tokens
+-- A limit's rate: a token bucket refilled at per_s tokens a second up to burst, taken from as
+-- one locked row (dispatchers admitting for the same limit take turns here). Returns how many
+-- of %(count)s runs may start now; no row for a limit without a rate.
+WITH bucket AS (
+    SELECT name, least(burst, tokens + per_s * extract(epoch FROM clock_timestamp() - refilled_at))
+                 AS have
+    FROM orchestrator.limits
+    WHERE name = %(name)s AND per_s IS NOT NULL
+    FOR UPDATE
+), taken AS (
+    SELECT name, have, least(floor(have)::integer, %(count)s) AS n FROM bucket
+)
+UPDATE orchestrator.limits l
+SET tokens = taken.have - taken.n, refilled_at = clock_timestamp()
+FROM taken
+WHERE l.name = taken.name
+RETURNING taken.n;
+
+-- name: give_slots_back
+-- Slots taken for events the rate then held back.
+UPDATE orchestrator.limit_slots SET event_id = NULL
+WHERE name = %(name)s AND event_id = ANY(%(ids)s::bigint[]);
+
+-- name: wait_turn
+-- Events over their handler's limit go back to the queue to wait their turn: the attempt is not
+-- counted (as for a release), the row's later events keep waiting behind them, and the limit
+-- counts the wait.
+WITH back AS (
+    UPDATE orchestrator.events
+    SET status = 'pending', attempts = attempts - 1, claimed_by = NULL, lease_until = NULL,
+        started_at = NULL, run_after = now() + make_interval(secs => %(delay_s)s)
+    WHERE id = ANY(%(ids)s::bigint[]) AND claimed_by = %(dispatcher)s AND status = 'running'
+    RETURNING id
+)
+UPDATE orchestrator.limits SET waits = waits + (SELECT count(*) FROM back)
+WHERE name = %(name)s;

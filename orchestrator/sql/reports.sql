@@ -195,3 +195,16 @@ FROM orchestrator.prune_v1(now() - %(older_than)s::interval, %(dry_run)s, true);
 -- orchestrator.prune_dead_v1).
 SELECT orchestrator.prune_dead_v1(now() - %(older_than)s::interval, %(workflow)s, %(handler)s,
                                   %(dry_run)s) AS events;
+
+-- name: limits
+-- Each fleet-wide limit: its bounds, the runs holding one of its slots now, and how many times
+-- an event was put back to wait its turn.
+SELECT l.name, l.max_running, l.per_s, l.waits,
+       (SELECT count(*) FROM orchestrator.limit_slots s
+        JOIN orchestrator.events e ON e.id = s.event_id AND e.status = 'running'
+        WHERE s.name = l.name) AS running
+FROM orchestrator.limits l
+ORDER BY l.name;
+
+-- name: limits_present
+SELECT to_regclass('orchestrator.limits') IS NOT NULL AS present;

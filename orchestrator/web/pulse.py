@@ -95,7 +95,8 @@ class Pulse:
         self._marks.append(Mark(now, max(floor, 0)))
         with self._lock:
             self._snapshot = {"at": now.isoformat(), "stuck_after_s": self.stuck_after_s,
-                              "window_s": WINDOW_S, "workflows": workflows}
+                              "window_s": WINDOW_S, "workflows": workflows,
+                              "limits": admin.limits(self.store)}
 
     def _finished(self, now: datetime) -> Finished | None:
         """Events finished in the window and since the last sample; None before the first

@@ -284,6 +284,11 @@ class FakeStore:
             self._changed.notify_all()
             return len(chosen)
 
+    def admit(self, wanted: Any, *, wait_s: float) -> set[int]:
+        """Every event wins its turn: unit tests declare no fleet-wide limits (those are tested
+        on a real server, integration/test_limits.py)."""
+        return {i for ids in wanted.values() for i in ids}
+
     def has_open_events(self) -> bool:
         with self._changed:
             self._answer()

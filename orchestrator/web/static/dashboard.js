@@ -141,6 +141,7 @@ function renderOverview(overview) {
     renderStates(section, wf);
     renderKpis(section, wf, stuckHere);
   }
+  renderLimits(overview.limits || []);
   $("#dead-count").textContent = dead || "";
   $("#stuck-count").textContent = stuck || "";
   // Lists are reloaded when what they show changed, not on every tick: a table redrawn under
@@ -152,6 +153,26 @@ function renderOverview(overview) {
   if (stuck !== state.stuckTotal) {
     state.stuckTotal = stuck;
     if (state.tab === "stuck") loadStuck();
+  }
+}
+
+// A row per fleet-wide limit: runs at once against the bound, the rate, the waits so far.
+function renderLimits(limits) {
+  $("#limits").hidden = limits.length === 0;
+  const table = $("#limits-table");
+  table.replaceChildren();
+  const head = table.insertRow();
+  for (const title of ["limit", "running", "at once", "per second", "waits for a turn"]) {
+    head.appendChild(document.createElement("th")).textContent = title;
+  }
+  for (const lim of limits) {
+    const row = table.insertRow();
+    const full = lim.max_running !== null && lim.running >= lim.max_running;
+    for (const text of [lim.name, lim.running, lim.max_running ?? "·", lim.per_s ?? "·",
+                        lim.waits]) {
+      row.insertCell().textContent = text;
+    }
+    row.classList.toggle("warn", full);
   }
 }
 
