@@ -50,8 +50,10 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: row_history
+-- A row's timeline, with the session of each change's writer (revision 0007).
 SELECT id, workflow, row_key, op, column_name, old_value, new_value, status, outcome, attempts,
-       handler, next_state, last_error, created_at, started_at, finished_at, run_after
+       handler, next_state, last_error, created_at, started_at, finished_at, run_after,
+       session_variables
 FROM orchestrator.event_log
 WHERE workflow = %(workflow)s AND row_key = %(row_key)s
 ORDER BY id;

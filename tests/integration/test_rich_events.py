@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from orchestrator import Event, Related, Remote, Workflow, schema
+from orchestrator import Event, Related, Remote, Workflow, admin, schema
 from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
 from orchestrator.dispatcher import Stats
@@ -100,6 +100,10 @@ def test_a_python_handler_gets_the_session_variables_and_the_related_data(
     # The dispatcher's write-backs set no session: the arrivals in 'seen' have none.
     assert sql("SELECT op, session_variables FROM orchestrator.event_log ORDER BY id") == [
         ("INSERT", SESSION), ("INSERT", None), ("UPDATE", None), ("UPDATE", None)]
+    # An operator sees who made each change in the row's history.
+    with Orchestrator(Settings.load(env={}, dsn=dsn), Registry([wf])) as orch:
+        timeline = admin.history(orch.reports, wf, "1")["events"]
+    assert [e["session_variables"] for e in timeline] == [SESSION, None]
 
 
 def test_hasura_user_is_read_when_orchestrator_session_is_unset(
