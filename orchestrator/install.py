@@ -259,7 +259,12 @@ def _trigger_specs(wf: Workflow, *, guarded: bool) -> list[tuple[str, TriggerSpe
     if wf.column is not None:
         specs.append(("capture_insert", ("AFTER", None, capture,
                                          [wf.name, wf.key, wf.column, *state_args], None)))
-    for rank, column in enumerate(c for c in (wf.column, *wf.watch) if c is not None):
+    columns = [c for c in (wf.column, *wf.watch) if c is not None]
+    # Triggers of one timing fire in name order: ranks of one width sort as numbers (10 after
+    # 9), and a workflow with fewer than ten columns keeps the names it always had.
+    width = len(str(len(columns) - 1))
+    for number, column in enumerate(columns):
+        rank = f"{number:0{width}d}"
         args = [wf.name, wf.key, column]
         extra = state_args if column == wf.column else []
         specs.append((f"capture_{rank}_{column}",

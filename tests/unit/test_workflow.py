@@ -236,3 +236,15 @@ def test_trigger_names_fit_and_differ_whatever_the_lengths() -> None:
     assert len(state.encode()) <= 63 and len(watched.encode()) <= 63
     assert state.startswith("orchestrator_" + "w" * 30 + "_capture_0_")
     assert state < watched  # cut and hashed, the state column's capture still fires first
+
+
+def test_captures_of_many_columns_fire_in_the_order_the_columns_were_given() -> None:
+    from orchestrator.install import _trigger_specs, trigger_name
+
+    watched = [f"c{n}" for n in range(11)]
+    wf = make(watch=watched)
+    captures = [trigger_name(wf, suffix) for suffix, _ in _trigger_specs(wf, guarded=True)
+                if suffix.startswith("capture_") and suffix != "capture_insert"]
+    # PostgreSQL fires triggers of one timing in name order.
+    assert [name.rsplit("_", 1)[1] for name in sorted(captures)] == ["status", *watched]
+    assert captures[0] == "orchestrator_wf_capture_00_status"
