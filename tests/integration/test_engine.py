@@ -220,6 +220,38 @@ def test_a_stale_event_changes_nothing(settings: Settings, registry: Registry, s
     assert sql("SELECT status, note FROM jobs") == [("working", None)]
 
 
+def test_one_finish_writes_a_batch_with_each_results_own_outcome(
+        settings: Settings, registry: Registry, sql: Any) -> None:
+    ids = [insert_job(sql) for _ in range(5)]
+    from orchestrator.events import Next
+    from orchestrator.outcomes import Outcome, Result
+    with Orchestrator(settings, registry) as orch:
+        orch.store.use_workflows([jobs])
+        claimed = {int(e.key): e for e in orch.store.claim(10)}
+        a, b, c, d, e = (claimed[i] for i in ids)
+        sql("UPDATE jobs SET status = 'working' WHERE id = %s", (ids[2],))  # c's row moves on
+        report = orch.store.finish([
+            Result(a, Outcome.APPLIED, handler="h", next=Next("working", {"note": "a"})),
+            Result(b, Outcome.APPLIED, handler="h",  # the same columns, values of other types
+                   next=Next("working", {"note": None, "fail_times": 7})),
+            Result(c, Outcome.APPLIED, handler="h", next=Next("working", {"note": "c"})),
+            Result(d, Outcome.DEAD, handler="h", next=Next("failed"), error="gave up"),
+            Result(e, Outcome.RETRY, handler="h", error="later", delay_s=60),
+        ])
+    assert report.outcomes == {a.id: "applied", b.id: "applied", c.id: "stale", d.id: "dead",
+                               e.id: "retry"}
+    assert sql("SELECT status, note, fail_times FROM jobs ORDER BY id") == [
+        ("working", "a", 0), ("working", None, 7), ("working", None, 0), ("failed", None, 0),
+        ("new", None, 0)]
+    assert sql("SELECT row_key::bigint, status, outcome, next_state FROM orchestrator.events"
+               " WHERE id = ANY(%s) ORDER BY id", ([x.id for x in (a, b, c, d, e)],)) == [
+        (ids[0], "done", "applied", "working"), (ids[1], "done", "applied", "working"),
+        (ids[2], "done", "stale", "working"), (ids[3], "dead", "dead", "failed"),
+        (ids[4], "pending", None, None)]
+    assert sql("SELECT event_id, attempt, error FROM orchestrator.event_errors ORDER BY id") == [
+        (d.id, 1, "gave up"), (e.id, 1, "later")]
+
+
 def test_a_finish_after_losing_the_lease_is_discarded(
         settings: Settings, registry: Registry, sql: Any) -> None:
     insert_job(sql)
