@@ -20,6 +20,23 @@ CREATE TABLE IF NOT EXISTS public.bench_remote (
     status text NOT NULL DEFAULT 'queued'
 );
 
+-- name: watch_writes
+-- For the latency cases: a notification when an order's first write-back (placed ->
+-- validated) commits, so the bench can time it. Only while a latency case runs: the other cases
+-- measure the engine without it.
+CREATE OR REPLACE FUNCTION public.bench_written() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('orchestrator_bench_written', NEW.id::text);
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS bench_written ON public.bench_orders;
+CREATE TRIGGER bench_written AFTER UPDATE OF status ON public.bench_orders
+    FOR EACH ROW WHEN (OLD.status = 'placed' AND NEW.status = 'validated')
+    EXECUTE FUNCTION public.bench_written();
+
+-- name: unwatch_writes
+DROP TRIGGER IF EXISTS bench_written ON public.bench_orders;
+
 -- name: vacuum
 VACUUM ANALYZE orchestrator.events, orchestrator.events_history, public.bench_orders,
     public.bench_drain, public.bench_remote;

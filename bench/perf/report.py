@@ -54,6 +54,10 @@ def _engine_rows(out: Table, r: dict[str, Any]) -> None:
         out.add_row(f"latency {name.replace('_', ' ')} p50/p95/p99 ms "
                     f"(at {case['load_transitions_per_s']:.0f} t/s)",
                     f"{case['p50_ms']:.1f} / {case['p95_ms']:.1f} / {case['p99_ms']:.1f}")
+        if "written_p50_ms" in case:
+            out.add_row("  commit to write-back committed",
+                        f"{case['written_p50_ms']:.1f} / {case['written_p95_ms']:.1f} / "
+                        f"{case['written_p99_ms']:.1f}")
     out.add_row(f"backlog drain events/s ({r['backlog']['events']} events)",
                 f"{r['backlog_events_per_s']:.0f}")
     for run in r["scaling"]:

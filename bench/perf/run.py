@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +39,8 @@ class BenchConfig:
     """Pending events created before the drain starts."""
     unloaded_orders: int = 200
     """Orders placed one at a time for the unloaded latency."""
+    idle_concurrency: tuple[int, ...] = (8, 64)
+    """The unloaded latency is measured with a dispatcher of each of these concurrencies."""
     paced_s: float = 5.0
     """Seconds each paced latency case places orders for."""
     load_fractions: tuple[float, ...] = (0.5, 0.8)
@@ -116,9 +118,12 @@ def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, 
         env = environment(session)
         runs, top = _throughput_rounds(config, session, dsn, say)
         reference = _median_run(runs[config.dispatcher_counts[0]])
-        say(f"latency: {config.unloaded_orders} orders one at a time")
-        cases = {"unloaded": latency.unloaded(session, dsn, settings,
-                                              orders=config.unloaded_orders)}
+        cases = {}
+        for count in config.idle_concurrency:
+            say(f"latency: {config.unloaded_orders} orders one at a time, concurrency {count}")
+            cases[f"unloaded_c{count}"] = latency.unloaded(
+                session, dsn, replace(settings, concurrency=count),
+                orders=config.unloaded_orders)
         for fraction in config.load_fractions:
             say(f"latency: {config.paced_s:g}s at {fraction:.0%} of the sustained rate")
             cases[_load_name(fraction)] = latency.paced(

@@ -34,6 +34,8 @@ def bench(
     backlog: Annotated[int, typer.Option(help="Events in the backlog drain.")] = 100_000,
     unloaded_orders: Annotated[int, typer.Option(
         help="Orders placed one at a time for the unloaded latency.")] = 200,
+    idle_concurrency: Annotated[str, typer.Option(
+        help="Concurrencies the unloaded latency is measured at, comma-separated.")] = "8,64",
     paced_s: Annotated[float, typer.Option(help="Seconds of each paced latency case.")] = 5.0,
     dispatchers: Annotated[str, typer.Option(
         help="Dispatcher processes per sustained run, comma-separated.")] = "1,2,4",
@@ -76,6 +78,7 @@ def bench(
                           remote_events, remote_raw_s, repeat) if remote_latency_ms > 0 else None
     config = BenchConfig(
         orders=orders, backlog_events=backlog, unloaded_orders=unloaded_orders, paced_s=paced_s,
+        idle_concurrency=_counts(idle_concurrency, "--idle-concurrency"),
         dispatcher_counts=_counts(dispatchers), ceiling_s=ceiling_s, repeat=repeat,
         ceiling_connections=_counts(ceiling_connections, "--ceiling-connections"),
         concurrency=concurrency,
