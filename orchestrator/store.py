@@ -64,7 +64,7 @@ class Store:
     def _events(self, query: str | sql.Composed, params: Mapping[str, Any]) -> list[Event]:
         with self._conn() as conn:
             with conn.pipeline():  # the statements and the commit: one round trip
-                conn.execute(QUERIES["index_plans"])
+                conn.execute(QUERIES["claim_settings"])
                 cur = conn.cursor(row_factory=dict_row).execute(query, params)
                 conn.commit()
             rows = cur.fetchall()

@@ -157,6 +157,15 @@ WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::te
 SELECT set_config('orchestrator.quiet', %(quiet)s, true),
        set_config('lock_timeout', %(lock_timeout)s, true);
 
+-- name: claim_settings
+-- For a claim's transaction: index plans (see index_plans), and no wait for the commit to reach
+-- the disk. A claim is only a lease: if the server crashed before the claim's WAL were written,
+-- the event would be pending again, as if never claimed, and the handler's write-back (its own
+-- commit durable, after the claim's in the WAL) fenced out; so the commit need not be waited
+-- for, and an idle system's latency does not pay for two disk flushes per event, only for the
+-- write-back's.
+SELECT set_config('enable_seqscan', 'off', true), set_config('synchronous_commit', 'off', true);
+
 -- name: index_plans
 -- The engine's own statements reach their rows through indexes; say so to the planner for this
 -- transaction. psycopg prepares them, and PostgreSQL keeps a generic plan: one made while a
