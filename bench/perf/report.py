@@ -18,7 +18,22 @@ def table(r: dict[str, Any]) -> Table:
         _engine_rows(out, r)
     if "remote" in r:
         _remote_rows(out, r["remote"])
+    if "long_run" in r:
+        _long_run_rows(out, r["long_run"])
     return out
+
+
+def _long_run_rows(out: Table, run: dict[str, Any]) -> None:
+    out.add_row(f"long run: {run['transitions']} transitions in {run['seconds']:.0f} s",
+                f"{run['transitions_per_s']:.0f} t/s")
+    out.add_row("  per tenth: t/s, queue MB, history MB, dead tuples, prune ms", "")
+    for t in run["tenths"]:
+        out.add_row(f"  tenth {t['tenth']}",
+                    f"{t['transitions_per_s']:.0f}, {t['hot_mb']:.1f}, {t['history_mb']:.1f}, "
+                    f"{t['dead_tuples']}, {t['prune_ms']:.0f}")
+    out.add_row("  last tenth's t/s over the first's", f"{run['last_to_first_tenth']:.2f}")
+    out.add_row("  queue size, second half's largest over the middle",
+                f"{run['hot_growth_second_half']:.2f}")
 
 
 def _remote_rows(out: Table, remote: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.app import Orchestrator
-from orchestrator.bench import backlog, ceiling, latency, remote, throughput
+from orchestrator.bench import backlog, ceiling, latency, longrun, remote, throughput
 from orchestrator.bench.db import Session
 from orchestrator.bench.dispatchers import DispatcherSettings
 from orchestrator.config import Settings
@@ -62,6 +62,8 @@ class BenchConfig:
     """The remote-handler case, when asked for (``--remote-latency-ms``)."""
     remote_only: bool = False
     """Run the remote-handler case alone."""
+    long_run: longrun.LongRunConfig | None = None
+    """Run the long-run case alone (``--long-run``)."""
 
     @property
     def dispatcher(self) -> DispatcherSettings:
@@ -110,6 +112,10 @@ def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, 
     """Every case of the bench on the database at ``dsn``; the figures (see the README)."""
     prepare(dsn)
     settings = config.dispatcher
+    if config.long_run:
+        with Session(dsn) as session:
+            return {"environment": environment(session), "long_run": longrun.run(
+                session, dsn, settings, config.long_run, say).as_dict()}
     if config.remote_only and config.remote:
         with Session(dsn) as session:
             return {"environment": environment(session),

@@ -3,16 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from orchestrator.app import resolve_dsn
 from orchestrator.cli.common import DataDir, Dsn, Json, app, err, friendly, out, print_json
-from orchestrator.config import Settings
+from orchestrator.config import Settings, parse_duration
 from orchestrator.errors import ConfigError
 
 BENCH_DATABASE = "orchestrator_bench"
+TENTH_MIN = 600  # a long run of fewer transitions has tenths of a few orders
 
 
 def _counts(text: str, flag: str = "--dispatchers") -> tuple[int, ...]:
@@ -23,6 +24,18 @@ def _counts(text: str, flag: str = "--dispatchers") -> tuple[int, ...]:
     if not counts or min(counts) < 1:
         raise ConfigError(f"{flag} takes counts of at least 1, not {text!r}")
     return counts
+
+
+def _long_run(wanted: bool, transitions: int, retention: str) -> Any:
+    if not wanted:
+        return None
+    from orchestrator.bench.longrun import LongRunConfig
+
+    if transitions < TENTH_MIN:
+        raise ConfigError(f"--long-run-transitions takes at least {TENTH_MIN}, not "
+                          f"{transitions}")
+    parse_duration(retention)  # a clear error now, not in the dispatcher
+    return LongRunConfig(transitions=transitions, retention=retention)
 
 
 @app.command()
@@ -60,6 +73,13 @@ def bench(
         help="Seconds of each raw-client run of the remote case.")] = 5.0,
     remote_only: Annotated[bool, typer.Option(
         help="Run the remote case alone (with --remote-latency-ms).")] = False,
+    long_run: Annotated[bool, typer.Option(
+        help="Run the long-run case alone: many transitions through one dispatcher with a "
+             "short retention, figures per tenth of the run.")] = False,
+    long_run_transitions: Annotated[int, typer.Option(
+        help="Transitions of the long run.")] = 1_000_000,
+    long_run_retention: Annotated[str, typer.Option(
+        help="The long run's retention (a duration: 1h, 90m).")] = "1h",
     json: Json = False,
 ) -> None:
     """Measure throughput, latency and costs against the server's own UPDATE ceiling.
@@ -82,7 +102,8 @@ def bench(
         dispatcher_counts=_counts(dispatchers), ceiling_s=ceiling_s, repeat=repeat,
         ceiling_connections=_counts(ceiling_connections, "--ceiling-connections"),
         concurrency=concurrency,
-        pool_size=pool_size, batch_size=batch_size, remote=remote, remote_only=remote_only)
+        pool_size=pool_size, batch_size=batch_size, remote=remote, remote_only=remote_only,
+        long_run=_long_run(long_run, long_run_transitions, long_run_retention))
     settings = Settings.load(dsn=dsn, data_dir=data_dir)
     target = resolve_dsn(settings, BENCH_DATABASE)
     results = run(config, target, say=lambda line: err.print(line, soft_wrap=True))
