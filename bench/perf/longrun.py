@@ -77,7 +77,8 @@ class LongRun:
         return {
             "transitions": self.transitions, "seconds": round(self.seconds, 1),
             "transitions_per_s": round(self.transitions / self.seconds, 1),
-            "last_to_first_tenth": round(last.transitions_per_s / first.transitions_per_s, 3),
+            "last_to_first_tenth": round(
+                last.transitions_per_s / max(first.transitions_per_s, 1e-9), 3),
             "hot_growth_second_half": round(max(hot[half:]) / max(hot[half - 1], 1), 3),
             "tenths": [t.as_dict() for t in self.tenths],
         }
@@ -122,10 +123,11 @@ def run(session: Session, dsn: str, settings: DispatcherSettings, config: LongRu
             target = math.ceil(orders * tenth / TENTHS)
             while (done := feed.delivered()) < target:
                 time.sleep(FEED_POLL_S)
-            rate = (done - done_before) * TRANSITIONS_PER_ORDER / (time.monotonic() - since)
+            now = time.monotonic()
+            rate = (done - done_before) * TRANSITIONS_PER_ORDER / (now - since)
+            since, done_before = now, done  # the next tenth includes the measuring
             result.tenths.append(_measure(session, tenth, rate, config.retention))
             say(_line(result.tenths[-1]))
-            since, done_before = time.monotonic(), feed.delivered()
         result.seconds = time.monotonic() - begin
         wait_until(lambda: drained(mon), what="long run's last events")
     return result
