@@ -208,11 +208,13 @@ class Store:
                 state=sql.Identifier(wf.column), key_type=_type(types[wf.key]),
                 state_type=_type(types[wf.column]),
                 values=sql.SQL(", ").join(
-                    sql.SQL("{}::{}[]").format(sql.Placeholder(f"v_{i}"), _type(types[name]))
+                    sql.SQL("{}::{}[]").format(sql.Placeholder(f"v_{i}"),
+                                               _type(_element(types[name])))
                     for i, name in enumerate(names)),
                 columns=sql.SQL(", ").join(sql.Identifier(f"v_{i}") for i in range(len(names))),
                 assignments=sql.SQL(", ").join(
-                    sql.SQL("{} = f.{}").format(sql.Identifier(name), sql.Identifier(f"v_{i}"))
+                    sql.SQL("{} = f.{}::{}").format(sql.Identifier(name), sql.Identifier(f"v_{i}"),
+                                                    _type(types[name]))
                     for i, name in enumerate(names)),
             ).as_bytes(conn)
             self._write_back[cache_key] = query
@@ -341,6 +343,13 @@ def _assigned(r: Result, wf: Workflow) -> dict[str, Any]:
     if r.next.state is not None:
         values[wf.column] = r.next.state
     return values
+
+
+def _element(type_name: str) -> str:
+    """The type one element of a write-back's array of values has: the column's own, but text
+    for an array column (unnest would flatten an array of arrays; the text is cast on
+    assignment, as a single value was before)."""
+    return "text" if type_name.endswith("]") else type_name
 
 
 def _type(name: str) -> sql.Composable:

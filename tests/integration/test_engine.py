@@ -252,6 +252,26 @@ def test_one_finish_writes_a_batch_with_each_results_own_outcome(
         (d.id, 1, "gave up"), (e.id, 1, "later")]
 
 
+def test_a_write_back_sets_array_and_json_columns_from_their_text(
+        settings: Settings, registry: Registry, sql: Any) -> None:
+    sql("ALTER TABLE jobs ADD COLUMN tags text[], ADD COLUMN meta jsonb")
+    ids = [insert_job(sql), insert_job(sql)]
+    from orchestrator.events import Next
+    from orchestrator.outcomes import Outcome, Result
+    with Orchestrator(settings, registry) as orch:
+        orch.store.use_workflows([jobs])
+        first, second = sorted(orch.store.claim(10), key=lambda e: e.id)
+        report = orch.store.finish([
+            Result(first, Outcome.APPLIED, handler="h",
+                   next=Next("working", {"tags": "{a,b}", "meta": {"n": 1}})),
+            Result(second, Outcome.APPLIED, handler="h",
+                   next=Next("working", {"tags": "{c}", "meta": {"n": 2}})),
+        ])
+    assert report.outcomes == {first.id: "applied", second.id: "applied"}
+    assert sql("SELECT id, tags, meta FROM jobs ORDER BY id") == [
+        (ids[0], ["a", "b"], {"n": 1}), (ids[1], ["c"], {"n": 2})]
+
+
 def test_a_finish_after_losing_the_lease_is_discarded(
         settings: Settings, registry: Registry, sql: Any) -> None:
     insert_job(sql)
