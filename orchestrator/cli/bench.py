@@ -9,7 +9,7 @@ import typer
 
 from orchestrator.app import resolve_dsn
 from orchestrator.cli.common import DataDir, Dsn, Json, app, err, friendly, out, print_json
-from orchestrator.config import Settings, parse_duration
+from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
 
 BENCH_DATABASE = "orchestrator_bench"
@@ -26,7 +26,7 @@ def _counts(text: str, flag: str = "--dispatchers") -> tuple[int, ...]:
     return counts
 
 
-def _long_run(wanted: bool, transitions: int, retention: str) -> Any:
+def _long_run(wanted: bool, transitions: int) -> Any:
     if not wanted:
         return None
     from orchestrator.bench.longrun import LongRunConfig
@@ -34,8 +34,17 @@ def _long_run(wanted: bool, transitions: int, retention: str) -> Any:
     if transitions < TENTH_MIN:
         raise ConfigError(f"--long-run-transitions takes at least {TENTH_MIN}, not "
                           f"{transitions}")
-    parse_duration(retention)  # a clear error now, not in the dispatcher
-    return LongRunConfig(transitions=transitions, retention=retention)
+    return LongRunConfig(transitions=transitions)
+
+
+def _remote(latency_ms: float, connections: str, events: int, raw_s: float, repeat: int,
+            only: bool) -> Any:
+    from orchestrator.bench.remote import RemoteConfig
+
+    if only and latency_ms <= 0:
+        raise ConfigError("--remote-only needs --remote-latency-ms")
+    return RemoteConfig(latency_ms, _counts(connections, "--remote-connections"), events,
+                        raw_s, repeat) if latency_ms > 0 else None
 
 
 @app.command()
@@ -73,13 +82,9 @@ def bench(
         help="Seconds of each raw-client run of the remote case.")] = 5.0,
     remote_only: Annotated[bool, typer.Option(
         help="Run the remote case alone (with --remote-latency-ms).")] = False,
-    long_run: Annotated[bool, typer.Option(
-        help="Run the long-run case alone: many transitions through one dispatcher with a "
-             "short retention, figures per tenth of the run.")] = False,
+    long_run: Annotated[bool, typer.Option(help="Run the long-run case alone.")] = False,
     long_run_transitions: Annotated[int, typer.Option(
         help="Transitions of the long run.")] = 1_000_000,
-    long_run_retention: Annotated[str, typer.Option(
-        help="The long run's retention (a duration: 1h, 90m).")] = "1h",
     json: Json = False,
 ) -> None:
     """Measure throughput, latency and costs against the server's own UPDATE ceiling.
@@ -88,26 +93,18 @@ def bench(
     not a test: the figures depend on the machine and on whatever else runs on it.
     """
     # Imported here: the bench package is not needed by any other command.
-    from orchestrator.bench.remote import RemoteConfig
     from orchestrator.bench.report import table
     from orchestrator.bench.run import BenchConfig, run
 
-    if remote_only and remote_latency_ms <= 0:
-        raise ConfigError("--remote-only needs --remote-latency-ms")
-    remote = RemoteConfig(remote_latency_ms, _counts(remote_connections, "--remote-connections"),
-                          remote_events, remote_raw_s, repeat) if remote_latency_ms > 0 else None
+    remote = _remote(remote_latency_ms, remote_connections, remote_events, remote_raw_s, repeat,
+                     remote_only)
     config = BenchConfig(
         orders=orders, backlog_events=backlog, unloaded_orders=unloaded_orders, paced_s=paced_s,
         idle_concurrency=_counts(idle_concurrency, "--idle-concurrency"),
         dispatcher_counts=_counts(dispatchers), ceiling_s=ceiling_s, repeat=repeat,
         ceiling_connections=_counts(ceiling_connections, "--ceiling-connections"),
-        concurrency=concurrency,
-        pool_size=pool_size, batch_size=batch_size, remote=remote, remote_only=remote_only,
-        long_run=_long_run(long_run, long_run_transitions, long_run_retention))
-    settings = Settings.load(dsn=dsn, data_dir=data_dir)
-    target = resolve_dsn(settings, BENCH_DATABASE)
+        concurrency=concurrency, pool_size=pool_size, batch_size=batch_size, remote=remote,
+        remote_only=remote_only, long_run=_long_run(long_run, long_run_transitions))
+    target = resolve_dsn(Settings.load(dsn=dsn, data_dir=data_dir), BENCH_DATABASE)
     results = run(config, target, say=lambda line: err.print(line, soft_wrap=True))
-    if json:
-        print_json(results)
-    else:
-        out.print(table(results))
+    print_json(results) if json else out.print(table(results))
