@@ -1,9 +1,10 @@
 """Latency: from the commit that creates an event to its handler starting, and to its
-handler's write-back being committed.
+handler's write-back being committed (unloaded cases only).
 
 The bench places an order in a transaction of its own and notes the time its commit returned;
-the order's first handler notes (in the row) when it started, and a trigger of the bench's own
-notifies when that handler's write-back commits (its arrival is timed). All are wall-clock
+the order's first handler notes (in the row) when it started, and in the unloaded cases a
+trigger of the bench's own notifies when that handler's write-back commits (its arrival is
+timed; a NOTIFY at every commit would serialize the paced cases' commits). All are wall-clock
 times on the same machine. Unloaded: one order at a time, each run to the end before the next.
 Paced: orders placed on a fixed schedule (open loop: a late insert does not delay the next) at
 a chosen fraction of the sustained rate.
@@ -43,17 +44,18 @@ class Latency:
         return ordered[rank - 1]
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        figures = {
             "p50_ms": round(self.percentile_ms(50), 2),
             "p95_ms": round(self.percentile_ms(95), 2),
             "p99_ms": round(self.percentile_ms(99), 2),
             "max_ms": round(max(self.samples_ms, default=0.0), 2),
-            "written_p50_ms": round(self.percentile_ms(50, self.written_ms), 2),
-            "written_p95_ms": round(self.percentile_ms(95, self.written_ms), 2),
-            "written_p99_ms": round(self.percentile_ms(99, self.written_ms), 2),
             "samples": len(self.samples_ms),
             "load_transitions_per_s": round(self.load_transitions_per_s, 1),
-        } | ({"concurrency": self.concurrency} if self.concurrency else {})
+        }
+        if self.written_ms:
+            figures |= {f"written_p{q}_ms": round(self.percentile_ms(q, self.written_ms), 2)
+                        for q in (50, 95, 99)}
+        return figures | ({"concurrency": self.concurrency} if self.concurrency else {})
 
 
 def unloaded(session: Session, dsn: str, settings: DispatcherSettings, *,
@@ -80,8 +82,7 @@ def paced(session: Session, dsn: str, settings: DispatcherSettings, *,
     mark = settle(session)
     interval_s = TRANSITIONS_PER_ORDER / max(transitions_per_s, 1.0)
     committed: dict[int, float] = {}
-    with (writes(session, dsn) as written, monitor(dsn, session) as mon,
-          Dispatchers(dsn, 1, settings, mon)):
+    with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
         begin = time.monotonic()
         n = 0
         while (due := begin + n * interval_s) < begin + seconds:
@@ -92,8 +93,7 @@ def paced(session: Session, dsn: str, settings: DispatcherSettings, *,
             n += 1
         wait_until(reached(lambda: int(mon.value("delivered", mark)), n), what="paced run")
         wait_until(lambda: drained(mon), what="paced run's last events")
-        wait_until(lambda: (len(written.at) >= n, len(written.at)), what="paced write-backs")
-    return _latency(session, committed, written, n * TRANSITIONS_PER_ORDER / seconds)
+    return _latency(session, committed, None, n * TRANSITIONS_PER_ORDER / seconds)
 
 
 @contextmanager
@@ -107,14 +107,16 @@ def writes(session: Session, dsn: str) -> Iterator[Arrivals]:
         session.run("unwatch_writes")
 
 
-def _latency(session: Session, committed: dict[int, float], written: Arrivals, load: float,
-             concurrency: int | None = None) -> Latency:
+def _latency(session: Session, committed: dict[int, float], written: Arrivals | None,
+             load: float, concurrency: int | None = None) -> Latency:
     rows = session.run("handler_starts", {"ids": list(committed)})
     starts = {int(r["id"]): r["handler_started_s"] for r in rows}
     if len(starts) != len(committed) or None in starts.values():
         raise BenchError("latency: some orders have no recorded handler start")
+    samples = [(starts[order] - at) * 1000 for order, at in committed.items()]
+    if written is None:
+        return Latency(samples, load)
     if missing := [order for order in committed if str(order) not in written.at]:
         raise BenchError(f"latency: {len(missing)} orders' write-backs were not seen to commit")
-    samples = [(starts[order] - at) * 1000 for order, at in committed.items()]
     done = [(written.at[str(order)] - at) * 1000 for order, at in committed.items()]
     return Latency(samples, load, done, concurrency)

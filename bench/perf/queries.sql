@@ -21,9 +21,9 @@ CREATE TABLE IF NOT EXISTS public.bench_remote (
 );
 
 -- name: watch_writes
--- For the latency cases: a notification when an order's first write-back (placed ->
--- validated) commits, so the bench can time it. Only while a latency case runs: the other cases
--- measure the engine without it.
+-- For the unloaded latency cases: a notification when an order's first write-back (placed ->
+-- validated) commits, so the bench can time it. Only while such a case runs: the other cases
+-- measure the engine without it (a NOTIFY takes a lock that serializes commits).
 CREATE OR REPLACE FUNCTION public.bench_written() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('orchestrator_bench_written', NEW.id::text);

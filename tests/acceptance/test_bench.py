@@ -28,10 +28,10 @@ def test_a_tiny_bench_run_reports_every_figure(dsn: str) -> None:
                 "ratio_to_ceiling", "backlog_events_per_s"):
         assert isinstance(result[key], int | float), key
     assert set(result["latency"]) == {"unloaded_c8", "unloaded_c64", "half_load", "load_80"}
-    for case in result["latency"].values():
-        assert {"p50_ms", "p95_ms", "p99_ms", "written_p50_ms", "written_p99_ms"} <= set(case)
-        # The write-back commits after the handler started.
-        assert case["written_p50_ms"] > 0
+    for name, case in result["latency"].items():
+        assert {"p50_ms", "p95_ms", "p99_ms"} <= set(case)
+        if name.startswith("unloaded"):  # the write-back commits after its handler started
+            assert case["written_p50_ms"] > 0 and case["written_p99_ms"] > 0
     assert result["latency"]["unloaded_c8"]["concurrency"] == 8
     assert result["sustained"]["transitions"] == 20 * 6
     # The ceiling is the best at any connection count measured (the pool's 4 is always one).
