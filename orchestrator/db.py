@@ -13,6 +13,7 @@ import re
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from types import MappingProxyType
@@ -146,6 +147,26 @@ POOL_TIMEOUT_S = 10.0
 # restart it should retry soon rather than sit in a long wait.
 LOOP_POOL_TIMEOUT_S = 2.0
 RECONNECT_GIVE_UP_S = 3.0
+# A connection given back less than this long ago is handed out again without a ping. Pinging
+# every one cost a round trip per claim and per write-back, on an idle system a good part of an
+# event's latency; one that died in that moment fails its statement, which the caller handles
+# as any lost connection (the pool discards it).
+FRESH_S = 1.0
+
+
+class FreshCheck:
+    """The pool's check: ping a connection only when it sat in the pool ``FRESH_S`` or more."""
+
+    def __init__(self) -> None:
+        self._returned: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+            weakref.WeakKeyDictionary())
+
+    def returned(self, conn: psycopg.Connection[Any]) -> None:
+        self._returned[conn] = time.monotonic()
+
+    def check(self, conn: psycopg.Connection[Any]) -> None:
+        if time.monotonic() - self._returned.get(conn, -FRESH_S) >= FRESH_S:
+            ConnectionPool.check_connection(conn)
 
 
 def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
@@ -162,9 +183,10 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
     extra = {} if prepare else {"prepare_threshold": None}
     kwargs: Any = (functools.partial(_pool_connect_kwargs, dsn, password, extra)
                    if password else connect_kwargs(dsn, **extra))
+    fresh = FreshCheck()
     return ConnectionPool(
         kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
-        check=ConnectionPool.check_connection, timeout=POOL_TIMEOUT_S,
+        check=fresh.check, reset=fresh.returned, timeout=POOL_TIMEOUT_S,
         configure=PoolerCheck() if prepare else None,
         max_lifetime=max_lifetime_s, max_idle=max_idle_s,
         # The pool retries a failed connection with a doubling delay; given up early, the

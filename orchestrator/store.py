@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
@@ -49,6 +49,7 @@ class Store:
         self.lease_s = lease_s
         self._write_settings = {"lock_timeout": f"{int(lock_timeout_s * 1000)}ms"}
         self._workflows: dict[str, Workflow] = {}
+        self._types: dict[str, dict[str, str]] = {}  # workflow: column: type
         self._columns: dict[str, frozenset[str]] = {}
         self._write_back: dict[tuple[str, tuple[str, ...], tuple[str, ...]], bytes] = {}
         self._related = RelatedReader(pool)
@@ -64,7 +65,7 @@ class Store:
     def _events(self, query: str | sql.Composed, params: Mapping[str, Any]) -> list[Event]:
         with self._conn() as conn:
             with conn.pipeline():  # the statements and the commit: one round trip
-                conn.execute(QUERIES["index_plans"])
+                conn.execute(QUERIES["claim_settings"])
                 cur = conn.cursor(row_factory=dict_row).execute(query, params)
                 conn.commit()
             rows = cur.fetchall()
@@ -148,72 +149,54 @@ class Store:
         # Pipeline mode: every statement, the hand-over claim and the commit go out in one
         # round trip; statements still run in order inside one transaction.
         finished = [r.event for r in results if r.outcome is not Outcome.RETRY]
+        failed = [r for r in results if r.error is not None]
         with conn.pipeline():
             conn.execute(QUERIES["index_plans"])
             conn.execute(QUERIES["write_settings"],
                          self._write_settings | {"quiet": "on" if quiet else "off"})
-            sent = self._send_statements(conn, results)
-            for r in results:
-                if r.error is not None:
-                    conn.execute(QUERIES["record_error"], {
-                        "id": r.event.id, "attempt": r.event.attempt, "error": r.error})
+            sent = [self._send(conn, kind, members)
+                    for kind, members in _grouped(results, self._workflows, self._types).items()]
+            if failed:
+                conn.execute(QUERIES["record_errors"], {
+                    "ids": [r.event.id for r in failed],
+                    "attempts": [r.event.attempt for r in failed],
+                    "errors": [r.error for r in failed]})
             handoff = conn.cursor(row_factory=dict_row).execute(QUERIES["claim_next_of_rows"], {
                 "dispatcher": self.dispatcher, "lease_s": self.lease_s,
                 "workflows": [e.workflow for e in finished], "keys": [e.key for e in finished],
             })
             if commit:
                 conn.commit()
-        return FinishReport(_outcomes(sent), [event_from_row(row) for row in handoff.fetchall()])
+        outcomes = {row[0]: Outcome(row[1]) for cur in sent for row in cur.fetchall()}
+        return FinishReport(outcomes, [event_from_row(row) for row in handoff.fetchall()])
 
-    def _send_statements(self, conn: psycopg.Connection[Any], results: Sequence[Result]
-                         ) -> list[Sent]:
-        """Send each result's statement; those sharing a statement go out in one executemany,
-        which spares psycopg the per-statement work of separate executes, and those writing
-        nothing to their row in one finish_many."""
-        plain = [r for r in results if r.outcome is not Outcome.RETRY and r.next is None]
-        groups: dict[Any, list[tuple[Result, dict[str, Any]]]] = {}
-        for r in results:
-            if r.outcome is Outcome.RETRY or r.next is not None:
-                query, params = self._statement(r, conn)
-                groups.setdefault(query, []).append((r, params))
-        sent = []
-        for query, members in groups.items():
-            cur = conn.cursor()
-            cur.executemany(query, [params for _, params in members], returning=True)
-            sent.append(Sent(cur, [r for r, _ in members]))
-        if plain:
-            sent.append(Sent(conn.execute(QUERIES["finish_many"], {
-                "ids": [r.event.id for r in plain], "attempts": [r.event.attempt for r in plain],
-                "statuses": [r.status.value for r in plain],
-                "outcomes": [r.outcome.value for r in plain],
-                "handlers": [r.handler for r in plain], "errors": [r.error for r in plain],
-                "dispatcher": self.dispatcher}), plain, by_id=True))
-        return sent
-
-    def _statement(self, r: Result, conn: psycopg.Connection[Any]) -> tuple[Any, dict[str, Any]]:
-        e = r.event
+    def _send(self, conn: psycopg.Connection[Any], kind: Kind, members: list[Result]
+              ) -> psycopg.Cursor[Any]:
+        """One statement for all ``members``, over arrays of their columns in step: a retry,
+        a finish writing nothing to the row (finish_many), or a write-back of one workflow and
+        set of columns. Its result set: (id, outcome) of each event still ours."""
         params: dict[str, Any] = {
-            "id": e.id, "attempt": e.attempt, "dispatcher": self.dispatcher,
-            "handler": r.handler, "error": r.error,
-        }
-        if r.outcome is Outcome.RETRY:
-            return QUERIES["retry"], params | {"delay_s": r.delay_s}
-        status, outcome = r.status.value, r.outcome.value
-        assert r.next is not None  # the others go out in one finish_many
-        wf = self._workflows[e.workflow]
-        values = dict(r.next.values)
-        if r.next.state is not None and wf.column is not None:
-            values[wf.column] = r.next.state
+            "dispatcher": self.dispatcher, "ids": [r.event.id for r in members],
+            "attempts": [r.event.attempt for r in members],
+            "handlers": [r.handler for r in members], "errors": [r.error for r in members]}
+        if kind == RETRY:
+            return conn.execute(QUERIES["retry"], params | {
+                "delays_s": [float(r.delay_s) for r in members]})
+        params |= {"statuses": [r.status.value for r in members],
+                   "outcomes": [r.outcome.value for r in members]}
+        if kind == PLAIN:
+            return conn.execute(QUERIES["finish_many"], params)
+        wf = self._workflows[kind[0]]
+        rows = [_assigned(r, wf) for r in members]
         params |= {
-            "status": status, "outcome": outcome,
-            "stale_outcome": (Outcome.DEAD if r.status is EventStatus.DEAD
-                              else Outcome.STALE).value,
-            "next_state": r.next.state, "key": e.key,
-        }
-        names, seen = tuple(sorted(values)), _seen_columns(wf, e)
-        params |= {f"v_{i}": _adapt(values[name]) for i, name in enumerate(names)}
-        params |= {f"e_{i}": e.new_row.get(name) for i, name in enumerate(seen)}
-        return self._write_back_sql(wf, names, seen, conn), params
+            "keys": [r.event.key for r in members],
+            "stale_outcomes": [(Outcome.DEAD if r.status is EventStatus.DEAD
+                                else Outcome.STALE).value for r in members],
+            "next_states": [r.next.state if r.next else None for r in members],
+        } | {f"v_{i}": [_adapt(row[name]) for row in rows] for i, name in enumerate(kind[1])}
+        params |= {f"e_{i}": [_as_text(r.event.new_row.get(name)) for r in members]
+                   for i, name in enumerate(kind[3])}
+        return conn.execute(self._write_back_sql(wf, kind[1], kind[3], conn), params)
 
     def _write_back_sql(self, wf: Workflow, names: tuple[str, ...], seen: tuple[str, ...],
                         conn: psycopg.Connection[Any]) -> bytes:
@@ -221,16 +204,25 @@ class Store:
         # write-back; composed once per workflow and set of columns, it is sent as it is.
         cache_key = (wf.name, names, seen)
         if (query := self._write_back.get(cache_key)) is None:
-            assignments = sql.SQL(", ").join(
-                sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(f"v_{i}"))
-                for i, name in enumerate(names))
-            expected = sql.SQL(" AND ").join(
-                sql.SQL("{} IS NOT DISTINCT FROM {}").format(sql.Identifier(name),
-                                                             sql.Placeholder(f"e_{i}"))
-                for i, name in enumerate(seen)) if seen else sql.SQL("true")
+            types = self._types[wf.name]
             query = sql.SQL(QUERIES["write_back"]).format(
                 table=sql.Identifier(wf.schema, wf.table), key=sql.Identifier(wf.key),
-                expected=expected, assignments=assignments).as_bytes(conn)
+                key_type=_type(types[wf.key]),
+                seen=sql.SQL("").join(sql.SQL(", {}::text[]").format(sql.Placeholder(f"e_{i}"))
+                                      for i in range(len(seen))),
+                seen_columns=sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(f"e_{i}"))
+                                              for i in range(len(seen))),
+                matches=_matches(seen, types),
+                values=sql.SQL(", ").join(
+                    sql.SQL("{}::{}[]").format(sql.Placeholder(f"v_{i}"),
+                                               _type(_element(types[name])))
+                    for i, name in enumerate(names)),
+                columns=sql.SQL(", ").join(sql.Identifier(f"v_{i}") for i in range(len(names))),
+                assignments=sql.SQL(", ").join(
+                    sql.SQL("{} = f.{}::{}").format(sql.Identifier(name), sql.Identifier(f"v_{i}"),
+                                                    _type(types[name]))
+                    for i, name in enumerate(names)),
+            ).as_bytes(conn)
             self._write_back[cache_key] = query
         return query
 
@@ -320,7 +312,9 @@ class Store:
         with self._conn() as conn:
             install.verify(conn, workflows)
             for wf in workflows:
-                self._columns[wf.name] = install.table_columns(conn, wf)
+                self._types[wf.name] = dict(conn.execute(QUERIES["column_types"], {
+                    "schema": wf.schema, "table": wf.table}).fetchall())
+                self._columns[wf.name] = frozenset(self._types[wf.name])
                 self._workflows[wf.name] = wf
 
     def verify_workflows(self, workflows: Sequence[Workflow]) -> None:
@@ -333,13 +327,45 @@ class Store:
         return self._columns[workflow]
 
 
-def _seen_columns(wf: Workflow, event: Event) -> tuple[str, ...]:
+def _seen_columns(wf: Workflow, event: Event, types: Mapping[str, str]) -> tuple[str, ...]:
     """The columns whose values the write-back of ``event`` compares with those the event saw:
     the state column, and the column the event is about (a deadline timer's is the state
-    column). A json value is not compared (json has no equality)."""
+    column). A column of a type without equality (json, xml) or an array is not compared."""
     columns = [c for c in (wf.column, event.column) if c is not None]
     return tuple(c for c in dict.fromkeys(columns)
-                 if not isinstance(event.new_row.get(c), dict | list))
+                 if types.get(c) not in UNCOMPARED and not types.get(c, "").endswith("]"))
+
+
+# Column types a compare-and-set leaves out: no equality operator (json, xml), or not worth it.
+UNCOMPARED = frozenset({"json", "jsonb", "xml"})
+
+
+def _matches(seen: Sequence[str], types: Mapping[str, str]) -> sql.Composable:
+    """The compare-and-set of a batched write-back: each seen column still holds what the event
+    saw (its text e_i cast to the column's type). A numeric is compared as a float8, the form
+    its value took in the event (a JSON number), so that digits a float cannot hold never make
+    an event stale."""
+    if not seen:
+        return sql.SQL("true")
+    parts = []
+    for i, name in enumerate(seen):
+        column, value = sql.Identifier(name), sql.Identifier(f"e_{i}")
+        if types[name].startswith("numeric"):
+            parts.append(sql.SQL("t.{}::float8 IS NOT DISTINCT FROM f.{}::float8").format(
+                column, value))
+        else:
+            parts.append(sql.SQL("t.{} IS NOT DISTINCT FROM f.{}::{}").format(
+                column, value, _type(types[name])))
+    return sql.SQL(" AND ").join(parts)
+
+
+def _as_text(value: Any) -> str | None:
+    """A value an event saw, as the text PostgreSQL casts back to the column's type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 class RelatedReader:
@@ -416,30 +442,53 @@ def _adapt(value: Any) -> Any:
     return Jsonb(value) if isinstance(value, dict | list) else value
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """A statement sent for ``members``: one result set per member, in order, or with
-    ``by_id`` one result set of (id, outcome) rows."""
-
-    cursor: psycopg.Cursor[Any]
-    members: list[Result]
-    by_id: bool = False
+# A batch's statement: workflow, assigned columns, the Python types of their values, and the
+# columns its compare-and-set compares.
+Kind = tuple[str, tuple[str, ...], tuple[type, ...], tuple[str, ...]]
+RETRY: Kind = ("", ("retry",), (), ())
+PLAIN: Kind = ("", (), (), ())
 
 
-def _outcomes(sent: list[Sent]) -> dict[int, Outcome]:
-    """Each written event's outcome, from the result sets of _send_statements; an event with
-    no row was no longer ours."""
-    outcomes: dict[int, Outcome] = {}
-    for cur, members, by_id in ((s.cursor, s.members, s.by_id) for s in sent):
-        if by_id:
-            outcomes.update((row[0], Outcome(row[1])) for row in cur.fetchall())
-            continue
-        for i, r in enumerate(members):
-            if i:
-                cur.nextset()
-            if (row := cur.fetchone()) is not None:
-                outcomes[r.event.id] = Outcome(row[0])
-    return outcomes
+def _grouped(results: Sequence[Result], workflows: Mapping[str, Workflow],
+             types: Mapping[str, Mapping[str, str]]) -> dict[Kind, list[Result]]:
+    """Results by the statement that writes them: retries, finishes writing nothing to their
+    rows, and write-backs by workflow, assigned columns and the Python types of the values
+    (psycopg sends a list of values of one type only)."""
+    groups: dict[Kind, list[Result]] = {}
+    for r in results:
+        if r.outcome is Outcome.RETRY:
+            kind = RETRY
+        elif r.next is None:
+            kind = PLAIN
+        else:
+            values = _assigned(r, workflows[r.event.workflow])
+            names = tuple(sorted(values))
+            wf = workflows[r.event.workflow]
+            kind = (wf.name, names, tuple(type(values[n]) for n in names),
+                    _seen_columns(wf, r.event, types[wf.name]))
+        groups.setdefault(kind, []).append(r)
+    return groups
+
+
+def _assigned(r: Result, wf: Workflow) -> dict[str, Any]:
+    """The columns a result writes to its row: the handler's values and the next state."""
+    assert r.next is not None
+    values = dict(r.next.values)
+    if r.next.state is not None and wf.column is not None:
+        values[wf.column] = r.next.state
+    return values
+
+
+def _element(type_name: str) -> str:
+    """The type one element of a write-back's array of values has: the column's own, but text
+    for an array column (unnest would flatten an array of arrays; the text is cast on
+    assignment, as a single value was before)."""
+    return "text" if type_name.endswith("]") else type_name
+
+
+def _type(name: str) -> sql.Composable:
+    # A type name as the catalog spells it (format_type: quoted where it must be), not input.
+    return sql.SQL(name)
 
 
 def _rollback(conn: psycopg.Connection[Any]) -> None:

@@ -7,9 +7,10 @@ transactions it runs, so a case can subtract its own from the server's commit co
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from psycopg import conninfo
@@ -80,8 +81,9 @@ class NotifyCounter:
     collapsed), so the count is the number of transactions that sent a NOTIFY.
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, channel: str = CHANNEL) -> None:
         self._dsn = dsn
+        self._channel = channel
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-notify-counter",
@@ -89,7 +91,7 @@ class NotifyCounter:
         self.count = 0
         self.error: BaseException | None = None
 
-    def __enter__(self) -> NotifyCounter:
+    def __enter__(self) -> Self:
         self._thread.start()
         self._ready.wait(timeout=10)
         if self.error is not None:
@@ -104,11 +106,27 @@ class NotifyCounter:
         try:
             with psycopg.connect(**connect_kwargs(self._dsn, application_name=BENCH_APP),
                                  autocommit=True) as conn:
-                conn.execute(f"LISTEN {CHANNEL}")
+                conn.execute(f"LISTEN {self._channel}")
                 self._ready.set()
                 while not self._stop.is_set():
-                    for _ in conn.notifies(timeout=0.1):
-                        self.count += 1
+                    for notify in conn.notifies(timeout=0.1):
+                        self._received(notify)
         except psycopg.Error as exc:
             self.error = exc
             self._ready.set()
+
+    def _received(self, notify: psycopg.Notify) -> None:
+        self.count += 1
+
+
+class Arrivals(NotifyCounter):
+    """When (wall clock) the first notification of each payload on ``channel`` arrived.
+    PostgreSQL sends a notification when the transaction that notified commits."""
+
+    def __init__(self, dsn: str, channel: str) -> None:
+        super().__init__(dsn, channel)
+        self.at: dict[str, float] = {}
+
+    def _received(self, notify: psycopg.Notify) -> None:
+        self.count += 1
+        self.at.setdefault(notify.payload, time.time())

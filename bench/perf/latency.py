@@ -1,41 +1,50 @@
-"""Latency: from the commit that creates an event to its handler starting.
+"""Latency: from the commit that creates an event to its handler starting, and to its
+handler's write-back being committed (unloaded cases only).
 
 The bench places an order in a transaction of its own and notes the time its commit returned;
-the order's first handler notes (in the row) when it started. Both are wall-clock times on the
-same machine. Unloaded: one order at a time, each run to the end before the next. Paced: orders
-placed on a fixed schedule (open loop: a late insert does not delay the next) at a chosen
-fraction of the sustained rate.
+the order's first handler notes (in the row) when it started, and in the unloaded cases a
+trigger of the bench's own notifies when that handler's write-back commits (its arrival is
+timed; a NOTIFY at every commit would serialize the paced cases' commits). All are wall-clock
+times on the same machine. Unloaded: one order at a time, each run to the end before the next.
+Paced: orders placed on a fixed schedule (open loop: a late insert does not delay the next) at
+a chosen fraction of the sustained rate.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.bench.case import drained, monitor, reached, settle, wait_until
-from orchestrator.bench.db import BenchError, Session
+from orchestrator.bench.db import Arrivals, BenchError, Session
 from orchestrator.bench.dispatchers import Dispatchers, DispatcherSettings
 from orchestrator.bench.workflow import TRANSITIONS_PER_ORDER
 
 
 @dataclass(frozen=True, slots=True)
 class Latency:
-    """Latencies of one case in milliseconds, and the load it ran under (transitions/s)."""
+    """Latencies of one case in milliseconds, and the load it ran under (transitions/s):
+    commit to handler start (``samples_ms``) and commit to write-back committed
+    (``written_ms``)."""
 
     samples_ms: list[float] = field(repr=False)
     load_transitions_per_s: float
+    written_ms: list[float] = field(repr=False, default_factory=list)
+    concurrency: int | None = None
 
-    def percentile_ms(self, q: float) -> float:
-        """Nearest-rank percentile (q in 0..100)."""
-        ordered = sorted(self.samples_ms)
+    def percentile_ms(self, q: float, samples: list[float] | None = None) -> float:
+        """Nearest-rank percentile (q in 0..100) of commit to start, or of ``samples``."""
+        ordered = sorted(self.samples_ms if samples is None else samples)
         if not ordered:
             return 0.0
         rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
         return ordered[rank - 1]
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        figures = {
             "p50_ms": round(self.percentile_ms(50), 2),
             "p95_ms": round(self.percentile_ms(95), 2),
             "p99_ms": round(self.percentile_ms(99), 2),
@@ -43,6 +52,10 @@ class Latency:
             "samples": len(self.samples_ms),
             "load_transitions_per_s": round(self.load_transitions_per_s, 1),
         }
+        if self.written_ms:
+            figures |= {f"written_p{q}_ms": round(self.percentile_ms(q, self.written_ms), 2)
+                        for q in (50, 95, 99)}
+        return figures | ({"concurrency": self.concurrency} if self.concurrency else {})
 
 
 def unloaded(session: Session, dsn: str, settings: DispatcherSettings, *,
@@ -50,7 +63,8 @@ def unloaded(session: Session, dsn: str, settings: DispatcherSettings, *,
     """``orders`` orders one at a time, each delivered before the next is placed."""
     settle(session)
     committed: dict[int, float] = {}
-    with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
+    with (writes(session, dsn) as written, monitor(dsn, session) as mon,
+          Dispatchers(dsn, 1, settings, mon)):
         started = time.monotonic()
         for _ in range(orders):
             order = int(mon.value("insert_order"))
@@ -58,7 +72,8 @@ def unloaded(session: Session, dsn: str, settings: DispatcherSettings, *,
             while mon.value("order_status", {"id": order}) != "delivered":
                 time.sleep(0.002)
         elapsed = time.monotonic() - started
-    return _latency(session, committed, len(committed) * TRANSITIONS_PER_ORDER / elapsed)
+    load = len(committed) * TRANSITIONS_PER_ORDER / elapsed
+    return _latency(session, committed, written, load, settings.concurrency)
 
 
 def paced(session: Session, dsn: str, settings: DispatcherSettings, *,
@@ -78,13 +93,30 @@ def paced(session: Session, dsn: str, settings: DispatcherSettings, *,
             n += 1
         wait_until(reached(lambda: int(mon.value("delivered", mark)), n), what="paced run")
         wait_until(lambda: drained(mon), what="paced run's last events")
-    return _latency(session, committed, n * TRANSITIONS_PER_ORDER / seconds)
+    return _latency(session, committed, None, n * TRANSITIONS_PER_ORDER / seconds)
 
 
-def _latency(session: Session, committed: dict[int, float], load: float) -> Latency:
+@contextmanager
+def writes(session: Session, dsn: str) -> Iterator[Arrivals]:
+    """While it is open, when each order's first write-back committed (see watch_writes)."""
+    session.run("watch_writes")
+    try:
+        with Arrivals(dsn, "orchestrator_bench_written") as arrivals:
+            yield arrivals
+    finally:
+        session.run("unwatch_writes")
+
+
+def _latency(session: Session, committed: dict[int, float], written: Arrivals | None,
+             load: float, concurrency: int | None = None) -> Latency:
     rows = session.run("handler_starts", {"ids": list(committed)})
     starts = {int(r["id"]): r["handler_started_s"] for r in rows}
     if len(starts) != len(committed) or None in starts.values():
         raise BenchError("latency: some orders have no recorded handler start")
     samples = [(starts[order] - at) * 1000 for order, at in committed.items()]
-    return Latency(samples, load)
+    if written is None:
+        return Latency(samples, load)
+    if missing := [order for order in committed if str(order) not in written.at]:
+        raise BenchError(f"latency: {len(missing)} orders' write-backs were not seen to commit")
+    done = [(written.at[str(order)] - at) * 1000 for order, at in committed.items()]
+    return Latency(samples, load, done, concurrency)

@@ -28,6 +28,49 @@ CREATE TABLE IF NOT EXISTS public.bench_related (
 );
 CREATE INDEX IF NOT EXISTS bench_related_order ON public.bench_related (order_id);
 
+-- name: watch_writes
+-- For the unloaded latency cases: a notification when an order's first write-back (placed ->
+-- validated) commits, so the bench can time it. Only while such a case runs: the other cases
+-- measure the engine without it (a NOTIFY takes a lock that serializes commits).
+CREATE OR REPLACE FUNCTION public.bench_written() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('orchestrator_bench_written', NEW.id::text);
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS bench_written ON public.bench_orders;
+CREATE TRIGGER bench_written AFTER UPDATE OF status ON public.bench_orders
+    FOR EACH ROW WHEN (OLD.status = 'placed' AND NEW.status = 'validated')
+    EXECUTE FUNCTION public.bench_written();
+
+-- name: unwatch_writes
+DROP TRIGGER IF EXISTS bench_written ON public.bench_orders;
+
+-- name: long_run_progress
+-- The long run's progress past ``low`` (every order up to it is delivered): the first order
+-- still open, how many are delivered beyond it, and the last order placed. Orders finish
+-- roughly in order, so the rows read stay about the window's worth.
+SELECT min(id) FILTER (WHERE status <> 'delivered') AS first_open,
+       count(*) FILTER (WHERE status = 'delivered') AS delivered,
+       coalesce(max(id), %(low)s) AS top
+FROM public.bench_orders
+WHERE id > %(low)s;
+
+-- name: long_run_sizes
+-- The queue's and the history's size on disk (indexes and TOAST included), and the queue's
+-- dead and live tuples as the statistics collector last counted them.
+SELECT pg_total_relation_size('orchestrator.events') AS hot_bytes,
+       (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)
+        FROM pg_partition_tree('orchestrator.events_history')) AS history_bytes,
+       s.n_dead_tup AS dead_tuples, s.n_live_tup AS live_tuples
+FROM pg_stat_user_tables s
+WHERE s.relid = 'orchestrator.events'::regclass;
+
+-- name: long_run_prune
+-- One prune of the history with the run's retention, as the dispatchers' chore makes it, but
+-- waiting for the turn.
+SELECT events, partitions
+FROM orchestrator.prune_v1(now() - %(retention)s, false, true);
+
 -- name: vacuum
 VACUUM ANALYZE orchestrator.events, orchestrator.events_history, public.bench_orders,
     public.bench_drain, public.bench_remote, public.bench_related;

@@ -18,7 +18,22 @@ def table(r: dict[str, Any]) -> Table:
         _engine_rows(out, r)
     if "remote" in r:
         _remote_rows(out, r["remote"])
+    if "long_run" in r:
+        _long_run_rows(out, r["long_run"])
     return out
+
+
+def _long_run_rows(out: Table, run: dict[str, Any]) -> None:
+    out.add_row(f"long run: {run['transitions']} transitions in {run['seconds']:.0f} s",
+                f"{run['transitions_per_s']:.0f} t/s")
+    out.add_row("  per tenth: t/s, queue MB, history MB, dead tuples, prune ms", "")
+    for t in run["tenths"]:
+        out.add_row(f"  tenth {t['tenth']}",
+                    f"{t['transitions_per_s']:.0f}, {t['hot_mb']:.1f}, {t['history_mb']:.1f}, "
+                    f"{t['dead_tuples']}, {t['prune_ms']:.0f}")
+    out.add_row("  last tenth's t/s over the first's", f"{run['last_to_first_tenth']:.2f}")
+    out.add_row("  queue size, second half's largest over the middle",
+                f"{run['hot_growth_second_half']:.2f}")
 
 
 def _remote_rows(out: Table, remote: dict[str, Any]) -> None:
@@ -54,6 +69,10 @@ def _engine_rows(out: Table, r: dict[str, Any]) -> None:
         out.add_row(f"latency {name.replace('_', ' ')} p50/p95/p99 ms "
                     f"(at {case['load_transitions_per_s']:.0f} t/s)",
                     f"{case['p50_ms']:.1f} / {case['p95_ms']:.1f} / {case['p99_ms']:.1f}")
+        if "written_p50_ms" in case:
+            out.add_row("  commit to write-back committed",
+                        f"{case['written_p50_ms']:.1f} / {case['written_p95_ms']:.1f} / "
+                        f"{case['written_p99_ms']:.1f}")
     out.add_row(f"backlog drain events/s ({r['backlog']['events']} events)",
                 f"{r['backlog_events_per_s']:.0f}")
     out.add_row(f"  with related data ({r['backlog_related']['events']} events)",

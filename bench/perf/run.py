@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.app import Orchestrator
-from orchestrator.bench import backlog, ceiling, latency, remote, throughput
+from orchestrator.bench import backlog, ceiling, latency, longrun, remote, throughput
 from orchestrator.bench.db import Session
 from orchestrator.bench.dispatchers import DispatcherSettings
 from orchestrator.config import Settings
@@ -39,6 +39,8 @@ class BenchConfig:
     """Pending events created before the drain starts."""
     unloaded_orders: int = 200
     """Orders placed one at a time for the unloaded latency."""
+    idle_concurrency: tuple[int, ...] = (8, 64)
+    """The unloaded latency is measured with a dispatcher of each of these concurrencies."""
     paced_s: float = 5.0
     """Seconds each paced latency case places orders for."""
     load_fractions: tuple[float, ...] = (0.5, 0.8)
@@ -60,6 +62,8 @@ class BenchConfig:
     """The remote-handler case, when asked for (``--remote-latency-ms``)."""
     remote_only: bool = False
     """Run the remote-handler case alone."""
+    long_run: longrun.LongRunConfig | None = None
+    """Run the long-run case alone (``--long-run``)."""
 
     @property
     def dispatcher(self) -> DispatcherSettings:
@@ -108,6 +112,10 @@ def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, 
     """Every case of the bench on the database at ``dsn``; the figures (see the README)."""
     prepare(dsn)
     settings = config.dispatcher
+    if config.long_run:
+        with Session(dsn) as session:
+            return {"environment": environment(session), "long_run": longrun.run(
+                session, dsn, settings, config.long_run, say).as_dict()}
     if config.remote_only and config.remote:
         with Session(dsn) as session:
             return {"environment": environment(session),
@@ -116,9 +124,12 @@ def run(config: BenchConfig, dsn: str, say: Callable[[str], None]) -> dict[str, 
         env = environment(session)
         runs, top = _throughput_rounds(config, session, dsn, say)
         reference = _median_run(runs[config.dispatcher_counts[0]])
-        say(f"latency: {config.unloaded_orders} orders one at a time")
-        cases = {"unloaded": latency.unloaded(session, dsn, settings,
-                                              orders=config.unloaded_orders)}
+        cases = {}
+        for count in config.idle_concurrency:
+            say(f"latency: {config.unloaded_orders} orders one at a time, concurrency {count}")
+            cases[f"unloaded_c{count}"] = latency.unloaded(
+                session, dsn, replace(settings, concurrency=count),
+                orders=config.unloaded_orders)
         for fraction in config.load_fractions:
             say(f"latency: {config.paced_s:g}s at {fraction:.0%} of the sustained rate")
             cases[_load_name(fraction)] = latency.paced(

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,6 +13,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import ConfigError
 
 BENCH_DATABASE = "orchestrator_bench"
+TENTH_MIN = 600  # a long run of fewer transitions has tenths of a few orders
 
 
 def _counts(text: str, flag: str = "--dispatchers") -> tuple[int, ...]:
@@ -25,6 +26,27 @@ def _counts(text: str, flag: str = "--dispatchers") -> tuple[int, ...]:
     return counts
 
 
+def _long_run(wanted: bool, transitions: int) -> Any:
+    if not wanted:
+        return None
+    from orchestrator.bench.longrun import LongRunConfig
+
+    if transitions < TENTH_MIN:
+        raise ConfigError(f"--long-run-transitions takes at least {TENTH_MIN}, not "
+                          f"{transitions}")
+    return LongRunConfig(transitions=transitions)
+
+
+def _remote(latency_ms: float, connections: str, events: int, raw_s: float, repeat: int,
+            only: bool) -> Any:
+    from orchestrator.bench.remote import RemoteConfig
+
+    if only and latency_ms <= 0:
+        raise ConfigError("--remote-only needs --remote-latency-ms")
+    return RemoteConfig(latency_ms, _counts(connections, "--remote-connections"), events,
+                        raw_s, repeat) if latency_ms > 0 else None
+
+
 @app.command()
 @friendly
 def bench(
@@ -34,6 +56,8 @@ def bench(
     backlog: Annotated[int, typer.Option(help="Events in the backlog drain.")] = 100_000,
     unloaded_orders: Annotated[int, typer.Option(
         help="Orders placed one at a time for the unloaded latency.")] = 200,
+    idle_concurrency: Annotated[str, typer.Option(
+        help="Concurrencies the unloaded latency is measured at, comma-separated.")] = "8,64",
     paced_s: Annotated[float, typer.Option(help="Seconds of each paced latency case.")] = 5.0,
     dispatchers: Annotated[str, typer.Option(
         help="Dispatcher processes per sustained run, comma-separated.")] = "1,2,4",
@@ -58,6 +82,9 @@ def bench(
         help="Seconds of each raw-client run of the remote case.")] = 5.0,
     remote_only: Annotated[bool, typer.Option(
         help="Run the remote case alone (with --remote-latency-ms).")] = False,
+    long_run: Annotated[bool, typer.Option(help="Run the long-run case alone.")] = False,
+    long_run_transitions: Annotated[int, typer.Option(
+        help="Transitions of the long run.")] = 1_000_000,
     json: Json = False,
 ) -> None:
     """Measure throughput, latency and costs against the server's own UPDATE ceiling.
@@ -66,24 +93,18 @@ def bench(
     not a test: the figures depend on the machine and on whatever else runs on it.
     """
     # Imported here: the bench package is not needed by any other command.
-    from orchestrator.bench.remote import RemoteConfig
     from orchestrator.bench.report import table
     from orchestrator.bench.run import BenchConfig, run
 
-    if remote_only and remote_latency_ms <= 0:
-        raise ConfigError("--remote-only needs --remote-latency-ms")
-    remote = RemoteConfig(remote_latency_ms, _counts(remote_connections, "--remote-connections"),
-                          remote_events, remote_raw_s, repeat) if remote_latency_ms > 0 else None
+    remote = _remote(remote_latency_ms, remote_connections, remote_events, remote_raw_s, repeat,
+                     remote_only)
     config = BenchConfig(
         orders=orders, backlog_events=backlog, unloaded_orders=unloaded_orders, paced_s=paced_s,
+        idle_concurrency=_counts(idle_concurrency, "--idle-concurrency"),
         dispatcher_counts=_counts(dispatchers), ceiling_s=ceiling_s, repeat=repeat,
         ceiling_connections=_counts(ceiling_connections, "--ceiling-connections"),
-        concurrency=concurrency,
-        pool_size=pool_size, batch_size=batch_size, remote=remote, remote_only=remote_only)
-    settings = Settings.load(dsn=dsn, data_dir=data_dir)
-    target = resolve_dsn(settings, BENCH_DATABASE)
+        concurrency=concurrency, pool_size=pool_size, batch_size=batch_size, remote=remote,
+        remote_only=remote_only, long_run=_long_run(long_run, long_run_transitions))
+    target = resolve_dsn(Settings.load(dsn=dsn, data_dir=data_dir), BENCH_DATABASE)
     results = run(config, target, say=lambda line: err.print(line, soft_wrap=True))
-    if json:
-        print_json(results)
-    else:
-        out.print(table(results))
+    print_json(results) if json else out.print(table(results))

@@ -70,29 +70,45 @@ SELECT EXISTS (
       AND workflow = ANY(%(workflows)s));
 
 -- name: write_back
--- Finishes one event and writes the handler's outcome to its row in one statement. The row is
--- written only while the event is still ours (fencing token) and only if the row still holds the
--- values the event saw in its state column and the column the event is about ({expected}: a
--- compare-and-set); otherwise the event is finished as stale. Returns the outcome, or no row
--- when the event is no longer ours.
-WITH fenced AS (
-    SELECT id FROM orchestrator.events
-    WHERE id = %(id)s AND attempts = %(attempt)s AND claimed_by = %(dispatcher)s
-      AND status = 'running'
-    FOR UPDATE
+-- Finishes a batch of events of one workflow and writes their handlers' outcomes to their rows,
+-- all in one statement (one parse, one plan, one result set, whatever the batch's size). Each
+-- event's own columns and the values to write come in arrays, in step; {values} are the arrays
+-- of the assigned columns, each cast to its column's type, named v_0, v_1... in {columns}. A
+-- row is written only while its event is still ours (fencing token: attempt, claimed_by,
+-- running) and only if the row still holds the values the event saw in its state column and in
+-- the column the event is about (compare-and-set, {matches}: those values come as text arrays
+-- e_0, e_1... in {seen}, cast to the columns' types); otherwise the event is finished with its
+-- stale outcome. Returns each finished event's id and outcome; an event no longer ours comes
+-- back without a row. The events are locked in id order, so that two transactions never wait
+-- on each other's half of a batch.
+WITH f AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(keys)s::{key_type}[],
+                %(statuses)s::text[], %(outcomes)s::text[], %(stale_outcomes)s::text[],
+                %(handlers)s::text[], %(next_states)s::text[], %(errors)s::text[]{seen},
+                {values})
+         AS f(id, attempt, key, status, outcome, stale_outcome, handler, next_state, error
+              {seen_columns}, {columns})
+), fenced AS (
+    SELECT e.id
+    FROM orchestrator.events e JOIN f ON f.id = e.id
+    WHERE e.attempts = f.attempt AND e.claimed_by = %(dispatcher)s AND e.status = 'running'
+    ORDER BY e.id
+    FOR UPDATE OF e
 ), moved AS (
-    UPDATE {table} SET {assignments}
-    WHERE {key} = %(key)s AND {expected} AND EXISTS (SELECT FROM fenced)
-    RETURNING 1
+    UPDATE {table} AS t SET {assignments}
+    FROM f JOIN fenced USING (id)
+    WHERE t.{key} = f.key AND {matches}
+    RETURNING f.id
 )
 UPDATE orchestrator.events e
-SET status = %(status)s,
-    outcome = CASE WHEN EXISTS (SELECT FROM moved) THEN %(outcome)s ELSE %(stale_outcome)s END,
-    handler = %(handler)s, next_state = %(next_state)s, last_error = %(error)s,
+SET status = f.status,
+    outcome = CASE WHEN f.id IN (SELECT id FROM moved) THEN f.outcome ELSE f.stale_outcome END,
+    handler = f.handler, next_state = f.next_state, last_error = f.error,
     finished_at = now(), lease_until = NULL, suspect = false
-FROM fenced
-WHERE e.id = fenced.id
-RETURNING e.outcome;
+FROM f JOIN fenced USING (id)
+WHERE e.id = f.id
+RETURNING e.id, e.outcome;
 
 -- name: finish_many
 -- Finishes events that write nothing to their rows, all in one statement (one parse and one
@@ -110,19 +126,31 @@ WHERE e.id = f.id AND e.attempts = f.attempt AND e.claimed_by = %(dispatcher)s
 RETURNING e.id, e.outcome;
 
 -- name: retry
--- Puts a failed event back in the queue for a later attempt; the row stays blocked meanwhile.
--- The outcome column stays empty until the event finishes; 'retry' is only reported.
-UPDATE orchestrator.events
-SET status = 'pending', run_after = now() + make_interval(secs => %(delay_s)s),
-    handler = %(handler)s, last_error = %(error)s, claimed_by = NULL, lease_until = NULL,
+-- Puts failed events back in the queue for a later attempt, each after its own delay; their
+-- rows stay blocked meanwhile. The outcome column stays empty until an event finishes; 'retry'
+-- is only reported. Only an event still ours is retried; one no longer ours has no row.
+UPDATE orchestrator.events AS e
+SET status = 'pending', run_after = now() + make_interval(secs => f.delay_s),
+    handler = f.handler, last_error = f.error, claimed_by = NULL, lease_until = NULL,
     suspect = false
-WHERE id = %(id)s AND attempts = %(attempt)s AND claimed_by = %(dispatcher)s
-  AND status = 'running'
-RETURNING 'retry';
+FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(handlers)s::text[],
+            %(errors)s::text[], %(delays_s)s::float8[])
+     AS f(id, attempt, handler, error, delay_s)
+WHERE e.id = f.id AND e.attempts = f.attempt AND e.claimed_by = %(dispatcher)s
+  AND e.status = 'running'
+RETURNING e.id, 'retry';
 
--- name: record_error
+-- name: record_errors
 INSERT INTO orchestrator.event_errors (event_id, attempt, error)
-VALUES (%(id)s, %(attempt)s, %(error)s);
+SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(errors)s::text[]);
+
+-- name: column_types
+-- The columns of a workflow's table and their types, as casts name them (write_back casts the
+-- arrays of values to these).
+SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
+  AND a.attnum > 0 AND NOT a.attisdropped;
 
 -- name: write_settings
 -- For a dispatcher's write-back transaction: a row lock held elsewhere (a long transaction)
@@ -130,6 +158,15 @@ VALUES (%(id)s, %(attempt)s, %(error)s);
 -- 'on', new events are handed over directly and their triggers need not NOTIFY.
 SELECT set_config('orchestrator.quiet', %(quiet)s, true),
        set_config('lock_timeout', %(lock_timeout)s, true);
+
+-- name: claim_settings
+-- For a claim's transaction: index plans (see index_plans), and no wait for the commit to reach
+-- the disk. A claim is only a lease: if the server crashed before the claim's WAL were written,
+-- the event would be pending again, as if never claimed, and the handler's write-back (its own
+-- commit durable, after the claim's in the WAL) fenced out; so the commit need not be waited
+-- for, and an idle system's latency does not pay for two disk flushes per event, only for the
+-- write-back's.
+SELECT set_config('enable_seqscan', 'off', true), set_config('synchronous_commit', 'off', true);
 
 -- name: index_plans
 -- The engine's own statements reach their rows through indexes; say so to the planner for this

@@ -27,9 +27,12 @@ def test_a_tiny_bench_run_reports_every_figure(dsn: str) -> None:
                 "ceiling_updates_per_s_at_pool_size", "transitions_per_s",
                 "ratio_to_ceiling", "backlog_events_per_s", "backlog_related_events_per_s"):
         assert isinstance(result[key], int | float), key
-    assert set(result["latency"]) == {"unloaded", "half_load", "load_80"}
-    for case in result["latency"].values():
+    assert set(result["latency"]) == {"unloaded_c8", "unloaded_c64", "half_load", "load_80"}
+    for name, case in result["latency"].items():
         assert {"p50_ms", "p95_ms", "p99_ms"} <= set(case)
+        if name.startswith("unloaded"):  # the write-back commits after its handler started
+            assert case["written_p50_ms"] > 0 and case["written_p99_ms"] > 0
+    assert result["latency"]["unloaded_c8"]["concurrency"] == 8
     assert result["sustained"]["transitions"] == 20 * 6
     # The ceiling is the best at any connection count measured (the pool's 4 is always one).
     by_count = result["ceiling_by_connections"]
@@ -50,7 +53,8 @@ def _assert_table_names_each_figure(result: dict[str, Any]) -> None:
     console = Console(width=120, record=True)
     console.print(report.table(result))
     text = console.export_text()
-    for label in ("ceiling", "sustained transitions/s", "latency unloaded", "latency half load",
+    for label in ("ceiling", "sustained transitions/s", "latency unloaded c8",
+                  "latency unloaded c64", "commit to write-back committed", "latency half load",
                   "backlog drain", "with related data", "scaling: 2 dispatcher",
                   "NOTIFYs per transition", "dispatcher peak RSS"):
         assert label in text
@@ -79,3 +83,26 @@ def test_the_remote_case_alone_needs_the_functions_latency(dsn: str) -> None:
     done = cli("bench", "--remote-only", "--dsn", dsn, timeout=60)
     assert done.returncode == 1
     assert "--remote-only needs --remote-latency-ms" in done.stdout + done.stderr
+
+
+def test_a_tiny_long_run_reports_each_tenth(dsn: str) -> None:
+    done = cli("bench", "--long-run", "--long-run-transitions", "600", "--json", "--dsn", dsn,
+               timeout=240)
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)["long_run"]
+    assert run["transitions"] == 600
+    assert [t["tenth"] for t in run["tenths"]] == list(range(1, 11))
+    assert run["transitions_per_s"] > 0
+    for tenth in run["tenths"]:  # a tiny run's tenth may pass between two polls: 0 t/s
+        assert tenth["transitions_per_s"] >= 0 and tenth["hot_mb"] > 0
+        assert {"history_mb", "dead_tuples", "prune_ms"} <= set(tenth)
+    console = Console(width=120, record=True)
+    console.print(report.table(json.loads(done.stdout)))
+    assert "last tenth's t/s over the first's" in console.export_text()
+
+
+def test_a_long_run_too_short_for_tenths_is_refused(dsn: str) -> None:
+    done = cli("bench", "--long-run", "--long-run-transitions", "60", "--dsn", dsn, timeout=60)
+    assert done.returncode == 1
+    assert "--long-run-transitions takes at least 600, not 60" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr

@@ -8,6 +8,7 @@ import time
 from itertools import pairwise
 from typing import Any
 
+import psycopg
 import pytest
 
 from orchestrator.app import Orchestrator
@@ -220,6 +221,58 @@ def test_a_stale_event_changes_nothing(settings: Settings, registry: Registry, s
     assert sql("SELECT status, note FROM jobs") == [("working", None)]
 
 
+def test_one_finish_writes_a_batch_with_each_results_own_outcome(
+        settings: Settings, registry: Registry, sql: Any) -> None:
+    ids = [insert_job(sql) for _ in range(5)]
+    from orchestrator.events import Next
+    from orchestrator.outcomes import Outcome, Result
+    with Orchestrator(settings, registry) as orch:
+        orch.store.use_workflows([jobs])
+        claimed = {int(e.key): e for e in orch.store.claim(10)}
+        a, b, c, d, e = (claimed[i] for i in ids)
+        sql("UPDATE jobs SET status = 'working' WHERE id = %s", (ids[2],))  # c's row moves on
+        report = orch.store.finish([
+            Result(a, Outcome.APPLIED, handler="h", next=Next("working", {"note": "a"})),
+            Result(b, Outcome.APPLIED, handler="h",  # the same columns, values of other types
+                   next=Next("working", {"note": None, "fail_times": 7})),
+            Result(c, Outcome.APPLIED, handler="h", next=Next("working", {"note": "c"})),
+            Result(d, Outcome.DEAD, handler="h", next=Next("failed"), error="gave up"),
+            Result(e, Outcome.RETRY, handler="h", error="later", delay_s=60),
+        ])
+    assert report.outcomes == {a.id: "applied", b.id: "applied", c.id: "stale", d.id: "dead",
+                               e.id: "retry"}
+    assert sql("SELECT status, note, fail_times FROM jobs ORDER BY id") == [
+        ("working", "a", 0), ("working", None, 7), ("working", None, 0), ("failed", None, 0),
+        ("new", None, 0)]
+    assert sql("SELECT row_key::bigint, status, outcome, next_state FROM orchestrator.events"
+               " WHERE id = ANY(%s) ORDER BY id", ([x.id for x in (a, b, c, d, e)],)) == [
+        (ids[0], "done", "applied", "working"), (ids[1], "done", "applied", "working"),
+        (ids[2], "done", "stale", "working"), (ids[3], "dead", "dead", "failed"),
+        (ids[4], "pending", None, None)]
+    assert sql("SELECT event_id, attempt, error FROM orchestrator.event_errors ORDER BY id") == [
+        (d.id, 1, "gave up"), (e.id, 1, "later")]
+
+
+def test_a_write_back_sets_array_and_json_columns_from_their_text(
+        settings: Settings, registry: Registry, sql: Any) -> None:
+    sql("ALTER TABLE jobs ADD COLUMN tags text[], ADD COLUMN meta jsonb")
+    ids = [insert_job(sql), insert_job(sql)]
+    from orchestrator.events import Next
+    from orchestrator.outcomes import Outcome, Result
+    with Orchestrator(settings, registry) as orch:
+        orch.store.use_workflows([jobs])
+        first, second = sorted(orch.store.claim(10), key=lambda e: e.id)
+        report = orch.store.finish([
+            Result(first, Outcome.APPLIED, handler="h",
+                   next=Next("working", {"tags": "{a,b}", "meta": {"n": 1}})),
+            Result(second, Outcome.APPLIED, handler="h",
+                   next=Next("working", {"tags": "{c}", "meta": {"n": 2}})),
+        ])
+    assert report.outcomes == {first.id: "applied", second.id: "applied"}
+    assert sql("SELECT id, tags, meta FROM jobs ORDER BY id") == [
+        (ids[0], ["a", "b"], {"n": 1}), (ids[1], ["c"], {"n": 2})]
+
+
 def test_a_finish_after_losing_the_lease_is_discarded(
         settings: Settings, registry: Registry, sql: Any) -> None:
     insert_job(sql)
@@ -391,3 +444,26 @@ def test_a_stale_outcome_rolls_back_the_handlers_own_writes(sql: Any, run_idle: 
     assert events(sql, job)[0][3:5] == ("done", "stale")
     assert status(sql, job) == "finished"  # the hand's own change ran on
     exactly_once.assert_job_effects_once(sql)
+
+
+def test_a_watched_value_a_float_cannot_hold_does_not_make_its_event_stale(
+        dsn: str, sql: Any) -> None:
+    # An event holds the row as JSON: a numeric becomes a Python float, which cannot hold
+    # these 20 digits. The write-back's compare-and-set must still find the row unchanged.
+    from orchestrator import Event, Next, Workflow, schema
+
+    sql("CREATE TABLE ledger (id bigint PRIMARY KEY, amount numeric, note text)")
+    ledger = Workflow("ledger", table="public.ledger", column=None, watch=["amount"])
+
+    @ledger.on_column("amount", from_=None)
+    def book(event: Event) -> Next:
+        return Next(values={"note": "booked"})
+
+    with psycopg.connect(dsn) as conn:
+        schema.install_workflows(conn, ledger)
+    sql("INSERT INTO ledger VALUES (1, 123456789012345678.91)")
+    settings = Settings.load(env={}, dsn=dsn, retry_base_s=0.05, lease_s=5.0)
+    with Orchestrator(settings, Registry([ledger])) as orch:
+        orch.dispatcher(until_idle=True).run()
+    assert sql("SELECT note FROM ledger") == [("booked",)]
+    assert sql("SELECT outcome FROM orchestrator.event_log") == [("applied",)]

@@ -245,6 +245,16 @@ def test_revision_0004_takes_over_the_installed_triggers_and_gives_them_back(
     assert sql("SELECT workflow, op FROM orchestrator.events") == [("jobs", "INSERT")]
 
 
+def test_revision_0009_leaves_room_on_the_queues_pages_and_takes_it_back(
+        dsn: str, sql: Any) -> None:
+    options = "SELECT reloptions FROM pg_class WHERE oid = 'orchestrator.events'::regclass"
+    assert sql(options) == [(["fillfactor=50"],)]
+    schema.downgrade(dsn, "0006")
+    assert sql(options) == [(None,)]
+    schema.upgrade(dsn)
+    assert sql(options) == [(["fillfactor=50"],)]
+
+
 def test_concurrent_migrate_runs_take_turns(app_dsn: str) -> None:
     argv = [sys.executable, "-m", "orchestrator", "migrate", "--dsn", app_dsn,
             "--handlers", "tests.integration.test_migrations"]

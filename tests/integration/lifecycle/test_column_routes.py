@@ -190,3 +190,4 @@ def test_two_dispatchers_run_each_orders_events_once_and_in_order(
     # Both dispatchers took part, or this test proved nothing about them.
     assert orchestrator.sql("SELECT count(DISTINCT claimed_by) FROM orchestrator.event_log"
                             " WHERE workflow = 'orders'")[0][0] >= 2
+
