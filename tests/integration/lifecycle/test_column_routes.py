@@ -99,14 +99,17 @@ def test_a_change_no_route_serves_records_no_event(orchestrator: Harness) -> Non
 
 def test_a_route_on_leaving_a_value_serves_that_change_alone(orchestrator: Harness) -> None:
     key = place_order(orchestrator, "2000.00")
-    pay(orchestrator, key, "2000.00")  # before validation: refused, nothing changes
+    # The order's and the payment's events are of two rows: they may run in either order. Paid
+    # either by the payment or by hand below, the order moves to paid once.
+    pay(orchestrator, key, "2000.00")
     orchestrator.run_until_idle()
     orchestrator.sql("UPDATE shop.orders SET paid = true WHERE id = %s", (key,))
     orchestrator.run_until_idle()
     orchestrator.sql("UPDATE shop.orders SET paid = false WHERE id = %s", (key,))
     orchestrator.run_until_idle()
-    assert steps(orchestrator, key) == ["validate", "check_payment", "approve",
-                                        "payment_reversed"]
+    done = steps(orchestrator, key)
+    assert sorted(done[:2]) == ["check_payment", "validate"]
+    assert done[2:] == ["approve", "payment_reversed"]
     assert order(orchestrator, key)["note"] == "payment reversed"
 
 
