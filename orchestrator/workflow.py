@@ -285,8 +285,9 @@ class Workflow:
     def on(self, source: str, dest: str, **options: Any) -> Callable[[F], F]:
         """Register the decorated function for the transition ``source -> dest``.
 
-        Options: ``max_attempts``, ``timeout_s``. Raises RegistrationError at import time for a
-        transition the workflow does not allow or one that already has a handler.
+        Options: ``max_attempts``, ``timeout_s``, ``limit`` (a fleet-wide ``Limit``). Raises
+        RegistrationError at import time for a transition the workflow does not allow or one
+        that already has a handler.
         """
         return self._register(Route(self._state_column(), source, dest), options)
 
