@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -13,12 +14,13 @@ from prometheus_client import generate_latest
 from orchestrator import Event, Limit, Workflow, admin, install
 from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
+from orchestrator.db import LISTEN_APPLICATION_NAME
 from orchestrator.errors import DefinitionError, NotMigrated, RegistrationError
 from orchestrator.metrics import Metrics
 from orchestrator.registry import Registry
 from orchestrator.schema import install_workflows
 from tests.support import limited
-from tests.support.processes import dispatcher, finish
+from tests.support.processes import dispatcher, finish, wait_for
 
 
 @pytest.fixture
@@ -30,11 +32,28 @@ def tasks_db(dsn: str, sql: Any) -> Iterator[str]:
     yield dsn
 
 
-def run_two(dsn: str, **env: str) -> None:
-    procs = [dispatcher(dsn, handlers="tests.support.limited", concurrency="8",
-                        LIMITED_LOG_DSN=dsn, **env) for _ in range(2)]
-    for proc in procs:
-        finish(proc)
+def run_two(dsn: str, sql: Any, tasks: str, **env: str) -> None:
+    """Two dispatcher processes, both listening before ``tasks`` (an INSERT) runs, stopped once
+    every task is done, so that both take part however slowly the second one starts."""
+    procs = [dispatcher(dsn, until_idle=False, handlers="tests.support.limited",
+                        concurrency="8", LIMITED_LOG_DSN=dsn, **env) for _ in range(2)]
+    try:
+        wait_for(lambda: listening(sql) == 2 or any(p.poll() is not None for p in procs),
+                 what="two dispatchers to listen")
+        sql(tasks)
+        wait_for(lambda: sql("SELECT count(*) FROM tasks WHERE status <> 'done'") == [(0,)],
+                 timeout_s=120, what="every task to be done")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            finish(proc)
+
+
+def listening(sql: Any) -> int:
+    return int(sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                   (LISTEN_APPLICATION_NAME,))[0][0])
 
 
 def most_at_once(runs: list[tuple[Any, Any]]) -> int:
@@ -50,8 +69,7 @@ def most_at_once(runs: list[tuple[Any, Any]]) -> int:
 
 def test_two_dispatchers_never_run_a_limited_handler_more_than_its_bound_at_once(
         tasks_db: str, sql: Any) -> None:
-    sql("INSERT INTO tasks (sleep_s) SELECT 0.05 FROM generate_series(1, 24)")
-    run_two(tasks_db)
+    run_two(tasks_db, sql, "INSERT INTO tasks (sleep_s) SELECT 0.05 FROM generate_series(1, 24)")
     assert sql("SELECT status, count(*) FROM tasks GROUP BY 1") == [("done", 24)]
     runs = sql("SELECT started, finished FROM task_runs")
     assert len(runs) == 24
@@ -73,10 +91,10 @@ def test_two_dispatchers_never_run_a_limited_handler_more_than_its_bound_at_once
 
 
 def test_a_rate_limit_spaces_the_starts_across_dispatchers(tasks_db: str, sql: Any) -> None:
-    sql("INSERT INTO tasks (sleep_s) SELECT 0 FROM generate_series(1, 30)")
     with psycopg.connect(tasks_db) as conn:  # the same workflow, with a rate of 10 a second
         install_workflows(conn, rate_limited(10.0))
-    run_two(tasks_db, LIMITED_PER_S="10")
+    run_two(tasks_db, sql, "INSERT INTO tasks (sleep_s) SELECT 0 FROM generate_series(1, 30)",
+            LIMITED_PER_S="10")
     starts = [row[0] for row in sql("SELECT started FROM task_runs ORDER BY started")]
     assert len(starts) == 30
     # A bucket of 10 tokens refilled at 10 a second: at most 20 starts within any second.
