@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import conninfo
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from orchestrator.backoff import reconnect_delay_s
@@ -416,6 +417,17 @@ def translated(conn: psycopg.Connection[Any] | None = None) -> Iterator[None]:
             raise PreparedStatementsLost(one_line(exc)) from exc
         kind = DatabaseUnavailable if is_connection_error(exc, conn) else StoreError
         raise kind(f"database error: {one_line(exc)}") from exc
+
+
+def rollback_quietly(conn: psycopg.Connection[Any]) -> None:
+    """Roll back, ignoring a broken connection (the pool discards it)."""
+    with suppress(psycopg.Error):
+        conn.rollback()
+
+
+def as_param(value: Any) -> Any:
+    """A value for a query parameter: dicts and lists go as jsonb."""
+    return Jsonb(value) if isinstance(value, dict | list) else value
 
 
 def is_psycopg(conn: object) -> bool:

@@ -9,23 +9,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
-from types import MappingProxyType
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from orchestrator import install, slots
-from orchestrator.db import Transaction, borrowed, is_connection_error, one_line, translated
+from orchestrator.db import (
+    Transaction,
+    as_param,
+    borrowed,
+    is_connection_error,
+    one_line,
+    rollback_quietly,
+    translated,
+)
 from orchestrator.errors import DatabaseUnavailable, RelatedDataError
 from orchestrator.events import Event, event_from_row
 from orchestrator.outcomes import EventStatus, FinishReport, Outcome, Pruned, Result
+from orchestrator.related_reads import RelatedReader
 from orchestrator.routing import Limit
 from orchestrator.sql import QUERIES
 from orchestrator.workflow import Workflow
@@ -120,7 +127,7 @@ class Store:
             return report
         # Stale, no longer ours (the claim was lost) or refused: the handler's own writes must
         # not outlive the outcome they belong to.
-        _rollback(conn)
+        rollback_quietly(conn)
         stale = [replace(r, next=None, outcome=Outcome.STALE)
                  for r, o in zip(results, outcomes, strict=True) if o is Outcome.STALE]
         return self.finish(stale, quiet=quiet) if stale else report
@@ -132,7 +139,7 @@ class Store:
         try:
             return self._finish(conn, results, quiet, commit)
         except psycopg.Error as exc:
-            _rollback(conn)
+            rollback_quietly(conn)
             if is_connection_error(exc, conn):
                 raise DatabaseUnavailable(f"database error: {one_line(exc)}") from exc
             if len(results) == 1:
@@ -193,7 +200,7 @@ class Store:
             "stale_outcomes": [(Outcome.DEAD if r.status is EventStatus.DEAD
                                 else Outcome.STALE).value for r in members],
             "next_states": [r.next.state if r.next else None for r in members],
-        } | {f"v_{i}": [_adapt(row[name]) for row in rows] for i, name in enumerate(kind[1])}
+        } | {f"v_{i}": [as_param(row[name]) for row in rows] for i, name in enumerate(kind[1])}
         params |= {f"e_{i}": [_as_text(r.event.new_row.get(name)) for r in members]
                    for i, name in enumerate(kind[3])}
         return conn.execute(self._write_back_sql(wf, kind[1], kind[3], conn), params)
@@ -368,78 +375,6 @@ def _as_text(value: Any) -> str | None:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-class RelatedReader:
-    """Reads the related data workflows declare (``orchestrator.related``) for claimed events."""
-
-    def __init__(self, pool: ConnectionPool) -> None:
-        self.pool = pool
-        self._composed: dict[tuple[str, str], bytes] = {}
-
-    def read(self, events: Sequence[Event], workflows: Mapping[str, Workflow]
-             ) -> tuple[list[Event], list[tuple[Event, RelatedDataError]]]:
-        """As Store.with_related, for ``events`` of ``workflows``."""
-        groups: dict[str, list[Event]] = {}
-        for e in events:
-            if workflows[e.workflow].related:
-                groups.setdefault(e.workflow, []).append(e)
-        if not groups:
-            return list(events), []
-        found: dict[int, dict[str, Any]] = {}
-        errors: dict[str, RelatedDataError] = {}
-        try:
-            found = self._read(workflows, list(groups.values()))
-        except RelatedDataError:  # which workflow's? each on its own
-            for workflow, group in groups.items():
-                try:
-                    found |= self._read(workflows, [group])
-                except RelatedDataError as exc:
-                    errors[workflow] = exc
-        ready = [replace(e, related=MappingProxyType(found[e.id])) if e.id in found else e
-                 for e in events if e.workflow not in errors]
-        return ready, [(e, errors[e.workflow]) for e in events if e.workflow in errors]
-
-    def _read(self, workflows: Mapping[str, Workflow], groups: Sequence[Sequence[Event]]
-              ) -> dict[int, dict[str, Any]]:
-        """Each event's related data, by event id: one executemany per declaration, all in
-        one pipeline. Raises RelatedDataError when a query fails."""
-        sent: list[tuple[str, Sequence[Event], psycopg.Cursor[Any]]] = []
-        with borrowed(self.pool) as conn:
-            try:
-                with conn.pipeline():
-                    for group in groups:
-                        wf = workflows[group[0].workflow]
-                        for name, rel in wf.related.items():
-                            cur = conn.cursor()
-                            cur.executemany(self._sql(wf, name, conn), [
-                                {k: _adapt(v) for k, v in rel.params(wf.key, e.new_row).items()}
-                                for e in group], returning=True)
-                            sent.append((name, group, cur))
-                    conn.commit()
-            except psycopg.Error as exc:
-                _rollback(conn)
-                if is_connection_error(exc, conn):
-                    raise DatabaseUnavailable(f"database error: {one_line(exc)}") from exc
-                raise RelatedDataError(groups[0][0].workflow, one_line(exc)) from exc
-        found: dict[int, dict[str, Any]] = {}
-        for name, group, cur in sent:
-            for i, e in enumerate(group):
-                if i:
-                    cur.nextset()
-                row = cur.fetchone()
-                found.setdefault(e.id, {})[name] = row[0] if row else None
-        return found
-
-    def _sql(self, wf: Workflow, name: str, conn: psycopg.Connection[Any]) -> bytes:
-        # Composed once per declaration, as the write-backs are.
-        if (query := self._composed.get((wf.name, name))) is None:
-            query = install.related_query(wf.related[name]).as_bytes(conn)
-            self._composed[(wf.name, name)] = query
-        return query
-
-
-def _adapt(value: Any) -> Any:
-    """Dicts and lists go to json/jsonb columns."""
-    return Jsonb(value) if isinstance(value, dict | list) else value
 
 
 # A batch's statement: workflow, assigned columns, the Python types of their values, and the
@@ -489,8 +424,3 @@ def _element(type_name: str) -> str:
 def _type(name: str) -> sql.Composable:
     # A type name as the catalog spells it (format_type: quoted where it must be), not input.
     return sql.SQL(name)
-
-
-def _rollback(conn: psycopg.Connection[Any]) -> None:
-    with suppress(psycopg.Error):  # a broken connection: the pool discards it
-        conn.rollback()
