@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from orchestrator import gcpolicy
 from orchestrator.bench.case import drained, monitor, settle, wait_until
 from orchestrator.bench.db import BenchError, Session
 from orchestrator.bench.dispatchers import Dispatchers, DispatcherSettings
@@ -59,7 +60,10 @@ class RemoteConfig:
 
 def run(config: RemoteConfig, session: Session, dsn: str, settings: DispatcherSettings,
         say: Callable[[str], None]) -> dict[str, Any]:
-    """Every round at every connection count; the figures by connection count (medians)."""
+    """Every round at every connection count; the figures by connection count (medians).
+    The raw client runs under the garbage-collection policy a dispatcher runs under
+    (``gcpolicy.tune``), so the yardstick is not the weaker of the two."""
+    gcpolicy.tune()
     rounds: list[Round] = []
     with function(config.latency_ms) as url:
         for round_ in range(1, config.repeat + 1):
