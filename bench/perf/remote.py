@@ -7,7 +7,8 @@ as soon as the last is answered, gets from it in ``seconds``. The dispatcher's r
 connections' worth of ``bench_remote`` events (``Remote(..., max_concurrency=N)`` and
 ``--concurrency N``), created while no dispatcher runs, then drained by one: from the first
 claim to the last write. Rounds alternate raw client and dispatcher so background load weighs
-on both alike.
+on both alike. Each also reports the CPU it spent: the raw client's per call (the bench
+process), the dispatcher's per event (its process, from the first claim to the last write).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from orchestrator import gcpolicy
 from orchestrator.bench.case import drained, monitor, settle, wait_until
 from orchestrator.bench.db import BenchError, Session
 from orchestrator.bench.dispatchers import Dispatchers, DispatcherSettings
@@ -37,11 +39,14 @@ READY_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True, slots=True)
 class Round:
-    """One round at ``connections``: the raw client's calls/s, then the dispatcher's."""
+    """One round at ``connections``: the raw client's calls/s, then the dispatcher's, and the
+    CPU each spent per call (ms; None where /proc cannot tell)."""
 
     connections: int
     raw_per_s: float
     dispatcher_per_s: float
+    raw_cpu_ms: float
+    dispatcher_cpu_ms: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +60,20 @@ class RemoteConfig:
 
 def run(config: RemoteConfig, session: Session, dsn: str, settings: DispatcherSettings,
         say: Callable[[str], None]) -> dict[str, Any]:
-    """Every round at every connection count; the figures by connection count (medians)."""
+    """Every round at every connection count; the figures by connection count (medians).
+    The raw client runs under the garbage-collection policy a dispatcher runs under
+    (``gcpolicy.tune``), so the yardstick is not the weaker of the two."""
+    gcpolicy.tune()
     rounds: list[Round] = []
     with function(config.latency_ms) as url:
         for round_ in range(1, config.repeat + 1):
             for n in config.connections:
                 say(f"remote round {round_}: raw client, {n} connections, {config.raw_s:g}s")
-                raw = raw_per_s(url, n, config.raw_s)
+                raw, raw_cpu = raw_per_s(url, n, config.raw_s)
                 say(f"remote round {round_}: one dispatcher, {n} connections, "
                     f"{config.events} events")
-                mine = dispatched_per_s(session, dsn, settings, url, n, config.events)
-                rounds.append(Round(n, raw, mine))
+                mine, cpu = dispatched_per_s(session, dsn, settings, url, n, config.events)
+                rounds.append(Round(n, raw, mine, raw_cpu, cpu))
     return {"latency_ms": config.latency_ms, "events": config.events,
             "by_connections": [_figures(n, [r for r in rounds if r.connections == n])
                                for n in config.connections]}
@@ -74,9 +82,12 @@ def run(config: RemoteConfig, session: Session, dsn: str, settings: DispatcherSe
 def _figures(connections: int, rounds: list[Round]) -> dict[str, Any]:
     raw = median(r.raw_per_s for r in rounds)
     mine = median(r.dispatcher_per_s for r in rounds)
+    cpu = [r.dispatcher_cpu_ms for r in rounds if r.dispatcher_cpu_ms is not None]
     return {"connections": connections, "raw_calls_per_s": round(raw, 1),
             "dispatcher_calls_per_s": round(mine, 1),
             "ratio": round(mine / raw, 3) if raw else 0.0,
+            "raw_cpu_ms_per_call": round(median(r.raw_cpu_ms for r in rounds), 3),
+            "dispatcher_cpu_ms_per_event": round(median(cpu), 3) if cpu else None,
             "rounds": [{"raw": round(r.raw_per_s, 1), "dispatcher": round(r.dispatcher_per_s, 1),
                         "ratio": round(r.dispatcher_per_s / r.raw_per_s, 3)
                         if r.raw_per_s else 0.0} for r in rounds]}
@@ -102,13 +113,16 @@ def function(latency_ms: float) -> Iterator[str]:
             proc.wait()
 
 
-def raw_per_s(url: str, connections: int, seconds: float) -> float:
+def raw_per_s(url: str, connections: int, seconds: float) -> tuple[float, float]:
     """Calls/s a raw aiohttp client gets from ``url`` over ``connections`` kept-alive
-    connections, each call sent as soon as the one before is answered."""
-    return asyncio.run(_raw(url, connections, seconds))
+    connections, each call sent as soon as the one before is answered; and the CPU this
+    process spent per call (ms)."""
+    began = time.process_time()
+    answered, per_s = asyncio.run(_raw(url, connections, seconds))
+    return per_s, (time.process_time() - began) * 1000 / max(answered, 1)
 
 
-async def _raw(url: str, connections: int, seconds: float) -> float:
+async def _raw(url: str, connections: int, seconds: float) -> tuple[int, float]:
     answered = 0
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -124,24 +138,28 @@ async def _raw(url: str, connections: int, seconds: float) -> float:
                 answered += 1
 
         await asyncio.gather(*(caller() for _ in range(connections)))
-        return answered / (time.monotonic() - began)
+        return answered, answered / (time.monotonic() - began)
 
 
 def dispatched_per_s(session: Session, dsn: str, settings: DispatcherSettings, url: str,
-                     connections: int, events: int) -> float:
+                     connections: int, events: int) -> tuple[float, float | None]:
     """Calls/s one dispatcher makes draining ``events`` bench_remote events through
-    ``connections`` connections."""
+    ``connections`` connections, and the CPU its process spent per event (ms; None off
+    Linux)."""
     mark = settle(session)
     session.run("insert_remote", {"count": events})
     env = {"BENCH_REMOTE_URL": url, "BENCH_REMOTE_CONNECTIONS": str(connections)}
     with monitor(dsn, session) as mon, Dispatchers(
-            dsn, 1, replace(settings, concurrency=connections), mon, env=env):
+            dsn, 1, replace(settings, concurrency=connections), mon, env=env) as running:
+        before = running.cpu_s()  # started and listening: what follows is the drain
         wait_until(lambda: drained(mon), what="remote calls")
+        after = running.cpu_s()
     row = session.run("remote_calls", mark)[0]
     seconds = float(row["seconds"] or 0.0)
     if int(row["events"]) != events:
         raise BenchError(f"remote case: {row['events']} of {events} calls done")
-    return events / seconds if seconds > 0 else 0.0
+    cpu = (after - before) * 1000 / events if before is not None and after is not None else None
+    return (events / seconds if seconds > 0 else 0.0), cpu
 
 
 def _free_port() -> int:

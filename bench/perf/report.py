@@ -45,6 +45,10 @@ def _remote_rows(out: Table, remote: dict[str, Any]) -> None:
         out.add_row(f"  ratio to the raw client (each round: "
                     f"{_rounds([x['ratio'] * 100 for x in case['rounds']])} %)",
                     f"{case['ratio']:.2f}")
+        cpu = case.get("dispatcher_cpu_ms_per_event")
+        out.add_row("  CPU ms per call: raw client / dispatcher (median)",
+                    f"{case['raw_cpu_ms_per_call']:.3f} / "
+                    + ("n/a" if cpu is None else f"{cpu:.3f}"))
 
 
 def _engine_rows(out: Table, r: dict[str, Any]) -> None:

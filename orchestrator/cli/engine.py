@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator import credentials, logs, schema
+from orchestrator import credentials, gcpolicy, logs, schema
 from orchestrator.app import Orchestrator, embedded_server, resolve_dsn
 from orchestrator.cli.common import (
     DataDir,
@@ -111,6 +111,7 @@ def run(
     with Orchestrator(settings, registry_from(settings)) as orch:
         dispatcher = orch.dispatcher(until_idle=until_idle)
         _stop_on_signals(dispatcher)
+        gcpolicy.tune()  # start-up is done: see gcpolicy
         started = time.monotonic()
         stats = dispatcher.run()
     elapsed = time.monotonic() - started

@@ -6,6 +6,7 @@ It checks that the bench keeps working, never how fast anything is.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -74,9 +75,14 @@ def test_a_tiny_remote_case_reports_the_raw_client_the_dispatcher_and_their_rati
         assert case["ratio"] == pytest.approx(
             case["dispatcher_calls_per_s"] / case["raw_calls_per_s"], abs=0.01)
         assert len(case["rounds"]) == 1
+        # CPU per call: the raw client's always; the dispatcher's on Linux (/proc).
+        assert case["raw_cpu_ms_per_call"] > 0
+        if sys.platform.startswith("linux"):
+            assert case["dispatcher_cpu_ms_per_event"] > 0
     console = Console(width=120, record=True)
     console.print(report.table(json.loads(done.stdout)))
-    assert "ratio to the raw client" in console.export_text()
+    text = console.export_text()
+    assert "ratio to the raw client" in text and "CPU ms per call" in text
 
 
 def test_the_remote_case_alone_needs_the_functions_latency(dsn: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator import gcpolicy
 from orchestrator.db import LISTEN_APPLICATION_NAME
 from tests.conftest import FAST
 from tests.support import database
@@ -21,12 +22,13 @@ from tests.support.processes import dispatcher, finish, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> \
-        subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+        python: tuple[str, ...] = ("-m", "orchestrator")) -> subprocess.CompletedProcess[str]:
+    """``orchestrator ARGS`` (``python``: what the interpreter runs to get there)."""
     environ = {k: v for k, v in os.environ.items()
                if not k.startswith("ORCHESTRATOR_") and k != "DATABASE_URL"}
     environ |= {f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in FAST.items()} | (env or {})
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=ROOT, env=environ,
+    return subprocess.run([sys.executable, *python, *args], cwd=ROOT, env=environ,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -92,6 +94,23 @@ def test_global_options_work_after_the_command(dsn: str, sql: Any) -> None:
     assert " INFO " not in done.stderr, done.stderr  # at INFO, each attempt logs a line
     failed = cli("status", "--dsn", "postgresql://nobody@127.0.0.1:1/x", "--debug")
     assert failed.returncode == 1 and "Traceback" in failed.stderr  # --debug took effect
+
+
+def test_run_tunes_garbage_collection_once_started(dsn: str, sql: Any) -> None:
+    # The process says, as it exits, how its collector was left (see orchestrator.gcpolicy).
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print('gc', gc.get_threshold()[0],"
+             " gc.get_freeze_count() > 0, file=sys.stderr))\n"
+             "from orchestrator.cli import main\n"
+             "main()\n")
+    sql("INSERT INTO jobs DEFAULT VALUES")
+    done = cli("run", "--until-idle", "--handlers", "tests.support.jobs", "--dsn", dsn,
+               python=("-c", probe))
+    assert done.returncode == 0, done.stderr
+    assert sql("SELECT status FROM jobs") == [("finished",)]
+    assert f"gc {gcpolicy.YOUNG_THRESHOLD} True" in done.stderr, done.stderr
+    untouched = cli("status", "--dsn", dsn, python=("-c", probe))  # only run tunes it
+    assert f"gc {gcpolicy.YOUNG_THRESHOLD}" not in untouched.stderr, untouched.stderr
 
 
 def test_a_bad_flag_value_is_a_usage_error() -> None:
