@@ -32,14 +32,16 @@ def tasks_db(dsn: str, sql: Any) -> Iterator[str]:
     yield dsn
 
 
-def run_two(dsn: str, sql: Any, tasks: str, **env: str) -> None:
-    """Two dispatcher processes, both listening before ``tasks`` (an INSERT) runs, stopped once
-    every task is done, so that both take part however slowly the second one starts."""
+def run_dispatchers(dsn: str, sql: Any, tasks: str, *, count: int = 2, concurrency: int = 8,
+                    **env: str) -> None:
+    """``count`` dispatcher processes, all listening before ``tasks`` (an INSERT) runs, stopped
+    once every task is done."""
     procs = [dispatcher(dsn, until_idle=False, handlers="tests.support.limited",
-                        concurrency="8", LIMITED_LOG_DSN=dsn, **env) for _ in range(2)]
+                        concurrency=str(concurrency), LIMITED_LOG_DSN=dsn, **env)
+             for _ in range(count)]
     try:
-        wait_for(lambda: listening(sql) == 2 or any(p.poll() is not None for p in procs),
-                 what="two dispatchers to listen")
+        wait_for(lambda: listening(sql) == count or any(p.poll() is not None for p in procs),
+                 what=f"{count} dispatchers to listen")
         sql(tasks)
         wait_for(lambda: sql("SELECT count(*) FROM tasks WHERE status <> 'done'") == [(0,)],
                  timeout_s=120, what="every task to be done")
@@ -67,19 +69,21 @@ def most_at_once(runs: list[tuple[Any, Any]]) -> int:
     return top
 
 
-def test_two_dispatchers_never_run_a_limited_handler_more_than_its_bound_at_once(
+def test_dispatchers_never_run_a_limited_handler_more_than_its_bound_at_once(
         tasks_db: str, sql: Any) -> None:
-    run_two(tasks_db, sql, "INSERT INTO tasks (sleep_s) SELECT 0.05 FROM generate_series(1, 24)")
+    # Three dispatchers that each run one handler at a time: two runs at once need two of
+    # them, and without the limit three would run at once.
+    run_dispatchers(tasks_db, sql, "INSERT INTO tasks (sleep_s)"
+                    " SELECT 0.05 FROM generate_series(1, 24)", count=3, concurrency=1)
     assert sql("SELECT status, count(*) FROM tasks GROUP BY 1") == [("done", 24)]
     runs = sql("SELECT started, finished FROM task_runs")
     assert len(runs) == 24
-    # The bound held, and was reached (or the test proved nothing).
+    # The bound held across processes, and was reached (or the test proved nothing).
     assert most_at_once(runs) == 2
     # Waiting used no attempt, and each event ran once.
     assert sql("SELECT max(attempt), count(DISTINCT event_id) FROM task_runs") == [(1, 24)]
     assert sql("SELECT waits > 0 FROM orchestrator.limits WHERE name = 'the_api'") == [(True,)]
-    # Both dispatchers took part.
-    assert sql("SELECT count(DISTINCT pid) FROM task_runs") == [(2,)]
+    assert sql("SELECT count(DISTINCT pid) >= 2 FROM task_runs") == [(True,)]
     # What an operator sees: status and the metrics' gauges.
     with Orchestrator(Settings.load(env={}, dsn=tasks_db), Registry([limited.tasks])) as orch:
         (seen,) = admin.status(orch.reports)["limits"]
@@ -93,8 +97,8 @@ def test_two_dispatchers_never_run_a_limited_handler_more_than_its_bound_at_once
 def test_a_rate_limit_spaces_the_starts_across_dispatchers(tasks_db: str, sql: Any) -> None:
     with psycopg.connect(tasks_db) as conn:  # the same workflow, with a rate of 10 a second
         install_workflows(conn, rate_limited(10.0))
-    run_two(tasks_db, sql, "INSERT INTO tasks (sleep_s) SELECT 0 FROM generate_series(1, 30)",
-            LIMITED_PER_S="10")
+    run_dispatchers(tasks_db, sql, "INSERT INTO tasks (sleep_s) SELECT 0 FROM"
+                    " generate_series(1, 30)", LIMITED_PER_S="10")
     starts = [row[0] for row in sql("SELECT started FROM task_runs ORDER BY started")]
     assert len(starts) == 30
     # A bucket of 10 tokens refilled at 10 a second: at most 20 starts within any second.

@@ -60,8 +60,9 @@ def start(event: Event, ctx: Context) -> Any:
     try:
         if event.attempt <= row["fail_times"]:
             raise RuntimeError(f"boom on attempt {event.attempt}")
-        if row["sleep_s"]:
-            time.sleep(row["sleep_s"])
+        if row["sleep_s"]:  # JOBS_LATER_EXTRA_S: later attempts take that much longer
+            extra = float(os.environ.get("JOBS_LATER_EXTRA_S", "0")) if event.attempt > 1 else 0
+            time.sleep(row["sleep_s"] + extra)
         if row["ret"] == "exit":
             os._exit(3)  # the handler takes its whole process down
         if row["ret"] == "retry" and event.attempt == 1:
