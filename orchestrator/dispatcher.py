@@ -302,7 +302,15 @@ class Dispatcher:
                 self._unwritten.append(started)
 
     def _admit(self, events: Sequence[Event]) -> list[Event]:
-        admitted, waited = limits.take_turns(events, self.registry, self.store, self.observer)
+        """The events that won their turn of their handlers' limits (all, without limits);
+        while the database is unreachable none starts (their claims are released once it is
+        back), also when they were handed over outside a guarded step."""
+        try:
+            admitted, waited = limits.take_turns(events, self.registry, self.store,
+                                                 self.observer)
+        except DatabaseUnavailable as exc:
+            self._db_failed(exc)
+            return []
         self.stats.waited += waited
         return admitted
 

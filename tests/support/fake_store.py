@@ -130,6 +130,8 @@ class FakeStore:
         self.failed_calls = 0
         self.lose_next_answer = False  # the next claim commits, but its answer never arrives
         self.lose_related = False  # the next read of related data meets the server gone
+        self.lose_admit = 0  # the admit call of this number (1: the first) meets the server gone
+        self.admits = 0
         self.in_use: list[str] = []  # the workflows a dispatcher started with
         self.definition_changed = False
         self.refuse: Callable[[Result], str | None] = lambda result: None
@@ -285,9 +287,14 @@ class FakeStore:
             return len(chosen)
 
     def admit(self, wanted: Any, *, wait_s: float) -> set[int]:
-        """Every event wins its turn: unit tests declare no fleet-wide limits (those are tested
-        on a real server, integration/test_limits.py)."""
-        return {i for ids in wanted.values() for i in ids}
+        """Every event wins its turn (the limits themselves are tested on a real server,
+        integration/test_limits.py); the call numbered ``lose_admit`` meets the server gone."""
+        with self._changed:
+            self._answer()
+            self.admits += 1
+            if self.admits == self.lose_admit:
+                raise DatabaseUnavailable("database error: server closed the connection")
+            return {i for ids in wanted.values() for i in ids}
 
     def has_open_events(self) -> bool:
         with self._changed:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import Context, Event, Next, Related, Workflow
+from orchestrator import Context, Event, Limit, Next, Related, Workflow
 from orchestrator.config import Settings
 from orchestrator.dispatcher import DEFINITION_CHECK_S, Dispatcher, Stats
 from orchestrator.errors import DefinitionError
@@ -363,6 +363,36 @@ def test_claims_whose_related_data_could_not_be_read_are_released_and_run_after_
         dispatcher.wake()
         loop.store.wait_until(lambda: loop.outcome(first) is APPLIED, "the event to run")
     assert attempts == [1]  # never started before the outage; given back uncounted
+
+
+def test_handed_over_events_that_could_not_win_their_limits_turn_run_after_the_outage(
+        ) -> None:
+    # The first handler writes through ctx.db, so its result is written in its own
+    # transaction, which hands the row's next event over; that event's turn of its limit is
+    # then taken as the server goes away.
+    wf = jobs()
+    runs: list[tuple[str, int]] = []
+
+    @wf.on_enter("new", limit=Limit(max_running=1))
+    def start(event: Event, ctx: Context) -> str:
+        ctx.db.append("effect")
+        runs.append(("start", event.attempt))
+        return "working"
+
+    @wf.on("new", "working", limit=Limit(max_running=1))
+    def finish(event: Event) -> str:
+        runs.append(("finish", event.attempt))
+        return "finished"
+
+    loop = Loop(wf, **NO_POLL)
+    loop.store.lose_admit = 2
+    first = loop.store.insert("jobs", "1")
+    with loop.running() as dispatcher:
+        loop.store.wait_until(lambda: loop.store.row("jobs", "1")["status"] == "finished",
+                              "the row to finish after the outage")
+    assert loop.outcome(first) is APPLIED
+    assert runs == [("start", 1), ("finish", 1)]  # the handed-over event started once
+    assert dispatcher.stats.lost == 0
 
 
 def test_a_result_lost_with_the_handlers_transaction_runs_again_after_the_outage() -> None:
