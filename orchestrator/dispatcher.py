@@ -302,12 +302,9 @@ class Dispatcher:
                 self._unwritten.append(started)
 
     def _admit(self, events: Sequence[Event]) -> list[Event]:
-        """The events that won their turn of their handlers' limits (all, without limits);
-        while the database is unreachable none starts (their claims are released once it is
-        back), also when they were handed over outside a guarded step."""
+        """The events that won their turn of their limits; none while the server is away."""
         try:
-            admitted, waited = limits.take_turns(events, self.registry, self.store,
-                                                 self.observer)
+            admitted, waited = limits.take_turns(events, self.registry, self.store, self.observer)
         except DatabaseUnavailable as exc:
             self._db_failed(exc)
             return []
