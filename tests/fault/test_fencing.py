@@ -50,8 +50,9 @@ def test_a_dispatcher_paused_past_its_lease_writes_nothing_when_it_wakes(
         # handler is in the middle of the work.
         os.kill(first.pid, signal.SIGSTOP)
         try:
-            # The take-over runs longer than what is left of the first's run, however long
-            # the stall: the first's handler ends while the second's claim is live.
+            # The stall may come between the first's claim and its handler's start (then both
+            # handlers start together on SIGCONT): the take-over runs longer than all of the
+            # first's run, so the first's handler ends while the second's claim is live.
             second = dispatcher(dsn, until_idle=False, JOBS_LATER_EXTRA_S="6", **settings)
             wait_for(lambda: held_by(sql, second) == 1, timeout_s=60,  # type: ignore[arg-type]
                      what="the second dispatcher to take the expired claim over")
