@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from orchestrator.db import one_line
 from orchestrator.errors import DefinitionError, NotMigrated
+from orchestrator.names import MAX_IDENTIFIER_BYTES
 from orchestrator.related import Related
 from orchestrator.routing import Values
 from orchestrator.sql import INSTALL, QUERIES
@@ -186,10 +187,6 @@ def related_query(rel: Related) -> sql.Composed:
         table=sql.Identifier(*rel.schema_table), column=sql.Identifier(column))
 
 
-# PostgreSQL keeps at most this many bytes of a name.
-MAX_NAME_BYTES = 63
-
-
 def trigger_name(wf: Workflow, suffix: str) -> str:
     """``orchestrator_<workflow>_<suffix>``; when that is longer than PostgreSQL keeps, its
     first 54 bytes (whole characters) and 8 hex digits of its SHA-256, so that two triggers of
@@ -197,9 +194,9 @@ def trigger_name(wf: Workflow, suffix: str) -> str:
     name has at most 30 bytes, so the cut never reaches the rank that orders captures."""
     name = f"orchestrator_{wf.name}_{suffix}"
     data = name.encode()
-    if len(data) <= MAX_NAME_BYTES:
+    if len(data) <= MAX_IDENTIFIER_BYTES:
         return name
-    head = data[:MAX_NAME_BYTES - 9].decode(errors="ignore")
+    head = data[:MAX_IDENTIFIER_BYTES - 9].decode(errors="ignore")
     return f"{head}_{hashlib.sha256(data).hexdigest()[:8]}"
 
 

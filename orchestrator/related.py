@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import DefinitionError
+from orchestrator.names import is_postgres_name
 
 KINDS = ("children", "parent", "query")
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
-# Longer identifiers PostgreSQL would cut; a related name is a JSON key and needs only to be
-# plain text.
-MAX_IDENTIFIER_BYTES = 63
+# A related name is a JSON key and needs only to be plain text.
 RELATED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -117,7 +116,7 @@ def checked(workflow: str, related: Mapping[str, Related]) -> dict[str, Related]
         schema, table = rel.schema_table
         for what, ident in (("schema", schema), ("table", table), ("column", rel.column),
                             ("key", rel.key or "id")):
-            if not ident or "\0" in ident or len(ident.encode()) > MAX_IDENTIFIER_BYTES:
+            if not is_postgres_name(ident):
                 raise DefinitionError(f"{where}: {what} {ident!r} is not a PostgreSQL name")
     return dict(related)
 

@@ -20,6 +20,7 @@ from transitions import Machine
 from transitions import Transition as TransitionsMove
 
 from orchestrator.errors import DefinitionError, IllegalTransition, RegistrationError
+from orchestrator.names import MAX_IDENTIFIER_BYTES, is_postgres_name
 from orchestrator.related import Related, checked
 from orchestrator.routing import Change, HandlerTable, Route, ValueCondition, values_of
 
@@ -55,8 +56,6 @@ TransitionSpec = Mapping[str, Any] | Sequence[Any]
 # fit PostgreSQL's 63 bytes ("orchestrator_<name>_capture_insert") or, cut for a long column
 # name, still sort the state column's capture first ("orchestrator_<name>_capture_0...").
 WORKFLOW_NAME = re.compile(r"[A-Za-z0-9_]{1,30}")
-# PostgreSQL cuts longer identifiers (tables, schemas, columns) to this many bytes.
-MAX_IDENTIFIER_BYTES = 63
 # Not state names: the empty name, and the wildcards of transitions ("*": every state, "=": the
 # source itself).
 RESERVED_STATE_NAMES = ("", "*", "=")
@@ -378,8 +377,8 @@ def _check_names(name: str, identifiers: Iterable[tuple[str, str]]) -> None:
         raise DefinitionError(f"workflow name {name!r} must be 1 to 30 ASCII letters, digits "
                               "and _")
     for what, identifier in identifiers:
-        size = len(identifier.encode())
-        if not identifier or "\0" in identifier or size > MAX_IDENTIFIER_BYTES:
+        if not is_postgres_name(identifier):
+            size = len(identifier.encode())
             raise DefinitionError(
                 f"workflow {name!r}: {what} {identifier!r} is not a PostgreSQL name (1 to "
                 f"{MAX_IDENTIFIER_BYTES} bytes, no zero byte; this one has {size})")
