@@ -161,7 +161,7 @@ class Store:
             conn.execute(QUERIES["index_plans"])
             conn.execute(QUERIES["write_settings"],
                          self._write_settings | {"quiet": "on" if quiet else "off"})
-            sent = [self._send(conn, kind, members)
+            sent = [self._send(conn, kind, [r for r, _ in members], [v for _, v in members])
                     for kind, members in _grouped(results, self._workflows, self._types).items()]
             if failed:
                 conn.execute(QUERIES["record_errors"], {
@@ -177,11 +177,12 @@ class Store:
         outcomes = {row[0]: Outcome(row[1]) for cur in sent for row in cur.fetchall()}
         return FinishReport(outcomes, [event_from_row(row) for row in handoff.fetchall()])
 
-    def _send(self, conn: psycopg.Connection[Any], kind: Kind, members: list[Result]
-              ) -> psycopg.Cursor[Any]:
+    def _send(self, conn: psycopg.Connection[Any], kind: Kind, members: list[Result],
+              rows: list[dict[str, Any]]) -> psycopg.Cursor[Any]:
         """One statement for all ``members``, over arrays of their columns in step: a retry,
         a finish writing nothing to the row (finish_many), or a write-back of one workflow and
-        set of columns. Its result set: (id, outcome) of each event still ours."""
+        set of columns, each member writing its ``rows`` values. Its result set: (id,
+        outcome) of each event still ours."""
         params: dict[str, Any] = {
             "dispatcher": self.dispatcher, "ids": [r.event.id for r in members],
             "attempts": [r.event.attempt for r in members],
@@ -194,7 +195,6 @@ class Store:
         if kind == PLAIN:
             return conn.execute(QUERIES["finish_many"], params)
         wf = self._workflows[kind[0]]
-        rows = [_assigned(r, wf) for r in members]
         params |= {
             "keys": [r.event.key for r in members],
             "stale_outcomes": [(Outcome.DEAD if r.status is EventStatus.DEAD
@@ -319,8 +319,7 @@ class Store:
         with self._conn() as conn:
             install.verify(conn, workflows)
             for wf in workflows:
-                self._types[wf.name] = dict(conn.execute(QUERIES["column_types"], {
-                    "schema": wf.schema, "table": wf.table}).fetchall())
+                self._types[wf.name] = install.column_types(conn, wf)
                 self._columns[wf.name] = frozenset(self._types[wf.name])
                 self._workflows[wf.name] = wf
 
@@ -334,6 +333,10 @@ class Store:
         return self._columns[workflow]
 
 
+# Column types a compare-and-set leaves out: no equality operator (json, xml).
+UNCOMPARED = frozenset({"json", "jsonb", "xml"})
+
+
 def _seen_columns(wf: Workflow, event: Event, types: Mapping[str, str]) -> tuple[str, ...]:
     """The columns whose values the write-back of ``event`` compares with those the event saw:
     the state column, and the column the event is about (a deadline timer's is the state
@@ -341,10 +344,6 @@ def _seen_columns(wf: Workflow, event: Event, types: Mapping[str, str]) -> tuple
     columns = [c for c in (wf.column, event.column) if c is not None]
     return tuple(c for c in dict.fromkeys(columns)
                  if types.get(c) not in UNCOMPARED and not types.get(c, "").endswith("]"))
-
-
-# Column types a compare-and-set leaves out: no equality operator (json, xml), or not worth it.
-UNCOMPARED = frozenset({"json", "jsonb", "xml"})
 
 
 def _matches(seen: Sequence[str], types: Mapping[str, str]) -> sql.Composable:
@@ -375,8 +374,6 @@ def _as_text(value: Any) -> str | None:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-
-
 # A batch's statement: workflow, assigned columns, the Python types of their values, and the
 # columns its compare-and-set compares.
 Kind = tuple[str, tuple[str, ...], tuple[type, ...], tuple[str, ...]]
@@ -385,23 +382,26 @@ PLAIN: Kind = ("", (), (), ())
 
 
 def _grouped(results: Sequence[Result], workflows: Mapping[str, Workflow],
-             types: Mapping[str, Mapping[str, str]]) -> dict[Kind, list[Result]]:
-    """Results by the statement that writes them: retries, finishes writing nothing to their
-    rows, and write-backs by workflow, assigned columns and the Python types of the values
-    (psycopg sends a list of values of one type only)."""
-    groups: dict[Kind, list[Result]] = {}
+             types: Mapping[str, Mapping[str, str]]
+             ) -> dict[Kind, list[tuple[Result, dict[str, Any]]]]:
+    """Results by the statement that writes them, each with the values it writes to its row:
+    retries, finishes writing nothing to their rows, and write-backs by workflow, assigned
+    columns, the Python types of the values (psycopg sends a list of values of one type only)
+    and the columns compared."""
+    groups: dict[Kind, list[tuple[Result, dict[str, Any]]]] = {}
     for r in results:
+        values: dict[str, Any] = {}
         if r.outcome is Outcome.RETRY:
             kind = RETRY
         elif r.next is None:
             kind = PLAIN
         else:
-            values = _assigned(r, workflows[r.event.workflow])
-            names = tuple(sorted(values))
             wf = workflows[r.event.workflow]
+            values = _assigned(r, wf)
+            names = tuple(sorted(values))
             kind = (wf.name, names, tuple(type(values[n]) for n in names),
                     _seen_columns(wf, r.event, types[wf.name]))
-        groups.setdefault(kind, []).append(r)
+        groups.setdefault(kind, []).append((r, values))
     return groups
 
 

@@ -58,9 +58,11 @@ WITH added AS (
 DELETE FROM orchestrator.limit_slots
 WHERE name = %(name)s AND slot > coalesce(%(max_running)s::integer, 0);
 
--- name: table_columns
--- A workflow names its table exactly (case and all): quoted here before the lookup.
-SELECT a.attname
+-- name: column_types
+-- The columns of a workflow's table and their types as casts name them (the dispatcher's
+-- write-back casts its arrays of values to these). A workflow names its table exactly (case
+-- and all): quoted here before the lookup.
+SELECT a.attname, format_type(a.atttypid, a.atttypmod)
 FROM pg_attribute a
 WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
   AND a.attnum > 0 AND NOT a.attisdropped;

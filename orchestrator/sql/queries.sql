@@ -144,14 +144,6 @@ RETURNING e.id, 'retry';
 INSERT INTO orchestrator.event_errors (event_id, attempt, error)
 SELECT * FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(errors)s::text[]);
 
--- name: column_types
--- The columns of a workflow's table and their types, as casts name them (write_back casts the
--- arrays of values to these).
-SELECT a.attname, format_type(a.atttypid, a.atttypmod)
-FROM pg_attribute a
-WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::text))
-  AND a.attnum > 0 AND NOT a.attisdropped;
-
 -- name: write_settings
 -- For a dispatcher's write-back transaction: a row lock held elsewhere (a long transaction)
 -- fails the write after a short wait instead of stalling every result in the batch; with quiet
