@@ -243,17 +243,22 @@ class Dispatcher:
     def _write_and_claim(self, now: float) -> None:
         if self._outage:
             self._recover(self._outage)
-        # Slots that answers freed take new events first, as many claims of a batch as they
-        # take; the results are written after, while the new handlers already run.
         if self._hand.can_start and not self._stopping.is_set():
             self._run(self._hand.next_ready())
-        while self._intake.ready(self._hand.taken, held=len(self._hand)) \
-                and not self._stopping.is_set():
-            self._take(self._intake.claim(self._hand.taken, held=len(self._hand)))
+        # Free slots take new events before the write-back, but one per result that moves its
+        # row: the write hands that row's next event over.
+        self._fill(keep=self._hand.moving)
         if self._hand.unwritten:
             self._write()
+            self._fill()
         for chore in self._chores:
             chore.run_if_due(now)
+
+    def _fill(self, *, keep: int = 0) -> None:
+        """Claim for the free slots but ``keep`` of them, a batch per claim."""
+        while not self._stopping.is_set() and self._intake.ready(
+                taken := self._hand.taken + keep, held=len(self._hand)):
+            self._take(self._intake.claim(taken, held=len(self._hand)))
 
     def _wait_s(self) -> float:
         now = self._clock()
@@ -433,8 +438,7 @@ class Dispatcher:
         if self._listener:
             self._listener.stop()
         deadline = self._clock() + self.settings.shutdown_grace_s
-        waiting = [e.id for e in self._hand.ready]  # claimed, never started: given back
-        self._hand.ready.clear()
+        waiting = self._hand.never_to_start()  # claimed, not started: given back below
         while (self._hand.running or self._hand.unwritten) and self._clock() < deadline:
             self._step()
         if leftover := [*self._hand.running, *waiting]:

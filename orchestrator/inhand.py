@@ -34,6 +34,12 @@ class InHand:
         return len(self.running) + len(self.ready)
 
     @property
+    def moving(self) -> int:
+        """Results to be written that move their row (a new state or values): their rows'
+        next events will likely be handed over by the write."""
+        return sum(1 for r in self.unwritten if r.next is not None)
+
+    @property
     def can_start(self) -> bool:
         """Whether a claimed event waits and a slot is free for it."""
         return bool(self.ready) and len(self.running) < self.concurrency
@@ -53,6 +59,12 @@ class InHand:
         """The waiting events that free slots take now, oldest first."""
         free = self.concurrency - len(self.running)
         return [self.ready.popleft() for _ in range(min(free, len(self.ready)))]
+
+    def never_to_start(self) -> list[int]:
+        """Empty ``ready`` (the dispatcher stops); the ids that were waiting."""
+        ids = [e.id for e in self.ready]
+        self.ready.clear()
+        return ids
 
     def claimed_ids(self) -> list[int]:
         """Every event this dispatcher holds the claim of (its lease must be kept)."""
