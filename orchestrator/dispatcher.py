@@ -245,20 +245,20 @@ class Dispatcher:
             self._recover(self._outage)
         if self._hand.can_start and not self._stopping.is_set():
             self._run(self._hand.next_ready())
-        # Free slots take new events before the write-back, but one per result that moves its
-        # row: the write hands that row's next event over.
-        self._fill(keep=self._hand.moving)
+        if not self._hand.moves_rows:  # else the write goes first: it hands rows' next events over
+            self._fill()
         if self._hand.unwritten:
             self._write()
             self._fill()
         for chore in self._chores:
             chore.run_if_due(now)
 
-    def _fill(self, *, keep: int = 0) -> None:
-        """Claim for the free slots but ``keep`` of them, a batch per claim."""
-        while not self._stopping.is_set() and self._intake.ready(
-                taken := self._hand.taken + keep, held=len(self._hand)):
-            self._take(self._intake.claim(taken, held=len(self._hand)))
+    def _fill(self) -> None:
+        """Claim for the free slots, a batch per claim (before a write that only records
+        outcomes, so that new handlers run during it)."""
+        while not self._stopping.is_set() and self._intake.ready(self._hand.taken, held=len(
+                self._hand)):
+            self._take(self._intake.claim(self._hand.taken, held=len(self._hand)))
 
     def _wait_s(self) -> float:
         now = self._clock()

@@ -3,10 +3,10 @@ events waiting for a slot.
 
 Only running attempts take one of the ``concurrency`` slots. An attempt's slot is free once its
 result is back: the result waits for the next group write while the next event's handler
-already runs, so a slot is not held through the write-back and the claim that follows it. An
-event this dispatcher claimed that finds no slot free (an event a write handed over while
-claims filled the slots) waits in ``ready`` and starts before anything new is claimed. Every
-event in hand stays claimed by this dispatcher, its lease renewed (``claimed_ids``).
+already runs. An event this dispatcher claimed that finds no slot free (an event a write
+handed over while claims filled the slots) waits in ``ready`` and starts before anything new
+is claimed. Every event in hand stays claimed by this dispatcher, its lease renewed
+(``claimed_ids``).
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ class InHand:
         return len(self.running) + len(self.ready)
 
     @property
-    def moving(self) -> int:
-        """Results to be written that move their row (a new state or values): their rows'
-        next events will likely be handed over by the write."""
-        return sum(1 for r in self.unwritten if r.next is not None)
+    def moves_rows(self) -> bool:
+        """Whether a result to be written moves its row (a new state or values): the write
+        will likely hand the row's next event over."""
+        return any(r.next is not None for r in self.unwritten)
 
     @property
     def can_start(self) -> bool:

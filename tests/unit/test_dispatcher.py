@@ -329,7 +329,7 @@ def test_a_slot_is_free_once_the_answer_is_back_while_its_write_back_waits() -> 
     assert running.most == 1
 
 
-def test_a_result_that_moves_its_row_keeps_its_slot_for_the_rows_next_step() -> None:
+def test_a_write_that_moves_rows_comes_before_new_claims_so_their_next_steps_run_first() -> None:
     wf = jobs()
     a_may_answer = threading.Event()
 
