@@ -1,12 +1,12 @@
-"""The dispatcher loop: wait for a message or a tick, claim, start, write finished results.
+"""The dispatcher loop: wait for a message or a tick, write finished results, claim, start.
 
 One thread owns the loop and every database write of the engine's own; handlers run on worker
 threads and report back through the inbox (the runner's Ran, Finished and Lost; a Wake when a
-NOTIFY arrives or the loop is asked to stop). A handler's slot is free once its result is in
-(inhand.py): the loop first fills the free slots (claims of a batch each), then writes the
-results together (group commit), so new handlers run during the write-back of the last ones.
-The events those writes create for the same rows are handed straight back to workers, or wait
-for a slot.
+NOTIFY arrives or the loop is asked to stop). Results that arrive while a write is under way
+are written together in the next one (group commit), and the events those writes create for
+the same rows are handed straight back to workers (or wait for a slot). A handler's slot is
+free once its result is in (inhand.py): when the results to write move no row, the loop claims
+for the free slots before it writes, so new handlers run during the write-back.
 
 What to claim, and when, is the Intake's (intake.py). While the database is unreachable the
 loop holds an Outage and tries again with backoff; results it could not write are kept and
