@@ -4,7 +4,9 @@ One thread owns the loop and every database write of the engine's own; handlers 
 threads and report back through the inbox (the runner's Ran, Finished and Lost; a Wake when a
 NOTIFY arrives or the loop is asked to stop). Results that arrive while a write is under way
 are written together in the next one (group commit), and the events those writes create for
-the same rows are handed straight back to workers.
+the same rows are handed straight back to workers (or wait for a slot). A handler's slot is
+free once its result is in (inhand.py): when the results to write move no row, the loop claims
+for the free slots before it writes, so new handlers run during the write-back.
 
 What to claim, and when, is the Intake's (intake.py). While the database is unreachable the
 loop holds an Outage and tries again with backoff; results it could not write are kept and
@@ -31,6 +33,7 @@ from orchestrator.credentials import PasswordProvider
 from orchestrator.db import Listener
 from orchestrator.errors import DatabaseUnavailable
 from orchestrator.events import Event
+from orchestrator.inhand import InHand
 from orchestrator.intake import Intake
 from orchestrator.logs import EventLog
 from orchestrator.observe import Observer, Observers
@@ -109,6 +112,21 @@ class Stats:
             case Outcome.DEAD:
                 self.dead += 1
 
+    def record(self, results: Sequence[Result], report: FinishReport,
+               observer: Observer) -> None:
+        """Count what a write recorded for ``results`` and tell ``observer`` (which logs each
+        attempt); a result the write did not record lost its claim meanwhile."""
+        rejected = {r.event.id for r, _ in report.rejected}
+        for result in results:
+            event = result.event
+            outcome = report.outcomes.get(event.id)
+            observer.finished(result, outcome)
+            if outcome is not None:
+                self.count(outcome)
+            elif event.id not in rejected:
+                self.lost += 1
+                log.warning("event %s: claim lost (lease expired?); outcome discarded", event.id)
+
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -153,8 +171,7 @@ class Dispatcher:
                               clock=clock)
         self._listener = (Listener(listen_dsn, self.wake, ping_s=settings.listen_ping_s,
                                    password=password) if listen_dsn else None)
-        self._in_flight: dict[int, Job] = {}
-        self._unwritten: list[Result] = []
+        self._hand = InHand(settings.concurrency)
         self._stopping = threading.Event()
         self._wake_queued = False
         self._intake = Intake(store, concurrency=settings.concurrency,
@@ -226,21 +243,32 @@ class Dispatcher:
     def _write_and_claim(self, now: float) -> None:
         if self._outage:
             self._recover(self._outage)
-        if self._unwritten:
+        if self._hand.can_start and not self._stopping.is_set():
+            self._run(self._hand.next_ready())
+        if not self._hand.moves_rows:  # else the write goes first: it hands rows' next events over
+            self._fill()
+        if self._hand.unwritten:
             self._write()
-        if self._intake.wanted and not self._stopping.is_set():
-            self._take(self._intake.claim(len(self._in_flight)))
+            self._fill()
         for chore in self._chores:
             chore.run_if_due(now)
+
+    def _fill(self) -> None:
+        """Claim for the free slots, a batch per claim (before a write that only records
+        outcomes, so that new handlers run during it)."""
+        while not self._stopping.is_set() and self._intake.ready(self._hand.taken, held=len(
+                self._hand)):
+            self._take(self._intake.claim(self._hand.taken, held=len(self._hand)))
 
     def _wait_s(self) -> float:
         now = self._clock()
         if self._outage and now < self._outage.retry_at:
             return self._outage.retry_at - now
-        if self._unwritten or self._intake.ready(len(self._in_flight)):
+        if self._hand.unwritten or self._hand.can_start or self._intake.ready(
+                self._hand.taken, held=len(self._hand)):
             return 0.0
         deadlines = [c.next_at for c in self._chores]
-        deadlines += [job.deadline for job in self._in_flight.values()]
+        deadlines += [job.deadline for job in self._hand.running.values()]
         return max(0.0, min(deadlines) - now)
 
     def _drain(self, timeout_s: float) -> Iterable[Message]:
@@ -256,11 +284,11 @@ class Dispatcher:
             case Wake():
                 self._wake_queued = False
                 self._intake.wanted = True
-            case Ran(result=result):
-                self._unwritten.append(result)
+            case Ran(job=job, result=result):
+                self._hand.answered(job, result)
             case Finished(job=job, result=result, report=report):
                 self._let_go(job.event.id)
-                self._count([result], report)
+                self.stats.record([result], report, self.observer)
                 self._after_write(report)
             case Lost(job=job, error=error):
                 # Its claim is released after reconnecting, and the event runs again.
@@ -269,7 +297,7 @@ class Dispatcher:
 
     def _let_go(self, event_id: int) -> None:
         """``event_id`` is no longer in hand; if it ran alone, others may run again."""
-        self._in_flight.pop(event_id, None)
+        self._hand.running.pop(event_id, None)
         self._intake.done(event_id)
 
     # -- taking work -------------------------------------------------------------------------
@@ -280,7 +308,7 @@ class Dispatcher:
 
     def _claim_timers(self) -> None:
         if not self._stopping.is_set():
-            self._take(self._intake.claim_timers(len(self._in_flight)))
+            self._take(self._intake.claim_timers(self._hand.taken))
 
     def _take(self, events: Sequence[Event]) -> None:
         self.stats.claimed += len(events)
@@ -293,13 +321,17 @@ class Dispatcher:
                 log.warning("stopping: released %d events claimed as the stop came", released)
             return
         self.observer.claimed(events)
+        self._run(self._hand.wait_for_slots(events))
+
+    def _run(self, events: Sequence[Event]) -> None:
+        """Start ``events``, each with a slot of its own."""
         now = self._clock()
         for event in self._with_related(self._admit(events)):
             started = self._runner.start(event, now)
             if isinstance(started, Job):
-                self._in_flight[event.id] = started
+                self._hand.running[event.id] = started
             else:
-                self._unwritten.append(started)
+                self._hand.unwritten.append(started)
 
     def _admit(self, events: Sequence[Event]) -> list[Event]:
         """The events that won their turn of their limits; none while the server is away."""
@@ -325,7 +357,7 @@ class Dispatcher:
             self._db_failed(exc)
             return []
         for event, error in failed:
-            self._unwritten.append(
+            self._hand.unwritten.append(
                 self._runner.failure(event, self.registry.route(event), str(error)))
         read = {e.id: e for e in ready}
         gone = {e.id for e, _ in failed}
@@ -334,21 +366,21 @@ class Dispatcher:
     # -- writing results ---------------------------------------------------------------------
 
     def _write(self) -> None:
-        batch, self._unwritten = self._unwritten, []
+        batch, self._hand.unwritten = self._hand.unwritten, []
         try:
             report = self.store.finish(batch)
         except DatabaseUnavailable:
-            self._unwritten = batch + self._unwritten
+            self._hand.unwritten = batch + self._hand.unwritten
             raise
         for result in batch:
             self._let_go(result.event.id)
-        self._count(batch, report)
+        self.stats.record(batch, report, self.observer)
         self._after_write(report)
 
     def _after_write(self, report: FinishReport) -> None:
         for result, error in report.rejected:
             spec = self.registry.route(result.event)
-            self._unwritten.append(
+            self._hand.unwritten.append(
                 self._runner.failure(result.event, spec, f"write-back failed: {error}"))
         self.stats.handed_off += len(report.handoffs)
         if self._intake.takes_handoffs:
@@ -356,25 +388,13 @@ class Dispatcher:
         elif report.handoffs:
             self.store.release([e.id for e in report.handoffs])  # others take these
 
-    def _count(self, results: Sequence[Result], report: FinishReport) -> None:
-        rejected = {r.event.id for r, _ in report.rejected}
-        for result in results:
-            event = result.event
-            outcome = report.outcomes.get(event.id)
-            self.observer.finished(result, outcome)  # logs it (logs.EventLog), counts it
-            if outcome is not None:
-                self.stats.count(outcome)
-            elif event.id not in rejected:
-                self.stats.lost += 1
-                log.warning("event %s: claim lost (lease expired?); outcome discarded", event.id)
-
     def _expire(self, now: float) -> None:
-        for job in list(self._in_flight.values()):
+        for job in list(self._hand.running.values()):
             if now >= job.deadline and (result := self._runner.expire(job)) is not None:
                 self.stats.timed_out += 1
                 log.warning("event %s: handler %s timed out after %gs", job.event.id,
                             job.spec.name, job.timeout_s)
-                self._unwritten.append(result)
+                self._hand.unwritten.append(result)
 
     # -- chores ------------------------------------------------------------------------------
 
@@ -382,12 +402,11 @@ class Dispatcher:
         self.store.verify_workflows(list(self.registry.workflows.values()))
 
     def _heartbeat(self) -> None:
-        ids = list(self._in_flight) + [r.event.id for r in self._unwritten]
-        if ids:
+        if ids := self._hand.claimed_ids():
             self.store.extend_leases(ids)
 
     def _idle(self) -> bool:
-        if self._in_flight or self._unwritten or self._intake.wanted or self._outage:
+        if self._hand or self._intake.wanted or self._outage:
             return False
         return not self._guarded(self.store.has_open_events, default=True)
 
@@ -407,7 +426,7 @@ class Dispatcher:
 
     def _recover(self, outage: Outage) -> None:
         """After a failure: give back claims whose handover was lost, then catch up."""
-        released = self.store.release(all_but=list(self._in_flight))
+        released = self.store.release(all_but=self._hand.claimed_ids())
         if released:
             log.info("released %d claims lost in the database failure", released)
         log.info("database reachable again after %d failed tries", outage.failures)
@@ -419,11 +438,11 @@ class Dispatcher:
         if self._listener:
             self._listener.stop()
         deadline = self._clock() + self.settings.shutdown_grace_s
-        while (self._in_flight or self._unwritten) and self._clock() < deadline:
+        waiting = self._hand.never_to_start()  # claimed, not started: given back below
+        while (self._hand.running or self._hand.unwritten) and self._clock() < deadline:
             self._step()
-        leftover = list(self._in_flight)
-        if leftover:
+        if leftover := [*self._hand.running, *waiting]:
             count = self._guarded(self.store.release, leftover, default=0)
             log.warning("stopped with %d handlers still running; released %d events",
-                        len(leftover), count)
+                        len(self._hand.running), count)
         self._runner.stop()

@@ -55,19 +55,21 @@ class Intake:
     def _limit(self, in_hand: int) -> int:
         return min(self._batch_size, self._concurrency - in_hand)
 
-    def ready(self, in_hand: int) -> bool:
-        """Whether a claim now may take something, with ``in_hand`` events running."""
+    def ready(self, in_hand: int, *, held: int) -> bool:
+        """Whether a claim now may take something, with ``in_hand`` slots taken and ``held``
+        events in hand (results not yet written included)."""
         if not self.wanted or self._limit(in_hand) <= 0:
             return False
         match self.mode:
             case Solo():
                 return False
             case Draining():
-                return in_hand == 0
+                return held == 0
         return True
 
-    def claim(self, in_hand: int) -> list[Event]:
-        """The next events to run: a batch, or in Draining with nothing in hand, one suspect."""
+    def claim(self, in_hand: int, *, held: int) -> list[Event]:
+        """The next events to run: a batch for the ``in_hand`` slots taken, or in Draining with
+        nothing ``held`` (results not yet written included), one suspect."""
         limit = self._limit(in_hand)
         if limit <= 0:
             return []
@@ -75,7 +77,7 @@ class Intake:
             case Solo():
                 return []
             case Draining():
-                return [] if in_hand else self._claim_suspect()
+                return [] if held else self._claim_suspect()
         events = self._store.claim(limit)
         self.wanted = len(events) == limit
         return events

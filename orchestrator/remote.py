@@ -97,7 +97,7 @@ class Remote:
             payload = hasura.request_body(event, ctx, self.trigger, trace)
         else:
             payload = request_body(event, timeout_s, trace)
-        body = json.dumps(payload, default=str).encode()
+        body = _ENCODER.encode(payload).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": event.idempotency_key,
                    "traceparent": trace,
                    signing.HEADER: signing.sign(body, self.secrets())}
@@ -192,8 +192,8 @@ def outcome(status: int, headers: Mapping[str, str], content: bytes, where: str,
     if not 200 <= status < 300:
         text = content[:200].decode(errors="replace").strip()
         raise RemoteHandlerError(f"{where} answered HTTP {status}" + (f": {text}" if text else ""))
-    try:
-        answer = json.loads(content, parse_constant=_not_finite, parse_float=_finite)
+    try:  # what json.loads does with bytes, with one decoder for every answer
+        answer = _DECODER.decode(content.decode(json.detect_encoding(content), "surrogatepass"))
     except ValueError as exc:
         why = str(exc) if isinstance(exc, NotFinite) else "without valid JSON"
         raise RemoteHandlerError(f"{where} answered {status} {why}") from None
@@ -233,6 +233,12 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise NotFinite(f"with {text[:20]}: only finite numbers are accepted")
     return value
+
+
+# One encoder and one decoder for every call: json.dumps and json.loads with options build
+# theirs again each time.
+_ENCODER = json.JSONEncoder(default=str)
+_DECODER = json.JSONDecoder(parse_constant=_not_finite, parse_float=_finite)
 
 
 def traceparent(event: Event) -> str:

@@ -53,13 +53,15 @@ class Client:
 
     def __init__(self, url: str, *, max_connections: int, headers: Mapping[str, str],
                  proxy: str | None = None) -> None:
+        self._proxy = proxy or environment_proxy(url)
         # The trust store httpx uses: certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR when set.
+        # Reading it takes tens of milliseconds on the loop: only where TLS may be spoken.
+        tls = any(u and urlsplit(u).scheme == "https" for u in (url, self._proxy))
         connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections,
-                                         ssl=httpx.create_ssl_context())
+                                         ssl=httpx.create_ssl_context() if tls else True)
         self._session = aiohttp.ClientSession(
             connector=connector, headers=dict(headers), cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=("User-Agent",))
-        self._proxy = proxy or environment_proxy(url)
 
     async def post(self, url: str, *, content: bytes, headers: Mapping[str, str],
                    timeout_s: float, max_bytes: int) -> Answer:

@@ -270,6 +270,123 @@ def test_a_suspect_event_runs_alone_once_the_work_in_hand_is_done(gate: threadin
     assert loop.store.status(suspect) == (DONE, APPLIED, 2)
 
 
+class Running:
+    """The handlers running now, and the most that ever ran at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now: set[str] = set()
+        self.ran: list[str] = []
+        self.most = 0
+
+    @contextmanager
+    def one(self, key: str) -> Iterator[None]:
+        with self._lock:
+            self.now.add(key)
+            self.most = max(self.most, len(self.now))
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.now.discard(key)
+                self.ran.append(key)
+
+
+def test_a_slot_is_free_once_the_answer_is_back_while_its_write_back_waits() -> None:
+    wf = jobs()
+    a_may_answer, write_may_go = threading.Event(), threading.Event()
+    running = Running()
+
+    @wf.on_enter("new")
+    def look(event: Event) -> None:  # the row stays where it is: nothing to hand over
+        with running.one(event.key):
+            if event.key == "a":
+                a_may_answer.wait(10)
+
+    loop = Loop(wf, concurrency=1, **NO_POLL)
+    finish = loop.store.finish
+
+    def held_finish(results: Any, **kwargs: Any) -> Any:
+        if any(r.event.key == "a" for r in results):
+            write_may_go.wait(10)
+        return finish(results, **kwargs)
+
+    loop.store.finish = held_finish  # type: ignore[method-assign]
+    a = loop.store.insert("jobs", "a")
+    try:
+        with loop.running():
+            loop.store.wait_until(lambda: running.now == {"a"}, "a to run")
+            b = loop.store.insert("jobs", "b")  # no slot free: b waits, claimed or not
+            a_may_answer.set()
+            loop.store.wait_until(lambda: "b" in running.ran, "b to run")
+            assert loop.outcome(a) is None  # b ran while a's write-back still waited
+            write_may_go.set()
+            loop.store.wait_until(lambda: loop.outcome(a) is loop.outcome(b) is Outcome.NOOP,
+                                  "both written")
+    finally:
+        a_may_answer.set()
+        write_may_go.set()
+    assert running.most == 1
+
+
+def test_a_write_that_moves_rows_comes_before_new_claims_so_their_next_steps_run_first() -> None:
+    wf = jobs()
+    a_may_answer = threading.Event()
+
+    @wf.on_enter("new")
+    def start(event: Event) -> str:
+        if event.key == "a":
+            a_may_answer.wait(10)
+        return "working"
+
+    @wf.on_enter("working")
+    def settle(event: Event) -> None:
+        return None
+
+    loop = Loop(wf, concurrency=1, **NO_POLL)
+    a = loop.store.insert("jobs", "a")
+    with loop.running():
+        loop.store.wait_until(lambda: loop.running_now(a), "a to run")
+        b = loop.store.insert("jobs", "b")
+        a_may_answer.set()
+        loop.store.wait_until(lambda: all(r.status is DONE for r in loop.store.events.values())
+                              and len(loop.store.events) == 4, "both rows to settle")
+    a_next = next(r.event.id for r in loop.store.events.values()
+                  if r.event.key == "a" and r.event.new_value == "working")
+    # a's next step, handed over by a's write, ran before b was claimed.
+    assert loop.store.history.index(("claim", a_next)) < loop.store.history.index(("claim", b))
+
+
+def test_an_event_handed_over_while_claims_fill_the_slots_waits_for_one(
+        gate: threading.Event) -> None:
+    wf = jobs()
+    a_may_answer = threading.Event()
+    running = Running()
+
+    @wf.on_enter("new")
+    def look(event: Event) -> None:  # the row stays: its slot is not kept for a hand-over
+        with running.one(event.key):
+            (a_may_answer if event.key == "a" else gate).wait(10)
+
+    loop = Loop(wf, concurrency=1, **NO_POLL)
+    a = loop.store.insert("jobs", "a")
+    with loop.running() as dispatcher:
+        loop.store.wait_until(lambda: running.now == {"a"}, "a to run")
+        loop.store.update("jobs", "a", note="changed")  # a's next event, held behind a
+        b = loop.store.insert("jobs", "b")
+        a_may_answer.set()  # a's slot goes to b; a's write then hands a's next event over
+        loop.store.wait_until(lambda: loop.outcome(a) is Outcome.NOOP and running.now == {"b"},
+                              "a written while b runs")
+        loop.store.wait_until(lambda: len(dispatcher._hand.ready) == 1,
+                              "a's next event to wait for a slot")
+        assert running.now == {"b"}
+        gate.set()
+        loop.store.wait_until(lambda: loop.outcome(b) is Outcome.NOOP and all(
+            r.status is DONE for r in loop.store.events.values()), "everything to run")
+    assert running.most == 1
+    assert not [i for op, i in loop.store.history if op == "release"]
+
+
 def test_a_stop_finishes_the_work_in_hand_and_releases_the_rest_uncounted(
         gate: threading.Event) -> None:
     wf = jobs()
