@@ -168,6 +168,7 @@ class Store:
                     "ids": [r.event.id for r in failed],
                     "attempts": [r.event.attempt for r in failed],
                     "errors": [r.error for r in failed]})
+            conn.execute(QUERIES["hand_over_plans"])
             handoff = conn.cursor(row_factory=dict_row).execute(QUERIES["claim_next_of_rows"], {
                 "dispatcher": self.dispatcher, "lease_s": self.lease_s,
                 "workflows": [e.workflow for e in finished], "keys": [e.key for e in finished],

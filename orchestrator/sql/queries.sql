@@ -152,26 +152,30 @@ SELECT set_config('orchestrator.quiet', %(quiet)s, true),
        set_config('lock_timeout', %(lock_timeout)s, true);
 
 -- name: claim_settings
--- For a claim's transaction: index plans, planned once (see index_plans), and no wait for the
--- commit to reach the disk. A claim is only a lease: if the server crashed before the claim's
+-- For a claim's transaction: index plans (see index_plans), and no wait for the commit to
+-- reach the disk. A claim is only a lease: if the server crashed before the claim's
 -- WAL were written, the event would be pending again, as if never claimed, and the handler's
 -- write-back (its own commit durable, after the claim's in the WAL) fenced out; so the commit
 -- need not be waited for, and an idle system's latency does not pay for two disk flushes per
 -- event, only for the write-back's.
-SELECT set_config('enable_seqscan', 'off', true), set_config('synchronous_commit', 'off', true),
-       set_config('plan_cache_mode', 'force_generic_plan', true);
+SELECT set_config('enable_seqscan', 'off', true), set_config('synchronous_commit', 'off', true);
 
 -- name: index_plans
 -- The engine's own statements reach their rows through indexes; say so to the planner for this
 -- transaction. psycopg prepares them, and PostgreSQL keeps a generic plan: one made while a
 -- table looked nearly empty (a fresh install, after a purge, right after ANALYZE of a quiet
 -- table) stays a sequential scan as the table grows, and every write-back then reads the whole
--- events table. And the generic plan is always used: left to choose, PostgreSQL plans a
--- statement afresh at every execution for as long as its custom plans look cheaper than the
--- generic one, and the hand-over claim (claim_next_of_rows) cost several times more to plan
--- than to run. LOCAL: a handler's own queries are never affected.
-SELECT set_config('enable_seqscan', 'off', true),
-       set_config('plan_cache_mode', 'force_generic_plan', true);
+-- events table. LOCAL: a handler's own queries are never affected.
+SELECT set_config('enable_seqscan', 'off', true);
+
+-- name: hand_over_plans
+-- For the hand-over claim (claim_next_of_rows), the last statement of a write-back's
+-- transaction: its generic plan, always. Left to choose, PostgreSQL planned it afresh at every
+-- write-back (its custom plans looked cheaper), for longer than it ran; its generic plan is
+-- safe whatever the batch (the ids come first, then an index lookup each). Not for the other
+-- statements: a generic plan knows no array's length, and one of finish_many's, made for ten
+-- elements, took seconds a batch while thousands of events were running.
+SELECT set_config('plan_cache_mode', 'force_generic_plan', true);
 
 -- name: extend_leases
 -- The heartbeat: a dispatcher keeps the events it is still working on.
