@@ -42,7 +42,6 @@ from orchestrator.registry import Registry
 from orchestrator.retention import ARCHIVE_EVERY_S, PRUNE_EVERY_S, Retention
 from orchestrator.runner import Clock, Finished, Job, Lost, Ran, Report, Runner
 from orchestrator.verbs import EventQueue
-from orchestrator.writer import Written, writer_for
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ class Wake:
 
 
 WAKE = Wake()
-Message = Wake | Report | Written
+Message = Wake | Report
 
 
 @dataclass(slots=True)
@@ -149,9 +148,11 @@ class Chore:
 
 class Dispatcher:
     """Claims events and runs their handlers until stopped (or, with ``until_idle``, until no
-    event is pending or running anywhere). ``run`` returns the Stats. ``listen_dsn``: where to
-    LISTEN for new events (None: poll only). ``clock``: the monotonic time the loop schedules
-    by (tests pass their own)."""
+    event is pending or running anywhere). ``run`` returns the Stats.
+
+    ``listen_dsn``: where to LISTEN for new events (None: poll only). ``clock``: the monotonic
+    time the loop schedules by (tests pass their own).
+    """
 
     def __init__(self, registry: Registry, store: EventQueue, settings: Settings, *,
                  listen_dsn: str | None, until_idle: bool = False,
@@ -168,11 +169,9 @@ class Dispatcher:
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self._runner = Runner(registry, store, settings, self._inbox.put, self.observer,
                               clock=clock)
-        #: The LISTEN connection (None when there is none), for health reports.
-        self.listener = (Listener(listen_dsn, self.wake, ping_s=settings.listen_ping_s,
+        self._listener = (Listener(listen_dsn, self.wake, ping_s=settings.listen_ping_s,
                                    password=password) if listen_dsn else None)
         self._hand = InHand(settings.concurrency)
-        self._writer = writer_for(settings, store, self._inbox.put)
         self._stopping = threading.Event()
         self._wake_queued = False
         self._intake = Intake(store, concurrency=settings.concurrency,
@@ -193,6 +192,11 @@ class Dispatcher:
             Chore(ARCHIVE_EVERY_S, retention.archive, now),
             Chore(PRUNE_EVERY_S, retention.prune, now, first_s=lease_s / 3),
         ]
+
+    @property
+    def listener(self) -> Listener | None:
+        """The LISTEN connection (None when there is none), for health reports."""
+        return self._listener
 
     # -- control, from any thread ------------------------------------------------------------
 
@@ -216,8 +220,8 @@ class Dispatcher:
         of the workflows, at the start or when a later check finds them changed.
         """
         self.store.use_workflows(list(self.registry.workflows.values()))
-        if self.listener:
-            self.listener.start()
+        if self._listener:
+            self._listener.start()
         try:
             while not self._stopping.is_set():
                 self._step()
@@ -238,29 +242,30 @@ class Dispatcher:
 
     def _write_and_claim(self, now: float) -> None:
         if self._outage:
-            if self._writer.busy:  # the hand-overs of a write under way are not to be released
-                return
             self._recover(self._outage)
         if self._hand.can_start and not self._stopping.is_set():
             self._run(self._hand.next_ready())
-        if self._writer.takes(len(self._hand.unwritten)):
-            self._writer.write(self._hand.send())
-        while not self._stopping.is_set() and self._claimable():
-            self._take(self._intake.claim(self._hand.taken + self._hand.moving,
-                                          held=len(self._hand)))
+        if not self._hand.moves_rows:  # else the write goes first: it hands rows' next events over
+            self._fill()
+        if self._hand.unwritten:
+            self._write()
+            self._fill()
         for chore in self._chores:
             chore.run_if_due(now)
 
-    def _claimable(self) -> bool:
-        """Whether a claim may take something: free slots, less those moving rows want."""
-        return self._intake.ready(self._hand.taken + self._hand.moving, held=len(self._hand))
+    def _fill(self) -> None:
+        """Claim for the free slots, a batch per claim (before a write that only records
+        outcomes, so that new handlers run during it)."""
+        while not self._stopping.is_set() and self._intake.ready(self._hand.taken, held=len(
+                self._hand)):
+            self._take(self._intake.claim(self._hand.taken, held=len(self._hand)))
 
     def _wait_s(self) -> float:
         now = self._clock()
-        if self._outage and not self._writer.busy:
-            return max(0.0, self._outage.retry_at - now)
-        if not self._outage and (self._writer.takes(len(self._hand.unwritten))
-                                 or self._hand.can_start or self._claimable()):
+        if self._outage and now < self._outage.retry_at:
+            return self._outage.retry_at - now
+        if self._hand.unwritten or self._hand.can_start or self._intake.ready(
+                self._hand.taken, held=len(self._hand)):
             return 0.0
         deadlines = [c.next_at for c in self._chores]
         deadlines += [job.deadline for job in self._hand.running.values()]
@@ -281,8 +286,6 @@ class Dispatcher:
                 self._intake.wanted = True
             case Ran(job=job, result=result):
                 self._hand.answered(job, result)
-            case Written():
-                self._written(message)
             case Finished(job=job, result=result, report=report):
                 self._let_go(job.event.id)
                 self.stats.record([result], report, self.observer)
@@ -362,18 +365,17 @@ class Dispatcher:
 
     # -- writing results ---------------------------------------------------------------------
 
-    def _written(self, written: Written) -> None:
-        """The Writer is back: the batch's events leave our hands (or wait for the database)."""
-        self._writer.taken()
-        self._hand.sent(written.batch, written=written.report is not None)
-        if written.report is None:
-            if not isinstance(written.error, DatabaseUnavailable):
-                raise written.error or RuntimeError("a write came back with no report")
-            return self._db_failed(written.error)
-        for result in written.batch:
+    def _write(self) -> None:
+        batch, self._hand.unwritten = self._hand.unwritten, []
+        try:
+            report = self.store.finish(batch)
+        except DatabaseUnavailable:
+            self._hand.unwritten = batch + self._hand.unwritten
+            raise
+        for result in batch:
             self._let_go(result.event.id)
-        self.stats.record(written.batch, written.report, self.observer)
-        self._guarded(self._after_write, written.report)
+        self.stats.record(batch, report, self.observer)
+        self._after_write(report)
 
     def _after_write(self, report: FinishReport) -> None:
         for result, error in report.rejected:
@@ -387,9 +389,12 @@ class Dispatcher:
             self.store.release([e.id for e in report.handoffs])  # others take these
 
     def _expire(self, now: float) -> None:
-        timed_out = self._runner.expire_due(list(self._hand.running.values()), now)
-        self.stats.timed_out += len(timed_out)
-        self._hand.unwritten += timed_out
+        for job in list(self._hand.running.values()):
+            if now >= job.deadline and (result := self._runner.expire(job)) is not None:
+                self.stats.timed_out += 1
+                log.warning("event %s: handler %s timed out after %gs", job.event.id,
+                            job.spec.name, job.timeout_s)
+                self._hand.unwritten.append(result)
 
     # -- chores ------------------------------------------------------------------------------
 
@@ -430,16 +435,12 @@ class Dispatcher:
 
     def _shutdown(self) -> None:
         self._stopping.set()
-        if self.listener:
-            self.listener.stop()
+        if self._listener:
+            self._listener.stop()
         deadline = self._clock() + self.settings.shutdown_grace_s
         waiting = self._hand.never_to_start()  # claimed, not started: given back below
-        while ((self._hand.running or self._hand.unwritten or self._writer.busy)
-               and self._clock() < deadline):
+        while (self._hand.running or self._hand.unwritten) and self._clock() < deadline:
             self._step()
-        self._writer.stop()
-        for message in self._drain(0):  # the last batch's Written, results that came late
-            self._accept(message)
         if leftover := [*self._hand.running, *waiting]:
             count = self._guarded(self.store.release, leftover, default=0)
             log.warning("stopped with %d handlers still running; released %d events",

@@ -26,7 +26,6 @@ class InHand:
         self.concurrency = concurrency
         self.running: dict[int, Job] = {}  #: attempts under way, each holding a slot
         self.unwritten: list[Result] = []  #: results for the next write
-        self.writing: dict[int, Result] = {}  #: results being written, by event id
         self.ready: deque[Event] = deque()  #: claimed, waiting for a slot
 
     @property
@@ -35,12 +34,10 @@ class InHand:
         return len(self.running) + len(self.ready)
 
     @property
-    def moving(self) -> int:
-        """Results to be written or being written that move their rows (a new state or
-        values): their writes will likely hand those rows' next events over, each wanting a
-        slot, so claims leave that many free."""
-        return sum(1 for results in (self.unwritten, self.writing.values())
-                   for r in results if r.next is not None)
+    def moves_rows(self) -> bool:
+        """Whether a result to be written moves its row (a new state or values): the write
+        will likely hand the row's next event over."""
+        return any(r.next is not None for r in self.unwritten)
 
     @property
     def can_start(self) -> bool:
@@ -51,20 +48,6 @@ class InHand:
         """``job``'s handler came to ``result``: its slot is free, its result written next."""
         self.running.pop(job.event.id, None)
         self.unwritten.append(result)
-
-    def send(self) -> list[Result]:
-        """The results to be written, now being written."""
-        batch, self.unwritten = self.unwritten, []
-        self.writing.update((r.event.id, r) for r in batch)
-        return batch
-
-    def sent(self, batch: Sequence[Result], *, written: bool) -> None:
-        """``batch`` is no longer being written: it was, or (not ``written``) it waits to be
-        written again, before the results that came meanwhile."""
-        for result in batch:
-            self.writing.pop(result.event.id, None)
-        if not written:
-            self.unwritten = [*batch, *self.unwritten]
 
     def wait_for_slots(self, events: Sequence[Event]) -> list[Event]:
         """Of ``events`` (claimed, in order), those a free slot takes now; the rest wait in
@@ -85,9 +68,9 @@ class InHand:
 
     def claimed_ids(self) -> list[int]:
         """Every event this dispatcher holds the claim of (its lease must be kept)."""
-        return [*self.running, *(r.event.id for r in self.unwritten), *self.writing,
+        return [*self.running, *(r.event.id for r in self.unwritten),
                 *(e.id for e in self.ready)]
 
     def __len__(self) -> int:
-        """Events in hand: running, to be written or being written, or waiting for a slot."""
-        return len(self.running) + len(self.unwritten) + len(self.writing) + len(self.ready)
+        """Events in hand: running, to be written, or waiting for a slot."""
+        return len(self.running) + len(self.unwritten) + len(self.ready)

@@ -16,7 +16,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -165,17 +165,6 @@ class Runner:
         else:
             self._workers.submit(job)
         return job
-
-    def expire_due(self, jobs: Sequence[Job], now: float) -> list[Result]:
-        """Abandon the jobs of ``jobs`` past their deadline at ``now`` whose handlers still
-        run; their failed attempts' Results (each logged)."""
-        timed_out = []
-        for job in jobs:
-            if now >= job.deadline and (result := self.expire(job)) is not None:
-                log.warning("event %s: handler %s timed out after %gs", job.event.id,
-                            job.spec.name, job.timeout_s)
-                timed_out.append(result)
-        return timed_out
 
     def expire(self, job: Job) -> Result | None:
         """Abandon ``job`` if its handler is still running; the failed attempt's Result."""

@@ -159,7 +159,7 @@ def running(settings: Settings) -> Iterator[Dispatcher]:
         thread = threading.Thread(target=worker.run)
         thread.start()
         try:
-            wait_for(lambda: worker.listener is not None and worker.listener.up,
+            wait_for(lambda: worker._listener is not None and worker._listener.up,
                      what="LISTEN")
             yield worker
         finally:
@@ -187,7 +187,7 @@ def test_a_terminated_listen_connection_is_replaced(
     with running(settings) as worker:
         old = listener_pid(dsn)
         q(dsn, "SELECT pg_terminate_backend(%s)", (old,))
-        wait_for(lambda: worker.listener.reconnects >= 1 and worker.listener.up,  # type: ignore[union-attr]
+        wait_for(lambda: worker._listener.reconnects >= 1 and worker._listener.up,  # type: ignore[union-attr]
                  what="the LISTEN connection to come back")
         assert listener_pid(dsn) != old
         handled_without_polling(dsn)
@@ -209,7 +209,7 @@ def test_events_recorded_while_listen_was_down_are_claimed_when_it_reconnects(
         q(dsn, "SELECT pg_terminate_backend(%s)", (listener_pid(dsn),))
         wait_for(lambda: q(dsn, "SELECT status FROM jobs WHERE id = %s", (job,))[0][0]
                  == "finished", timeout_s=20, what="the catch-up claim after the reconnect")
-        assert worker.listener is not None and worker.listener.reconnects >= 1
+        assert worker._listener is not None and worker._listener.reconnects >= 1
 
 
 def test_a_silently_dead_listen_connection_is_detected(
@@ -221,7 +221,7 @@ def test_a_silently_dead_listen_connection_is_detected(
         frozen = listener_pid(dsn)
         os.kill(frozen, signal.SIGSTOP)  # the server side stops answering, sends no error
         try:
-            wait_for(lambda: worker.listener.reconnects >= 1 and worker.listener.up,  # type: ignore[union-attr]
+            wait_for(lambda: worker._listener.reconnects >= 1 and worker._listener.up,  # type: ignore[union-attr]
                      timeout_s=20, what="the frozen LISTEN connection to be replaced")
             handled_without_polling(dsn)
         finally:

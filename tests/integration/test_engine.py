@@ -344,7 +344,7 @@ def test_a_notify_wakes_an_idle_dispatcher_long_before_the_poll(
         thread.start()
         try:
             deadline = time.monotonic() + 10
-            while not (dispatcher.listener and dispatcher.listener.up):
+            while not (dispatcher._listener and dispatcher._listener.up):
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             job = insert_job(sql)

@@ -135,8 +135,6 @@ class FakeStore:
         self.in_use: list[str] = []  # the workflows a dispatcher started with
         self.definition_changed = False
         self.refuse: Callable[[Result], str | None] = lambda result: None
-        # Called before a write-back takes effect, outside the store's lock: a slow commit.
-        self.before_finish: Callable[[Sequence[Result]], None] = lambda results: None
         self.notify: Callable[[], None] = lambda: None
         self._ids = itertools.count(1)
         self._changed = threading.Condition(threading.RLock())
@@ -249,7 +247,6 @@ class FakeStore:
 
     def finish(self, results: Sequence[Result], *, conn: Any = None,
                quiet: bool = True) -> FinishReport:
-        self.before_finish(results)
         with self._changed:
             self._answer()
             report = FinishReport()
