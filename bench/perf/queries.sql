@@ -163,6 +163,12 @@ SELECT count(*) AS events,
 FROM orchestrator.events
 WHERE workflow = 'bench_remote' AND status = 'done' AND id > %(events)s;
 
+-- name: archive_finished
+-- Every finished event in the queue moves to the history now (the dispatchers' retention chore
+-- does it some seconds after each finish; orchestrator.archive_v1), in day-wide partitions as
+-- the default retention makes them.
+SELECT orchestrator.archive_v1(now(), NULL, true, interval '1 day');
+
 -- name: counters
 -- Server-wide WAL position and this database's commits, read before and after a case.
 SELECT pg_current_wal_lsn()::text AS lsn,
