@@ -152,12 +152,12 @@ SELECT set_config('orchestrator.quiet', %(quiet)s, true),
        set_config('lock_timeout', %(lock_timeout)s, true);
 
 -- name: claim_settings
--- For a claim's transaction: index plans (see index_plans), and no wait for the commit to
--- reach the disk. A claim is only a lease: if the server crashed before the claim's
--- WAL were written, the event would be pending again, as if never claimed, and the handler's
--- write-back (its own commit durable, after the claim's in the WAL) fenced out; so the commit
--- need not be waited for, and an idle system's latency does not pay for two disk flushes per
--- event, only for the write-back's.
+-- For a claim's transaction: index plans (see index_plans), and no wait for the commit to reach
+-- the disk. A claim is only a lease: if the server crashed before the claim's WAL were written,
+-- the event would be pending again, as if never claimed, and the handler's write-back (its own
+-- commit durable, after the claim's in the WAL) fenced out; so the commit need not be waited
+-- for, and an idle system's latency does not pay for two disk flushes per event, only for the
+-- write-back's.
 SELECT set_config('enable_seqscan', 'off', true), set_config('synchronous_commit', 'off', true);
 
 -- name: index_plans
@@ -173,8 +173,8 @@ SELECT set_config('enable_seqscan', 'off', true);
 -- transaction: its generic plan, always. Left to choose, PostgreSQL planned it afresh at every
 -- write-back (its custom plans looked cheaper), for longer than it ran; its generic plan is
 -- safe whatever the batch (the ids come first, then an index lookup each). Not for the other
--- statements: a generic plan knows no array's length, and one of finish_many's, made for ten
--- elements, took seconds a batch while thousands of events were running.
+-- statements: a generic plan knows no array's length (it plans for ten elements), and theirs
+-- join the arrays to the events.
 SELECT set_config('plan_cache_mode', 'force_generic_plan', true);
 
 -- name: extend_leases
