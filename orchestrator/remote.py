@@ -192,8 +192,8 @@ def outcome(status: int, headers: Mapping[str, str], content: bytes, where: str,
     if not 200 <= status < 300:
         text = content[:200].decode(errors="replace").strip()
         raise RemoteHandlerError(f"{where} answered HTTP {status}" + (f": {text}" if text else ""))
-    try:  # what json.loads does with bytes, with one decoder for every answer
-        answer = _DECODER.decode(content.decode(json.detect_encoding(content), "surrogatepass"))
+    try:
+        answer = json.loads(content, parse_constant=_not_finite, parse_float=_finite)
     except ValueError as exc:
         why = str(exc) if isinstance(exc, NotFinite) else "without valid JSON"
         raise RemoteHandlerError(f"{where} answered {status} {why}") from None
@@ -235,10 +235,8 @@ def _finite(text: str) -> float:
     return value
 
 
-# One encoder and one decoder for every call: json.dumps and json.loads with options build
-# theirs again each time.
+# One encoder for every call: json.dumps with an option builds its own again each time.
 _ENCODER = json.JSONEncoder(default=str)
-_DECODER = json.JSONDecoder(parse_constant=_not_finite, parse_float=_finite)
 
 
 def traceparent(event: Event) -> str:
