@@ -1,16 +1,20 @@
 """The HTTP client of remote handlers: each call bounded in time and in size.
 
-Calls run on an asyncio loop (``asyncloop``) over aiohttp, so a call waiting on the network
-holds no thread. A call has one deadline: connecting, the TLS handshake, sending, and every
-read of the headers and of the body all happen inside one ``asyncio.timeout``, so an endpoint
-that sends its answer a byte at a time fails the call on time. The body is read up to a
-maximum size. Redirects are not followed. Certificates are verified against the trust
-store httpx uses (certifi's, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
+Calls run on an asyncio loop (``asyncloop``) over libcurl's multi interface (pycurl). libcurl
+speaks HTTP in C and tells the loop which sockets to watch and when its next timeout falls, so
+a call waiting on the network holds no thread and costs the loop little: the loop's Python
+work per call is a handful of option settings and callbacks. A call has one deadline:
+connecting, the TLS handshake, sending, and every read of the headers and of the body all
+happen inside one ``asyncio.timeout``, and when it passes the transfer is dropped, so an
+endpoint that sends its answer a byte at a time fails the call on time. The body is read up to
+a maximum size. Redirects are not followed. Certificates are verified against certifi's CAs,
+or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set (the rule httpx and requests follow).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 import urllib.request
@@ -19,10 +23,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
-import aiohttp
-import httpx
-
-READ_CHUNK = 65536
+import certifi
+import pycurl
 
 
 class CallFailed(Exception):
@@ -39,29 +41,77 @@ class TooLarge(CallFailed):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What an endpoint answered: status, headers (case-insensitive) and the whole body."""
+    """What an endpoint answered: status, headers (names in lower case) and the whole body."""
 
     status: int
     headers: Mapping[str, str]
     content: bytes
 
 
+class _Call:
+    """One request in flight: the answer as libcurl hands it over, read up to ``max_bytes``,
+    and the future its caller awaits."""
+
+    __slots__ = ("body", "future", "headers", "max_bytes", "settled", "size", "too_large")
+
+    def __init__(self, future: asyncio.Future[Answer], max_bytes: int) -> None:
+        self.future = future
+        self.max_bytes = max_bytes
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.size = 0
+        self.too_large = ""
+        self.settled = False
+
+    def header(self, line: bytes) -> int | None:
+        """One header line; a length over the limit stops the transfer (a return value other
+        than None tells libcurl to abort)."""
+        if line.startswith(b"HTTP/"):
+            self.headers = {}  # a new answer begins (after a 1xx one)
+            return None
+        name, colon, value = line.partition(b":")
+        if not colon:
+            return None
+        key, text = name.strip().lower().decode("latin-1"), value.strip().decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+        if key == "content-length" and text.isdigit() and int(text) > self.max_bytes:
+            self.too_large = f"{text} bytes"
+            return 0
+        return None
+
+    def write(self, chunk: bytes) -> int | None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            self.too_large = f"more than {self.max_bytes} bytes"
+            return 0
+        self.body.append(chunk)
+        return None
+
+
 class Client:
     """Kept-alive connections to one endpoint, at most ``max_connections`` of them.
     ``proxy``: an HTTP(S) proxy's URL; by default the one the environment names for ``url``
-    (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``). Created and used on one event loop."""
+    (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``). Used on one event loop."""
 
     def __init__(self, url: str, *, max_connections: int, headers: Mapping[str, str],
                  proxy: str | None = None) -> None:
         self._proxy = proxy or environment_proxy(url)
-        # The trust store httpx uses: certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR when set.
-        # Reading it takes tens of milliseconds on the loop: only where TLS may be spoken.
+        # Only where TLS may be spoken: finding the trust store is not free.
         tls = any(u and urlsplit(u).scheme == "https" for u in (url, self._proxy))
-        connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections,
-                                         ssl=httpx.create_ssl_context() if tls else True)
-        self._session = aiohttp.ClientSession(
-            connector=connector, headers=dict(headers), cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None), skip_auto_headers=("User-Agent",))
+        self._trust = trust_store() if tls else ()
+        self._headers = [f"{name}: {value}" for name, value in headers.items()]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[pycurl.Curl] = []
+        self._busy: dict[pycurl.Curl, _Call] = {}
+        self._watched: dict[int, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._multi = pycurl.CurlMulti()
+        for option, value in ((pycurl.M_MAX_TOTAL_CONNECTIONS, max_connections),
+                              (pycurl.M_MAX_HOST_CONNECTIONS, max_connections),
+                              (pycurl.M_MAXCONNECTS, max_connections),
+                              (pycurl.M_SOCKETFUNCTION, self._watch),
+                              (pycurl.M_TIMERFUNCTION, self._time)):
+            self._multi.setopt(option, value)
 
     async def post(self, url: str, *, content: bytes, headers: Mapping[str, str],
                    timeout_s: float, max_bytes: int) -> Answer:
@@ -73,29 +123,136 @@ class Client:
                 return await self._post(url, content, headers, max_bytes)
         except TimeoutError:
             raise TimedOut(f"no answer within {timeout_s:.3g}s") from None
-        except aiohttp.ClientConnectorError as exc:
-            why = ("Connection refused" if isinstance(exc.os_error, ConnectionRefusedError)
-                   else exc.os_error.strerror or type(exc.os_error).__name__)
-            raise CallFailed(f"cannot connect to {exc.host}:{exc.port}: {why}") from None
-        except aiohttp.ClientError as exc:
-            raise CallFailed(str(exc) or type(exc).__name__) from None
 
     async def _post(self, url: str, content: bytes, headers: Mapping[str, str],
                     max_bytes: int) -> Answer:
-        async with self._session.post(url, data=content, headers=dict(headers),
-                                      allow_redirects=False, proxy=self._proxy) as response:
-            declared = response.headers.get("content-length", "")
-            if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
-                raise TooLarge(f"{declared} bytes")
-            body = bytearray()
-            async for chunk in response.content.iter_chunked(READ_CHUNK):
-                body += chunk
-                if len(body) > max_bytes:
-                    raise TooLarge(f"more than {max_bytes} bytes")
-            return Answer(response.status, response.headers, bytes(body))
+        self._loop = loop = asyncio.get_running_loop()
+        call = _Call(loop.create_future(), max_bytes)
+        curl = self._idle.pop() if self._idle else self._curl()
+        curl.setopt(pycurl.URL, url)
+        curl.setopt(pycurl.POSTFIELDS, content)
+        curl.setopt(pycurl.HTTPHEADER, [*self._headers, "Expect:",
+                                        *(f"{k}: {v}" for k, v in headers.items())])
+        curl.setopt(pycurl.HEADERFUNCTION, call.header)
+        curl.setopt(pycurl.WRITEFUNCTION, call.write)
+        self._multi.add_handle(curl)
+        self._busy[curl] = call
+        try:
+            return await call.future
+        finally:
+            if not call.settled:  # the deadline passed: drop the transfer (and its connection)
+                self._release(curl)
+
+    def _curl(self) -> pycurl.Curl:
+        """A transfer handle with the options every call shares. Connections live in the
+        multi handle, so any handle reuses any kept-alive connection."""
+        curl = pycurl.Curl()
+        curl.setopt(pycurl.NOSIGNAL, 1)
+        curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+        curl.setopt(pycurl.PROXY, self._proxy or "")  # "": no proxy, whatever libcurl reads
+        for option, value in self._trust:
+            curl.setopt(option, value)
+        return curl
+
+    def _release(self, curl: pycurl.Curl) -> None:
+        self._busy.pop(curl).settled = True
+        self._multi.remove_handle(curl)
+        self._idle.append(curl)
+
+    def _watch(self, what: int, fd: int, multi: object, socket: object) -> None:
+        """libcurl's socket callback: watch ``fd`` for what it waits for (POLL_REMOVE: none)."""
+        loop, was, now = self._loop, self._watched.get(fd, 0), what & pycurl.POLL_INOUT
+        if loop is None or loop.is_closed():
+            return
+        if (was ^ now) & pycurl.POLL_IN:
+            if now & pycurl.POLL_IN:
+                loop.add_reader(fd, self._act, fd, pycurl.CSELECT_IN)
+            else:
+                loop.remove_reader(fd)
+        if (was ^ now) & pycurl.POLL_OUT:
+            if now & pycurl.POLL_OUT:
+                loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
+            else:
+                loop.remove_writer(fd)
+        if now:
+            self._watched[fd] = now
+        else:
+            self._watched.pop(fd, None)
+
+    def _time(self, ms: int) -> None:
+        """libcurl's timer callback: act on its timeouts in ``ms`` milliseconds (-1: none).
+        libcurl may not be re-entered from its own callbacks, hence the loop's timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if ms >= 0 and self._loop is not None and not self._loop.is_closed():
+            self._timer = self._loop.call_later(ms / 1000, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._act(pycurl.SOCKET_TIMEOUT, 0)
+
+    def _act(self, fd: int, event: int) -> None:
+        """Let libcurl act on ``fd`` (or on its timeouts), then settle the finished calls."""
+        self._multi.socket_action(fd, event)
+        while True:
+            queued, done, failed = self._multi.info_read()
+            for curl in done:
+                self._settle(curl, None, "")
+            for curl, code, message in failed:
+                self._settle(curl, code, message)
+            if not queued:
+                return
+
+    def _settle(self, curl: pycurl.Curl, code: int | None, message: str) -> None:
+        call = self._busy[curl]
+        status = int(curl.getinfo(pycurl.RESPONSE_CODE))
+        failure = None if code is None else self._failure(curl, call, code, message)
+        self._release(curl)
+        if call.future.done():
+            return
+        if failure is None:
+            call.future.set_result(Answer(status, call.headers, b"".join(call.body)))
+        else:
+            call.future.set_exception(failure)
+
+    @staticmethod
+    def _failure(curl: pycurl.Curl, call: _Call, code: int, message: str) -> CallFailed:
+        if call.too_large:
+            return TooLarge(call.too_large)
+        if code == pycurl.E_COULDNT_CONNECT:
+            errno = int(curl.getinfo(pycurl.OS_ERRNO))
+            where = urlsplit(curl.getinfo(pycurl.EFFECTIVE_URL))
+            why = os.strerror(errno) if errno else message
+            return CallFailed(f"cannot connect to {where.hostname}:{where.port}: {why}")
+        if code == pycurl.E_PEER_FAILED_VERIFICATION:
+            return CallFailed(f"certificate verify failed: {message}")
+        if code == pycurl.E_OPERATION_TIMEDOUT:
+            return TimedOut(message)
+        return CallFailed(message)
 
     async def close(self) -> None:
-        await self._session.close()
+        for curl, call in list(self._busy.items()):
+            if not call.future.done():
+                call.future.set_exception(CallFailed("the client was closed"))
+            self._release(curl)
+        self._multi.close()
+        for curl in self._idle:
+            curl.close()
+        self._idle.clear()
+        self._time(-1)
+
+
+def trust_store() -> tuple[tuple[int, str], ...]:
+    """The CAs an endpoint's and a proxy's certificates are verified against, as libcurl's
+    options and their values: ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else certifi's
+    bundle."""
+    if path := os.environ.get("SSL_CERT_FILE"):
+        return (pycurl.CAINFO, path), (pycurl.PROXY_CAINFO, path)
+    if path := os.environ.get("SSL_CERT_DIR"):
+        return (pycurl.CAPATH, path), (pycurl.PROXY_CAPATH, path)
+    return (pycurl.CAINFO, certifi.where()), (pycurl.PROXY_CAINFO, certifi.where())
 
 
 def environment_proxy(url: str) -> str | None:

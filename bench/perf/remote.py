@@ -2,8 +2,9 @@
 function itself takes.
 
 The function (``standin``) answers every call after ``latency_ms``. Its capacity at N
-connections is what a raw aiohttp client with N connections, each sending the next request
-as soon as the last is answered, gets from it in ``seconds``. The dispatcher's rate is N
+connections is what the better of two raw clients gets from it in ``seconds``: aiohttp's and
+libcurl's multi interface driven in a plain loop, each with N kept-alive connections, each
+connection sending the next request as soon as the last is answered. The dispatcher's rate is N
 connections' worth of ``bench_remote`` events (``Remote(..., max_concurrency=N)`` and
 ``--concurrency N``), created while no dispatcher runs, then drained by one: from the first
 claim to the last write. Rounds alternate raw client and dispatcher so background load weighs
@@ -26,6 +27,7 @@ from statistics import median
 from typing import Any
 
 import aiohttp
+import pycurl
 
 from orchestrator import gcpolicy
 from orchestrator.bench.case import drained, monitor, settle, wait_until
@@ -39,10 +41,11 @@ READY_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True, slots=True)
 class Round:
-    """One round at ``connections``: the raw client's calls/s, then the dispatcher's, and the
-    CPU each spent per call (ms; None where /proc cannot tell)."""
+    """One round at ``connections``: the better raw client's calls/s, then the dispatcher's,
+    and the CPU each spent per call (ms; None where /proc cannot tell)."""
 
     connections: int
+    raw_client: str
     raw_per_s: float
     dispatcher_per_s: float
     raw_cpu_ms: float
@@ -69,11 +72,11 @@ def run(config: RemoteConfig, session: Session, dsn: str, settings: DispatcherSe
         for round_ in range(1, config.repeat + 1):
             for n in config.connections:
                 say(f"remote round {round_}: raw client, {n} connections, {config.raw_s:g}s")
-                raw, raw_cpu = raw_per_s(url, n, config.raw_s)
+                client, raw, raw_cpu = raw_per_s(url, n, config.raw_s)
                 say(f"remote round {round_}: one dispatcher, {n} connections, "
                     f"{config.events} events")
                 mine, cpu = dispatched_per_s(session, dsn, settings, url, n, config.events)
-                rounds.append(Round(n, raw, mine, raw_cpu, cpu))
+                rounds.append(Round(n, client, raw, mine, raw_cpu, cpu))
     return {"latency_ms": config.latency_ms, "events": config.events,
             "by_connections": [_figures(n, [r for r in rounds if r.connections == n])
                                for n in config.connections]}
@@ -88,7 +91,8 @@ def _figures(connections: int, rounds: list[Round]) -> dict[str, Any]:
             "ratio": round(mine / raw, 3) if raw else 0.0,
             "raw_cpu_ms_per_call": round(median(r.raw_cpu_ms for r in rounds), 3),
             "dispatcher_cpu_ms_per_event": round(median(cpu), 3) if cpu else None,
-            "rounds": [{"raw": round(r.raw_per_s, 1), "dispatcher": round(r.dispatcher_per_s, 1),
+            "rounds": [{"raw_client": r.raw_client, "raw": round(r.raw_per_s, 1),
+                        "dispatcher": round(r.dispatcher_per_s, 1),
                         "ratio": round(r.dispatcher_per_s / r.raw_per_s, 3)
                         if r.raw_per_s else 0.0} for r in rounds]}
 
@@ -113,10 +117,15 @@ def function(latency_ms: float) -> Iterator[str]:
             proc.wait()
 
 
-def raw_per_s(url: str, connections: int, seconds: float) -> tuple[float, float]:
-    """Calls/s a raw aiohttp client gets from ``url`` over ``connections`` kept-alive
-    connections, each call sent as soon as the one before is answered; and the CPU this
-    process spent per call (ms)."""
+def raw_per_s(url: str, connections: int, seconds: float) -> tuple[str, float, float]:
+    """The better of the raw clients over ``connections`` kept-alive connections to ``url``:
+    its name, its calls/s and the CPU this process spent per call (ms)."""
+    runs = [(name, *measured(url, connections, seconds))
+            for name, measured in (("aiohttp", _aiohttp_per_s), ("libcurl", _curl_per_s))]
+    return max(runs, key=lambda run: run[1])
+
+
+def _aiohttp_per_s(url: str, connections: int, seconds: float) -> tuple[float, float]:
     began = time.process_time()
     answered, per_s = asyncio.run(_raw(url, connections, seconds))
     return per_s, (time.process_time() - began) * 1000 / max(answered, 1)
@@ -141,6 +150,31 @@ async def _raw(url: str, connections: int, seconds: float) -> tuple[int, float]:
         return answered, answered / (time.monotonic() - began)
 
 
+def _curl_per_s(url: str, connections: int, seconds: float) -> tuple[float, float]:
+    """libcurl's multi interface in a plain loop: a transfer per connection, each added again
+    as soon as it is answered."""
+    multi = pycurl.CurlMulti()
+    multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, connections)
+    multi.setopt(pycurl.M_MAXCONNECTS, connections)
+    for _ in range(connections):
+        curl = pycurl.Curl()
+        curl.setopt(pycurl.URL, url)
+        curl.setopt(pycurl.POSTFIELDS, RAW_BODY)
+        curl.setopt(pycurl.HTTPHEADER, ["Content-Type: application/json", "Expect:"])
+        curl.setopt(pycurl.WRITEFUNCTION, len)
+        multi.add_handle(curl)
+    began, cpu = time.monotonic(), time.process_time()
+    ends, answered, running = began + seconds, 0, connections
+    while running:
+        running = multi.perform()[1]
+        answered, again = _answered(multi, answered, time.monotonic() < ends)
+        if running and not again:  # else send the new requests first
+            multi.select(0.05)
+    per_s = answered / (time.monotonic() - began)
+    multi.close()
+    return per_s, (time.process_time() - cpu) * 1000 / max(answered, 1)
+
+
 def dispatched_per_s(session: Session, dsn: str, settings: DispatcherSettings, url: str,
                      connections: int, events: int) -> tuple[float, float | None]:
     """Calls/s one dispatcher makes draining ``events`` bench_remote events through
@@ -160,6 +194,21 @@ def dispatched_per_s(session: Session, dsn: str, settings: DispatcherSettings, u
         raise BenchError(f"remote case: {row['events']} of {events} calls done")
     cpu = (after - before) * 1000 / events if before is not None and after is not None else None
     return (events / seconds if seconds > 0 else 0.0), cpu
+
+
+def _answered(multi: pycurl.CurlMulti, answered: int, more: bool) -> tuple[int, bool]:
+    """Count the finished transfers and, with ``more``, add each again; whether any was."""
+    again = False
+    while True:
+        queued, done, failed = multi.info_read()
+        for curl in [*done, *(f[0] for f in failed)]:
+            multi.remove_handle(curl)
+            if more:
+                multi.add_handle(curl)
+                again = True
+        answered += len(done)
+        if not queued:
+            return answered, again
 
 
 def _free_port() -> int:

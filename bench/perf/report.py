@@ -40,7 +40,7 @@ def _remote_rows(out: Table, remote: dict[str, Any]) -> None:
     latency = f"{remote['latency_ms']:g} ms function"
     for case in remote["by_connections"]:
         n = case["connections"]
-        out.add_row(f"remote calls/s, {latency}, {n} conns: raw client / one dispatcher",
+        out.add_row(f"remote calls/s, {latency}, {n} conns: best raw client / one dispatcher",
                     f"{case['raw_calls_per_s']:.0f} / {case['dispatcher_calls_per_s']:.0f}")
         out.add_row(f"  ratio to the raw client (each round: "
                     f"{_rounds([x['ratio'] * 100 for x in case['rounds']])} %)",

@@ -3,28 +3,57 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 
+import certifi
+import pycurl
 import pytest
 
 from orchestrator import remote_http
 
 
-def test_the_trust_store_is_read_only_where_tls_may_be_spoken(
+def test_the_trust_store_is_looked_up_only_where_tls_may_be_spoken(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    read: list[str] = []
+    looked_up: list[str] = []
 
-    def trust_store() -> ssl.SSLContext:
-        read.append("read")
-        return ssl.create_default_context()
+    def trust_store() -> tuple[tuple[int, str], ...]:
+        looked_up.append("looked up")
+        return ((pycurl.CAINFO, certifi.where()),)
 
-    monkeypatch.setattr(remote_http.httpx, "create_ssl_context", trust_store)
+    monkeypatch.setattr(remote_http, "trust_store", trust_store)
 
     async def client(url: str, proxy: str | None = None) -> None:
         await remote_http.Client(url, max_connections=1, headers={}, proxy=proxy).close()
 
     asyncio.run(client("http://127.0.0.1:9/call"))
-    assert read == []
+    assert looked_up == []
     asyncio.run(client("https://fn.example/call"))
     asyncio.run(client("http://127.0.0.1:9/call", proxy="https://proxy.example:3128"))
-    assert read == ["read", "read"]
+    assert looked_up == ["looked up", "looked up"]
+
+
+def test_the_trust_store_is_the_environments_else_certifis(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    bundle = certifi.where()
+    assert remote_http.trust_store() == ((pycurl.CAINFO, bundle), (pycurl.PROXY_CAINFO, bundle))
+    monkeypatch.setenv("SSL_CERT_DIR", "/etc/my-cas")
+    assert remote_http.trust_store() == ((pycurl.CAPATH, "/etc/my-cas"),
+                                         (pycurl.PROXY_CAPATH, "/etc/my-cas"))
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/my-ca.pem")
+    assert remote_http.trust_store() == ((pycurl.CAINFO, "/etc/my-ca.pem"),
+                                         (pycurl.PROXY_CAINFO, "/etc/my-ca.pem"))
+
+
+def test_a_call_to_a_closed_port_fails_with_one_line_naming_it() -> None:
+    async def call() -> None:
+        client = remote_http.Client("http://127.0.0.1:9/x", max_connections=1, headers={})
+        try:
+            await client.post("http://127.0.0.1:9/x", content=b"{}", headers={},
+                              timeout_s=5.0, max_bytes=100)
+        finally:
+            await client.close()
+
+    with pytest.raises(remote_http.CallFailed,
+                       match=r"^cannot connect to 127\.0\.0\.1:9: Connection refused$"):
+        asyncio.run(call())
