@@ -44,10 +44,12 @@ from orchestrator.app import resolve_dsn
 from orchestrator.bench.run import prepare
 from orchestrator.bench.workflow import NEXT, TRANSITIONS_PER_ORDER, bench_order
 from orchestrator.config import Settings
+from orchestrator.dispatcher import dispatcher_name
 from orchestrator.sql import QUERIES
 from orchestrator.store import CLAIM_KINDS, Store
 
-DISPATCHER = "walsplit"
+DISPATCHER = dispatcher_name()  # as long as a real dispatcher's: host:pid:hex
+HANDLER = "orchestrator.bench.workflow.advance"  # the name the engine records for it
 LEASE_S = 30.0
 
 PLACE = """
@@ -330,13 +332,15 @@ class Design:
     columns that differ from new_row; ``apart``, the outcome in a table of its own; ``by_row``,
     the log's rows found through its (workflow, row_key, id) index, its id index a BRIN;
     ``values``, old_value and new_value stored (else read from the rows); ``after_guard``, the
-    workflow's guard an AFTER trigger (a BEFORE trigger locks the row first, a WAL record)."""
+    workflow's guard an AFTER trigger (a BEFORE trigger locks the row first, a WAL record);
+    ``log_fillfactor``, room left in the log's pages for the outcome's version of a row."""
 
     diff: bool = False
     apart: bool = False
     by_row: bool = False
     values: bool = True
     after_guard: bool = False
+    log_fillfactor: int = 50
 
 
 def candidate(d: Design) -> Callable[[psycopg.Connection[Any], str, Variant], None]:
@@ -359,7 +363,7 @@ def candidate(d: Design) -> Callable[[psycopg.Connection[Any], str, Variant], No
         conn.execute(OPEN_TABLE)
         conn.execute(LOG_TABLE.format(
             old_column=old_column, outcome_columns="" if d.apart else OUTCOME_COLUMNS,
-            fillfactor=100 if d.apart else 50,
+            fillfactor=100 if d.apart else d.log_fillfactor,
             value_columns="\n    old_value text,\n    new_value text," if d.values else "",
             id_index="USING brin (id)" if d.by_row else "(id)"))
         if d.apart:
@@ -383,7 +387,10 @@ def variants() -> dict[str, Callable[[psycopg.Connection[Any], str, Variant], No
     return {"a": today, "b": candidate(Design()), "c": candidate(Design(diff=True)),
             "d": candidate(Design(diff=True, apart=True)),
             "e": candidate(Design(diff=True, by_row=True, values=False)),
-            "f": candidate(Design(diff=True, by_row=True, values=False, after_guard=True))}
+            "f": candidate(Design(diff=True, by_row=True, values=False, after_guard=True)),
+            "g": candidate(Design(diff=True, by_row=True, values=False, log_fillfactor=40)),
+            "h": candidate(Design(diff=True, by_row=True, values=False, after_guard=True,
+                                  log_fillfactor=40))}
 
 
 # -- one dispatcher's work -----------------------------------------------------------------------
@@ -405,7 +412,7 @@ def finish(conn: psycopg.Connection[Any], v: Variant,
     n = len(events)
     params = {
         "dispatcher": DISPATCHER, "ids": [e[0] for e in events],
-        "attempts": [e[9] for e in events], "handlers": ["bench.advance"] * n,
+        "attempts": [e[9] for e in events], "handlers": [HANDLER] * n,
         "errors": [None] * n, "statuses": ["done"] * n, "outcomes": ["applied"] * n,
         "keys": [e[2] for e in events], "stale_outcomes": ["stale"] * n,
         "next_states": [NEXT[e[6]] for e in events], "v_0": [NEXT[e[6]] for e in events],
@@ -645,7 +652,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", default="a,b,c,d")
-    parser.add_argument("--json", action="store_true", help="every round in full")
+    parser.add_argument("--json", metavar="PATH", help="also write every round in full here")
     args = parser.parse_args()
     admin_dsn = args.dsn or resolve_dsn(Settings.load())
     chosen = [(n, variants()[n]) for n in args.variants.split(",")]
@@ -656,9 +663,9 @@ def main() -> None:
             if r > 0:
                 v.rounds.append(result)
     if args.json:
-        print(json.dumps({v.name: v.rounds for v in made}, indent=1))
-    else:
-        print(table(made))
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump({v.name: v.rounds for v in made}, out, indent=1)
+    print(table(made))
 
 
 if __name__ == "__main__":
