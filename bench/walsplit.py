@@ -11,7 +11,9 @@ transition by relation and by record type (pg_walinspect, the variant's database
 page images apart, and transitions/s of the SQL alone; after it, outside the window, the WAL
 of a VACUUM of the design's tables. A first round warms up and is not reported.
 
-Variants:
+Variants (each runs the installed triggers of the bench's workflow, as `orchestrator migrate`
+makes them on this branch: the guard of UPDATEs an AFTER trigger):
+  a0 today as on main (5f6c98a): revision 0009, the guard of UPDATEs a BEFORE trigger.
   a  today (revision 0009): the engine's own statements, composed by its Store; at the end of
      the window the finished events move to the history (archive_v1), as the bench does.
   b  a narrow queue of open events (``orchestrator.open``: id, row, status, lease, attempts,
@@ -24,6 +26,10 @@ Variants:
      as ``new_row || old_diff``: OLD and NEW of one trigger call have the same columns).
   d  c with the outcome in a narrow table of its own (``orchestrator.outcomes``) instead of an
      update of the log row (the log's pages then need no room for a second version).
+  e  c with the log's rows found by (workflow, row_key, id) (its id index a BRIN) and
+     old_value / new_value read from the rows instead of stored.
+  g  e with the log's fillfactor 40 instead of 50 (room for every outcome's version).
+  e0, g0  e and g with the guard of UPDATEs a BEFORE trigger, as on main.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -318,9 +324,11 @@ def today(conn: psycopg.Connection[Any], dsn: str, v: Variant) -> None:
     v.vacuum = "VACUUM orchestrator.events, public.bench_orders"
 
 
-AFTER_GUARD = """
-DROP TRIGGER orchestrator_bench_order_guard_update ON public.bench_orders;
-CREATE TRIGGER orchestrator_bench_order_guard_update AFTER UPDATE OF status ON public.bench_orders
+# The guard of UPDATEs as main (5f6c98a) installs it: a BEFORE trigger, which has PostgreSQL
+# lock the row before it runs.
+BEFORE_GUARD = """
+CREATE OR REPLACE TRIGGER orchestrator_bench_order_guard_update
+    BEFORE UPDATE OF status ON public.bench_orders
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION orchestrator.guard_v2('bench_order', 'status');
 """
@@ -331,15 +339,15 @@ class Design:
     """A narrow queue beside a log written once, and what else changes: ``diff``, old_row as the
     columns that differ from new_row; ``apart``, the outcome in a table of its own; ``by_row``,
     the log's rows found through its (workflow, row_key, id) index, its id index a BRIN;
-    ``values``, old_value and new_value stored (else read from the rows); ``after_guard``, the
-    workflow's guard an AFTER trigger (a BEFORE trigger locks the row first, a WAL record);
+    ``values``, old_value and new_value stored (else read from the rows); ``before_guard``, the
+    workflow's guard of UPDATEs a BEFORE trigger, as on main (it locks the row first);
     ``log_fillfactor``, room left in the log's pages for the outcome's version of a row."""
 
     diff: bool = False
     apart: bool = False
     by_row: bool = False
     values: bool = True
-    after_guard: bool = False
+    before_guard: bool = False
     log_fillfactor: int = 50
 
 
@@ -371,8 +379,8 @@ def candidate(d: Design) -> Callable[[psycopg.Connection[Any], str, Variant], No
         unserved = (UNSERVED_APART if d.apart else UNSERVED_IN_LOG).format(**names)
         conn.execute(CAPTURE.format(old_data=OLD_DIFF if d.diff else OLD_FULL,
                                     unserved_insert=unserved, **names))
-        if d.after_guard:
-            conn.execute(AFTER_GUARD)
+        if d.before_guard:
+            conn.execute(BEFORE_GUARD)
         v.claim = CLAIM.format(old_row=old_row + " AS old_row", by_row=by_row, **read)
         v.hand_over = HAND_OVER.format(old_row=old_row + " AS old_row", by_row=by_row, **read)
         v.write_back = (WRITE_BACK_APART if d.apart else WRITE_BACK_IN_LOG.format(
@@ -383,14 +391,18 @@ def candidate(d: Design) -> Callable[[psycopg.Connection[Any], str, Variant], No
     return setup
 
 
+def main_guard(conn: psycopg.Connection[Any], dsn: str, v: Variant) -> None:
+    today(conn, dsn, v)
+    conn.execute(BEFORE_GUARD)
+
+
 def variants() -> dict[str, Callable[[psycopg.Connection[Any], str, Variant], None]]:
-    return {"a": today, "b": candidate(Design()), "c": candidate(Design(diff=True)),
-            "d": candidate(Design(diff=True, apart=True)),
-            "e": candidate(Design(diff=True, by_row=True, values=False)),
-            "f": candidate(Design(diff=True, by_row=True, values=False, after_guard=True)),
-            "g": candidate(Design(diff=True, by_row=True, values=False, log_fillfactor=40)),
-            "h": candidate(Design(diff=True, by_row=True, values=False, after_guard=True,
-                                  log_fillfactor=40))}
+    lean = Design(diff=True, by_row=True, values=False)
+    return {"a0": main_guard, "a": today, "b": candidate(Design()),
+            "c": candidate(Design(diff=True)), "d": candidate(Design(diff=True, apart=True)),
+            "e": candidate(lean), "g": candidate(replace(lean, log_fillfactor=40)),
+            "e0": candidate(replace(lean, before_guard=True)),
+            "g0": candidate(replace(lean, log_fillfactor=40, before_guard=True))}
 
 
 # -- one dispatcher's work -----------------------------------------------------------------------

@@ -238,7 +238,7 @@ def _generated(conn: psycopg.Connection[Any], wf: Workflow) -> bool:
 
 def _trigger_specs(wf: Workflow, *, guarded: bool) -> list[tuple[str, TriggerSpec]]:
     """Each trigger of ``wf`` by name suffix. The state column (if any) has a guard on INSERT
-    and UPDATE and captures of both, which also keep the row's deadline timers and record
+    (BEFORE) and UPDATE (AFTER) and captures of both, which also keep the row's deadline timers and record
     arrivals no handler serves as finished; each watched column a capture of its UPDATEs, and
     one of INSERTs when a column route serves a change from NULL. A watched column whose
     handlers are column routes alone is captured only when one of them matches."""
@@ -252,7 +252,10 @@ def _trigger_specs(wf: Workflow, *, guarded: bool) -> list[tuple[str, TriggerSpe
     if wf.column is not None and guarded:
         specs += [
             ("guard_insert", ("BEFORE", None, guard, [wf.name, wf.column], None)),
-            ("guard_update", ("BEFORE", wf.column, guard, [wf.name, wf.column],
+            # AFTER: a BEFORE UPDATE row trigger has PostgreSQL lock the row before it runs,
+            # a WAL record of its own for every state change; checked after the write, the
+            # change is refused all the same (the statement fails, nothing of it is kept).
+            ("guard_update", ("AFTER", wf.column, guard, [wf.name, wf.column],
                               _changed(wf.column))),
         ]
     if wf.column is not None:
