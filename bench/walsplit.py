@@ -30,6 +30,7 @@ makes them on this branch: the guard of UPDATEs an AFTER trigger):
      old_value / new_value read from the rows instead of stored.
   g  e with the log's fillfactor 40 instead of 50 (room for every outcome's version).
   e0, g0  e and g with the guard of UPDATEs a BEFORE trigger, as on main.
+  i  g with a btree on the log's id again (what a newest-first list of events needs).
 """
 
 from __future__ import annotations
@@ -341,7 +342,8 @@ class Design:
     the log's rows found through its (workflow, row_key, id) index, its id index a BRIN;
     ``values``, old_value and new_value stored (else read from the rows); ``before_guard``, the
     workflow's guard of UPDATEs a BEFORE trigger, as on main (it locks the row first);
-    ``log_fillfactor``, room left in the log's pages for the outcome's version of a row."""
+    ``log_fillfactor``, room left in the log's pages for the outcome's version of a row;
+    ``id_btree``, the log's id index a btree even when its rows are found by row."""
 
     diff: bool = False
     apart: bool = False
@@ -349,6 +351,7 @@ class Design:
     values: bool = True
     before_guard: bool = False
     log_fillfactor: int = 50
+    id_btree: bool = False
 
 
 def candidate(d: Design) -> Callable[[psycopg.Connection[Any], str, Variant], None]:
@@ -373,7 +376,7 @@ def candidate(d: Design) -> Callable[[psycopg.Connection[Any], str, Variant], No
             old_column=old_column, outcome_columns="" if d.apart else OUTCOME_COLUMNS,
             fillfactor=100 if d.apart else d.log_fillfactor,
             value_columns="\n    old_value text,\n    new_value text," if d.values else "",
-            id_index="USING brin (id)" if d.by_row else "(id)"))
+            id_index="USING brin (id)" if d.by_row and not d.id_btree else "(id)"))
         if d.apart:
             conn.execute(OUTCOMES_TABLE)
         unserved = (UNSERVED_APART if d.apart else UNSERVED_IN_LOG).format(**names)
@@ -402,7 +405,8 @@ def variants() -> dict[str, Callable[[psycopg.Connection[Any], str, Variant], No
             "c": candidate(Design(diff=True)), "d": candidate(Design(diff=True, apart=True)),
             "e": candidate(lean), "g": candidate(replace(lean, log_fillfactor=40)),
             "e0": candidate(replace(lean, before_guard=True)),
-            "g0": candidate(replace(lean, log_fillfactor=40, before_guard=True))}
+            "g0": candidate(replace(lean, log_fillfactor=40, before_guard=True)),
+            "i": candidate(replace(lean, log_fillfactor=40, id_btree=True))}
 
 
 # -- one dispatcher's work -----------------------------------------------------------------------
