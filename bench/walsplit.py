@@ -16,6 +16,7 @@ makes them on this branch: the guard of UPDATEs an AFTER trigger):
   a0 today as on main (5f6c98a): revision 0009, the guard of UPDATEs a BEFORE trigger.
   a  today (revision 0009): the engine's own statements, composed by its Store; at the end of
      the window the finished events move to the history (archive_v1), as the bench does.
+  ad a with old_row stored as the columns that differ from new_row (see c).
   b  a narrow queue of open events (``orchestrator.open``: id, row, status, lease, attempts,
      run_after; only the primary key and a (workflow, row_key, id) index, so claim and finish
      never change an indexed column) beside a time-partitioned log written once at capture
@@ -394,6 +395,23 @@ def candidate(d: Design) -> Callable[[psycopg.Connection[Any], str, Variant], No
     return setup
 
 
+def today_diff(conn: psycopg.Connection[Any], dsn: str, v: Variant) -> None:
+    """Today's schema and statements, with capture_v4 storing old_row as the columns that
+    differ from new_row and the claims reading it back as new_row || old_row."""
+    today(conn, dsn, v)
+    row = conn.execute(
+        "SELECT pg_get_functiondef('orchestrator.capture_v4()'::regprocedure)").fetchone()
+    assert row is not None
+    body = str(row[0]).replace("old_data := pg_catalog.to_jsonb(OLD);", OLD_DIFF)
+    assert OLD_DIFF in body
+    conn.execute(body)
+    read_back = "e.new_row || e.old_row AS old_row"
+    assert isinstance(v.claim, bytes)
+    v.claim = v.claim.replace(b"e.old_row,", read_back.encode() + b",")
+    v.hand_over = str(v.hand_over).replace("e.old_row,", read_back + ",")
+    assert read_back.encode() in v.claim and read_back in v.hand_over
+
+
 def main_guard(conn: psycopg.Connection[Any], dsn: str, v: Variant) -> None:
     today(conn, dsn, v)
     conn.execute(BEFORE_GUARD)
@@ -401,7 +419,7 @@ def main_guard(conn: psycopg.Connection[Any], dsn: str, v: Variant) -> None:
 
 def variants() -> dict[str, Callable[[psycopg.Connection[Any], str, Variant], None]]:
     lean = Design(diff=True, by_row=True, values=False)
-    return {"a0": main_guard, "a": today, "b": candidate(Design()),
+    return {"a0": main_guard, "a": today, "ad": today_diff, "b": candidate(Design()),
             "c": candidate(Design(diff=True)), "d": candidate(Design(diff=True, apart=True)),
             "e": candidate(lean), "g": candidate(replace(lean, log_fillfactor=40)),
             "e0": candidate(replace(lean, before_guard=True)),
