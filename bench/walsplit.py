@@ -583,7 +583,7 @@ def wal_of(probe: psycopg.Connection[Any], start: str, end: str, n: int) -> dict
 
     records = sum(int(r[2]) for r in rec)
     return {
-        "lsn_bytes_per_transition": per(total[0]),
+        "lsn_bytes_per_transition": per(total[0]),  # the whole server's
         "record_bytes_per_transition": per(records),
         "fpi_bytes_per_transition": per(sum(int(r[3]) for r in rec)),
         "page_headers_and_padding_per_transition": per(int(total[0]) - records),
@@ -622,11 +622,14 @@ def summary(v: Variant) -> dict[str, Any]:
     def med(key: str) -> float:
         return float(statistics.median(r[key] for r in v.rounds))
     relations = sorted({k for r in v.rounds for k in r["by_relation"]})
+    def own(r: dict[str, Any]) -> float:  # the server's WAL less other databases' records
+        return float(r["lsn_bytes_per_transition"] - r["other_databases_per_transition"])
     return {
-        "wal": med("lsn_bytes_per_transition"),
+        "wal": float(statistics.median(own(r) for r in v.rounds)),
+        "other": med("other_databases_per_transition"),
         "fpi": med("fpi_bytes_per_transition"),
         "without_fpi": float(statistics.median(
-            r["lsn_bytes_per_transition"] - r["fpi_bytes_per_transition"] for r in v.rounds)),
+            own(r) - r["fpi_bytes_per_transition"] for r in v.rounds)),
         "padding": med("page_headers_and_padding_per_transition"),
         "no_block": med("no_block_records_per_transition"),
         "per_s": med("transitions_per_s"),
@@ -650,7 +653,7 @@ def table(made: Sequence[Variant]) -> str:
     def row(label: str, cells: Sequence[str]) -> None:
         lines.append(f"{label:<44}" + "".join(f"{c:>14}" for c in cells))
 
-    row("WAL, all (pg_current_wal_lsn)", [f"{sums[n]['wal']:,.0f}" for n in names])
+    row("WAL, all (this database's, full pages in)", [f"{sums[n]['wal']:,.0f}" for n in names])
     row("  of which full page images", [f"{sums[n]['fpi']:,.0f}" for n in names])
     row("  without full page images", [f"{sums[n]['without_fpi']:,.0f}" for n in names])
     relations = sorted({k for n in names for k in sums[n]["by_relation"]},
@@ -673,6 +676,7 @@ def table(made: Sequence[Variant]) -> str:
         f"{sum(sums[n]['by_relation'].get(k, [0, 0])[1] for k in small):,.0f}" for n in names])
     row("  records without a block (commits...)", [f"{sums[n]['no_block']:,.0f}" for n in names])
     row("  page headers and alignment", [f"{sums[n]['padding']:,.0f}" for n in names])
+    row("other databases' WAL, left out", [f"{sums[n]['other']:,.0f}" for n in names])
     row("checkpoints during the windows", [str(sums[n]["checkpoints"]) for n in names])
     row("VACUUM after the window (not in WAL above)",
         [f"{sums[n]['vacuum_after']:,.0f}" for n in names])
@@ -690,7 +694,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", default="a,b,c,d")
     parser.add_argument("--json", metavar="PATH", help="also write every round in full here")
+    parser.add_argument("--table-from", metavar="PATH",
+                        help="print the table of rounds written earlier with --json; run nothing")
     args = parser.parse_args()
+    if args.table_from:
+        with open(args.table_from, encoding="utf-8") as saved:
+            print(table([Variant(name, rounds=rounds)
+                         for name, rounds in json.load(saved).items()]))
+        return
     admin_dsn = args.dsn or resolve_dsn(Settings.load())
     chosen = [(n, variants()[n]) for n in args.variants.split(",")]
     made = [make(admin_dsn, name, setup) for name, setup in chosen]
