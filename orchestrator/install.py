@@ -238,21 +238,25 @@ def _generated(conn: psycopg.Connection[Any], wf: Workflow) -> bool:
 
 def _trigger_specs(wf: Workflow, *, guarded: bool) -> list[tuple[str, TriggerSpec]]:
     """Each trigger of ``wf`` by name suffix. The state column (if any) has a guard on INSERT
-    and UPDATE and captures of both, which also keep the row's deadline timers and record
-    arrivals no handler serves as finished; each watched column a capture of its UPDATEs, and
-    one of INSERTs when a column route serves a change from NULL. A watched column whose
-    handlers are column routes alone is captured only when one of them matches."""
+    (BEFORE) and UPDATE (AFTER) and captures of both, which also keep the row's deadline
+    timers and record arrivals no handler serves as finished; each watched column a capture
+    of its UPDATEs, and one of INSERTs when a column route serves a change from NULL. A
+    watched column whose handlers are column routes alone is captured only when one of them
+    matches."""
     # The state column's captures: 'deadlines' or '', then the states whose arrival no
     # handler serves (recorded finished); none of either: the arguments capture_v2 took.
     unserved = wf.unserved_states()
     state_args = (["deadlines" if wf.deadlines else "", *unserved] if unserved
                   else ["deadlines"] if wf.deadlines else [])
-    guard, capture = "orchestrator.guard_v2", "orchestrator.capture_v4"
+    guard, capture = "orchestrator.guard_v2", "orchestrator.capture_v5"
     specs: list[tuple[str, TriggerSpec]] = []
     if wf.column is not None and guarded:
         specs += [
             ("guard_insert", ("BEFORE", None, guard, [wf.name, wf.column], None)),
-            ("guard_update", ("BEFORE", wf.column, guard, [wf.name, wf.column],
+            # AFTER: a BEFORE UPDATE row trigger has PostgreSQL lock the row before it runs,
+            # a WAL record of its own for every state change; checked after the write, the
+            # change is refused all the same (the statement fails, nothing of it is kept).
+            ("guard_update", ("AFTER", wf.column, guard, [wf.name, wf.column],
                               _changed(wf.column))),
         ]
     if wf.column is not None:
