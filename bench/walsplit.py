@@ -12,13 +12,10 @@ page images apart, and transitions/s of the SQL alone; after it, outside the win
 of a VACUUM of the design's tables. A first round warms up and is not reported.
 
 Variants (each runs the installed triggers of the bench's workflow, as `orchestrator migrate`
-makes them on this branch: the guard of UPDATEs an AFTER trigger):
-  a0 today as on main (5f6c98a): revision 0009, capture_v4, the guard of UPDATEs a BEFORE
-     trigger.
-  a1 a0 with the guard of UPDATEs an AFTER trigger (this branch's install).
-  a  this branch: revision 0010 (capture_v5: old_row holds the columns that changed) and the
-     AFTER guard; the engine's own statements, composed by its Store; at the end of the window
-     the finished events move to the history (archive_v1), as the bench does.
+makes them: capture_v4, the guard of UPDATEs an AFTER trigger):
+  a0 a with the guard of UPDATEs a BEFORE trigger (as before 2026-12-01).
+  a  today: the engine's own statements, composed by its Store; at the end of the window the
+     finished events move to the history (archive_v1), as the bench does.
   b  a narrow queue of open events (``orchestrator.open``: id, row, status, lease, attempts,
      run_after; only the primary key and a (workflow, row_key, id) index, so claim and finish
      never change an indexed column) beside a time-partitioned log written once at capture
@@ -136,10 +133,10 @@ CREATE TABLE orchestrator.outcomes_today PARTITION OF orchestrator.outcomes
 CREATE INDEX outcomes_id ON orchestrator.outcomes (id);
 """
 
-# capture_v5's body (session variables, unserved arrivals, NOTIFY), writing the log and the
+# capture_v4's body (session variables, unserved arrivals, NOTIFY), writing the log and the
 # queue instead of the events table; the deadline branch is left out (the bench has none).
 CAPTURE = """
-CREATE OR REPLACE FUNCTION orchestrator.capture_v5() RETURNS trigger
+CREATE OR REPLACE FUNCTION orchestrator.capture_v4() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     new_data jsonb := pg_catalog.to_jsonb(NEW);
@@ -398,31 +395,15 @@ def candidate(d: Design) -> Callable[[psycopg.Connection[Any], str, Variant], No
     return setup
 
 
-CAPTURE_V4 = """
-SELECT replace(replace(pg_get_triggerdef(oid), 'CREATE TRIGGER', 'CREATE OR REPLACE TRIGGER'),
-               'capture_v5(', 'capture_v4(')
-FROM pg_trigger
-WHERE tgrelid = 'public.bench_orders'::regclass AND pg_get_triggerdef(oid) LIKE '%capture_v5(%'
-"""
-
-
-def capture_v4(conn: psycopg.Connection[Any], dsn: str, v: Variant) -> None:
-    """Today's schema and statements with the triggers on capture_v4, as before revision 0010
-    (old_row whole)."""
+def before_guard(conn: psycopg.Connection[Any], dsn: str, v: Variant) -> None:
+    """Today's schema and statements with the guard of UPDATEs a BEFORE trigger."""
     today(conn, dsn, v)
-    for (ddl,) in conn.execute(CAPTURE_V4).fetchall():
-        conn.execute(ddl)
-
-
-def main_guard(conn: psycopg.Connection[Any], dsn: str, v: Variant) -> None:
-    """As main (5f6c98a): capture_v4 and the guard of UPDATEs a BEFORE trigger."""
-    capture_v4(conn, dsn, v)
     conn.execute(BEFORE_GUARD)
 
 
 def variants() -> dict[str, Callable[[psycopg.Connection[Any], str, Variant], None]]:
     lean = Design(diff=True, by_row=True, values=False)
-    return {"a0": main_guard, "a1": capture_v4, "a": today, "b": candidate(Design()),
+    return {"a0": before_guard, "a": today, "b": candidate(Design()),
             "c": candidate(Design(diff=True)), "d": candidate(Design(diff=True, apart=True)),
             "e": candidate(lean), "g": candidate(replace(lean, log_fillfactor=40)),
             "e0": candidate(replace(lean, before_guard=True)),

@@ -248,7 +248,7 @@ def _trigger_specs(wf: Workflow, *, guarded: bool) -> list[tuple[str, TriggerSpe
     unserved = wf.unserved_states()
     state_args = (["deadlines" if wf.deadlines else "", *unserved] if unserved
                   else ["deadlines"] if wf.deadlines else [])
-    guard, capture = "orchestrator.guard_v2", "orchestrator.capture_v5"
+    guard, capture = "orchestrator.guard_v2", "orchestrator.capture_v4"
     specs: list[tuple[str, TriggerSpec]] = []
     if wf.column is not None and guarded:
         specs += [

@@ -76,8 +76,8 @@ WHERE a.attrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::te
 
 -- name: functions_present
 -- Whether the schema has the trigger functions (and so the columns) this version needs
--- (revision 0010 on).
-SELECT to_regprocedure('orchestrator.capture_v5()') IS NOT NULL
+-- (revision 0007 on).
+SELECT to_regprocedure('orchestrator.capture_v4()') IS NOT NULL
    AND to_regprocedure('orchestrator.guard_v2()') IS NOT NULL;
 
 -- name: own_triggers
@@ -90,7 +90,7 @@ WHERE t.tgrelid = to_regclass(format('%%I.%%I', %(schema)s::text, %(table)s::tex
   AND t.tgfoid IN (SELECT p.oid FROM pg_proc p
                    WHERE p.pronamespace = 'orchestrator'::regnamespace
                      AND p.proname IN ('capture_v1', 'guard_v1', 'capture_v2', 'guard_v2',
-                                       'capture_v3', 'capture_v4', 'capture_v5'))
+                                       'capture_v3', 'capture_v4'))
   AND t.tgnargs >= 1
   AND substring(t.tgargs FROM 1 FOR octet_length(convert_to(%(name)s::text,
           current_setting('server_encoding'))) + 1)

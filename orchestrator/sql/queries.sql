@@ -8,8 +8,7 @@
 -- and in order (a deadline timer that is not yet running holds nothing up). FOR UPDATE SKIP
 -- LOCKED lets concurrent dispatchers pass over events another one is claiming instead of
 -- waiting on them; each claimed event comes back with status, fencing token (attempts,
--- claimed_by) and lease, and its old row whole (old_row holds the columns that changed: see
--- revision 0010). {kind} picks plain events, suspect ones (their dispatcher died: they
+-- claimed_by) and lease. {kind} picks plain events, suspect ones (their dispatcher died: they
 -- are claimed apart, one at a time) or due deadline timers, and {order} their order; the store
 -- composes the three variants once, so that each plans against its own partial index.
 WITH picked AS (
@@ -34,8 +33,7 @@ SET status = 'running', attempts = e.attempts + 1, claimed_by = %(dispatcher)s,
 FROM picked
 WHERE e.id = picked.id
 RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_value,
-          e.new_row || e.old_row AS old_row, e.new_row, e.attempts, e.created_at,
-          e.session_variables;
+          e.old_row, e.new_row, e.attempts, e.created_at, e.session_variables;
 
 -- name: claim_next_of_rows
 -- Hands the next event of rows whose event this transaction just finished straight to the same
@@ -61,8 +59,7 @@ WHERE NOT e.suspect AND e.id = ANY (ARRAY(
   AND e.status = 'pending'
   AND e.run_after <= now()
 RETURNING e.id, e.workflow, e.row_key, e.column_name, e.op, e.old_value, e.new_value,
-          e.new_row || e.old_row AS old_row, e.new_row, e.attempts, e.created_at,
-          e.session_variables;
+          e.old_row, e.new_row, e.attempts, e.created_at, e.session_variables;
 
 -- name: has_suspects
 -- Whether an event whose dispatcher died (see requeue_expired) waits to be run alone; the

@@ -50,22 +50,6 @@ def test_trigger_records_insert_and_real_changes_only(sql: Any) -> None:
                     ("UPDATE", "note", None, "hello", False, str(job))]
 
 
-def test_an_update_records_the_columns_it_changed_and_a_claim_gives_the_whole_old_row(
-        sql: Any, settings: Settings, registry: Registry) -> None:
-    job = insert_job(sql, note="first")
-    (before,) = sql("SELECT to_jsonb(j) FROM jobs j WHERE id = %s", (job,))[0]
-    sql("UPDATE jobs SET note = 'second', fail_times = 2 WHERE id = %s", (job,))
-    assert sql("SELECT old_row FROM orchestrator.events WHERE op = 'UPDATE'") == [
-        ({"note": "first", "fail_times": 0},)]
-    with Orchestrator(settings, registry) as orch:
-        orch.store.use_workflows([jobs])
-        assert [(e.op, dict(e.old_row)) for e in orch.store.claim(10)] == [("INSERT", {})]
-        sql("UPDATE orchestrator.events SET status = 'done' WHERE op = 'INSERT'")
-        (update,) = orch.store.claim(10)
-    assert (update.op, dict(update.old_row), update.old_value) == ("UPDATE", before, "first")
-    assert update.new_row["note"] == "second" and update.changed == {"note", "fail_times"}
-
-
 def test_row_inserted_by_psql_runs_to_a_terminal_state(dsn: str, sql: Any, run_idle: Any) -> None:
     psql = POSTGRES_BIN_PATH / "psql"
     subprocess.run([str(psql), "-X", "-q", "-d", dsn, "-c", "INSERT INTO jobs DEFAULT VALUES"],

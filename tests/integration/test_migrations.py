@@ -212,9 +212,8 @@ def test_revision_0004_takes_over_the_installed_triggers_and_gives_them_back(
         dsn: str, sql: Any) -> None:
     """A database at 0003 with workflows installed, one on a partitioned table: upgrading
     re-creates each trigger in place on the SECURITY DEFINER functions (same name, table,
-    event, WHEN and arguments; a partition's clones follow; 0006, 0007 and 0010 move capture
-    on to v3, v4, then v5) and narrows the dispatcher; downgrading restores 0003's functions
-    and grants."""
+    event, WHEN and arguments; a partition's clones follow; 0006 and 0007 move capture on to
+    v3, then v4) and narrows the dispatcher; downgrading restores 0003's functions and grants."""
     sql("CREATE TABLE parts (id bigint PRIMARY KEY, status text NOT NULL DEFAULT 'new')"
         " PARTITION BY RANGE (id)")
     sql("CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100)")
@@ -224,7 +223,7 @@ def test_revision_0004_takes_over_the_installed_triggers_and_gives_them_back(
             terminal=["done"], transitions=[("finish", "new", "done")]))
     at_head = sql(TRIGGERS)
     assert len([row for row in at_head if row[0] == "parts_1"]) == 4
-    assert at_head and all("guard_v2(" in definition or "capture_v5(" in definition
+    assert at_head and all("guard_v2(" in definition or "capture_v4(" in definition
                            for _, _, definition in at_head)
     assert sql(PRIVILEGES) == [
         ("orchestrator_admin", False, False, True, True, True),
@@ -233,8 +232,7 @@ def test_revision_0004_takes_over_the_installed_triggers_and_gives_them_back(
 
     schema.downgrade(dsn, "0003")
     assert sql(TRIGGERS) == [(table, name, definition.replace("_v2(", "_v1(")
-                              .replace("_v3(", "_v1(").replace("_v4(", "_v1(")
-                              .replace("_v5(", "_v1("))
+                              .replace("_v3(", "_v1(").replace("_v4(", "_v1("))
                              for table, name, definition in at_head]
     assert ("orchestrator_dispatcher", True, True, True, True, True) in sql(PRIVILEGES)
     assert not [row for row in sql(PRIVILEGES) if row[0] != "orchestrator_dispatcher"
@@ -255,26 +253,6 @@ def test_revision_0009_leaves_room_on_the_queues_pages_and_takes_it_back(
     assert sql(options) == [(None,)]
     schema.upgrade(dsn)
     assert sql(options) == [(["fillfactor=50"],)]
-
-
-def test_revision_0010_records_the_changed_columns_and_its_downgrade_writes_old_rows_whole(
-        dsn: str, sql: Any) -> None:
-    updates = "SELECT old_row, new_row FROM orchestrator.event_log WHERE op = 'UPDATE' ORDER BY id"
-    sql("INSERT INTO jobs (note) VALUES ('a')")
-    sql("UPDATE jobs SET note = 'b'")
-    sql("UPDATE orchestrator.events SET status = 'done', finished_at = now()")
-    sql("SELECT orchestrator.archive_v1(now() + interval '1 hour', NULL, true, '1 day')")
-    sql("UPDATE jobs SET note = 'c'")  # stays in the queue
-    assert [old for old, _ in sql(updates)] == [{"note": "a"}, {"note": "b"}]
-
-    schema.downgrade(dsn, "0009")
-    rows = sql(updates)
-    assert [old for old, _ in rows] == [rows[0][1] | {"note": "a"}, rows[1][1] | {"note": "b"}]
-    sql("UPDATE jobs SET note = 'd'")  # capture_v4: the whole old row
-    schema.upgrade(dsn)
-    sql("UPDATE jobs SET note = 'e'")
-    *_, (whole, new_d), (changed, _) = sql(updates)
-    assert (whole, changed) == (new_d | {"note": "c"}, {"note": "d"})
 
 
 def test_concurrent_migrate_runs_take_turns(app_dsn: str) -> None:

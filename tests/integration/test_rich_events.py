@@ -248,7 +248,7 @@ def test_revision_0007_goes_down_and_up_with_events_in_queue_and_history(
         dispatch(dsn, wf)
 
     schema.upgrade(dsn)
-    assert sql(FUNCTIONS) == [("orchestrator.capture_v5",)]
+    assert sql(FUNCTIONS) == [("orchestrator.capture_v4",)]
     place_order(dsn, 4, 8)
     assert sql("SELECT row_key, session_variables FROM orchestrator.event_log"
                " WHERE op = 'INSERT' ORDER BY id") == [

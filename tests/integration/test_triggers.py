@@ -94,7 +94,7 @@ def test_an_arrival_no_handler_serves_is_recorded_finished_and_wakes_nobody(
     wf.on_enter("new")(lambda event: "done")
     install(dsn, wf)
     assert [call for name, call in triggers(sql).items() if "capture" in name] == [
-        "orchestrator.capture_v5('served', 'id', 'status', '', 'done')"] * 2
+        "orchestrator.capture_v4('served', 'id', 'status', '', 'done')"] * 2
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN orchestrator")
         sql("INSERT INTO things (id) VALUES (1)")
