@@ -35,8 +35,8 @@ def drain(session: Session, dsn: str, settings: DispatcherSettings, *, events: i
     """Create ``events`` pending events, then start a dispatcher and time the drain."""
     mark = settle(session)
     session.run("insert_related_backlog" if related else "insert_backlog", {"count": events})
-    with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
-        wait_until(lambda: drained(mon), what="backlog drain")
+    with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon) as running:
+        wait_until(lambda: drained(mon), what="backlog drain", alive=running.check_alive)
     row = session.run("drain", mark | {
         "workflow": "bench_related" if related else "bench_drain"})[0]
     return Backlog(int(row["events"]), float(row["seconds"] or 0.0))

@@ -39,11 +39,15 @@ def monitor(dsn: str, session: Session) -> Iterator[Session]:
 
 
 def wait_until(progress: Callable[[], tuple[bool, object]], *, what: str,
-               stall_s: float = 30.0, poll_s: float = POLL_S) -> None:
-    """Poll ``progress`` (finished, where it stands) until finished. Raises BenchError when
-    where it stands does not change for ``stall_s`` seconds."""
+               stall_s: float = 30.0, poll_s: float = POLL_S,
+               alive: Callable[[], None] | None = None) -> None:
+    """Poll ``progress`` (finished, where it stands) until finished; ``alive``, each poll
+    before it, raises when what does the work is gone (a dispatcher exited). Raises BenchError
+    when where it stands does not change for ``stall_s`` seconds."""
     last, moved_at = None, time.monotonic()
     while True:
+        if alive is not None:
+            alive()
         finished, marker = progress()
         if finished:
             return

@@ -92,7 +92,7 @@ class Dispatchers:
         """A dispatcher opens its pool (one connection), then its LISTEN connection."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
-            self._check_alive()
+            self.check_alive()
             pool, listen = self.sample_connections()
             if len(pool) == self._count and listen - self._listen_before >= self._count:
                 return
@@ -157,7 +157,8 @@ class Dispatchers:
                 return
             time.sleep(0.02)
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
+        """Raises BenchError naming a dispatcher that exited, with its log's last lines."""
         for n, proc in enumerate(self._procs):
             if proc.poll() is not None:
                 raise BenchError(f"dispatcher {n} exited with {proc.returncode}{self._tail(n)}")

@@ -82,7 +82,7 @@ def paced(session: Session, dsn: str, settings: DispatcherSettings, *,
     mark = settle(session)
     interval_s = TRANSITIONS_PER_ORDER / max(transitions_per_s, 1.0)
     committed: dict[int, float] = {}
-    with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon):
+    with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon) as running:
         begin = time.monotonic()
         n = 0
         while (due := begin + n * interval_s) < begin + seconds:
@@ -91,8 +91,10 @@ def paced(session: Session, dsn: str, settings: DispatcherSettings, *,
             order = int(mon.value("insert_order"))
             committed[order] = time.time()
             n += 1
-        wait_until(reached(lambda: int(mon.value("delivered", mark)), n), what="paced run")
-        wait_until(lambda: drained(mon), what="paced run's last events")
+        wait_until(reached(lambda: int(mon.value("delivered", mark)), n), what="paced run",
+                   alive=running.check_alive)
+        wait_until(lambda: drained(mon), what="paced run's last events",
+                   alive=running.check_alive)
     return _latency(session, committed, None, n * TRANSITIONS_PER_ORDER / seconds)
 
 

@@ -114,7 +114,7 @@ def run(session: Session, dsn: str, settings: DispatcherSettings, config: LongRu
     mark = settle(session)
     orders = math.ceil(config.transitions / TRANSITIONS_PER_ORDER)
     env = {"ORCHESTRATOR_RETENTION": config.retention}
-    with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon, env=env):
+    with monitor(dsn, session) as mon, Dispatchers(dsn, 1, settings, mon, env=env) as running:
         feed = Feed(mon, mark["orders"], orders, config.window)
         begin = since = time.monotonic()
         result = LongRun(orders * TRANSITIONS_PER_ORDER, 0.0)
@@ -122,6 +122,7 @@ def run(session: Session, dsn: str, settings: DispatcherSettings, config: LongRu
         for tenth in range(1, TENTHS + 1):
             target = math.ceil(orders * tenth / TENTHS)
             while (done := feed.delivered()) < target:
+                running.check_alive()  # else a dispatcher gone would leave this waiting
                 time.sleep(FEED_POLL_S)
             now = time.monotonic()
             rate = (done - done_before) * TRANSITIONS_PER_ORDER / (now - since)
@@ -129,7 +130,8 @@ def run(session: Session, dsn: str, settings: DispatcherSettings, config: LongRu
             result.tenths.append(_measure(session, tenth, rate, config.retention))
             say(_line(result.tenths[-1]))
         result.seconds = time.monotonic() - begin
-        wait_until(lambda: drained(mon), what="long run's last events")
+        wait_until(lambda: drained(mon), what="long run's last events",
+                   alive=running.check_alive)
     return result
 
 

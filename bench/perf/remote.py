@@ -186,7 +186,7 @@ def dispatched_per_s(session: Session, dsn: str, settings: DispatcherSettings, u
     with monitor(dsn, session) as mon, Dispatchers(
             dsn, 1, replace(settings, concurrency=connections), mon, env=env) as running:
         before = running.cpu_s()  # started and listening: what follows is the drain
-        wait_until(lambda: drained(mon), what="remote calls")
+        wait_until(lambda: drained(mon), what="remote calls", alive=running.check_alive)
         after = running.cpu_s()
     row = session.run("remote_calls", mark)[0]
     seconds = float(row["seconds"] or 0.0)

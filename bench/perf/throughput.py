@@ -66,8 +66,10 @@ def sustained(session: Session, dsn: str, settings: DispatcherSettings, *, order
                 procs.sample_connections()
                 return int(mon.value("delivered", mark))
 
-            wait_until(reached(delivered, orders), what="sustained run")
-            wait_until(lambda: drained(mon), what="sustained run's last events")
+            wait_until(reached(delivered, orders), what="sustained run",
+                       alive=procs.check_alive)
+            wait_until(lambda: drained(mon), what="sustained run's last events",
+                       alive=procs.check_alive)
             peak_rss_mb = procs.peak_rss_mb()
             cpu_s = _difference(procs.cpu_s(), cpu_before)
             procs.stop()
