@@ -75,10 +75,11 @@ def test_a_tiny_remote_case_reports_the_raw_client_the_dispatcher_and_their_rati
         assert case["ratio"] == pytest.approx(
             case["dispatcher_calls_per_s"] / case["raw_calls_per_s"], abs=0.01)
         assert len(case["rounds"]) == 1
-        # CPU per call: the raw client's always; the dispatcher's on Linux (/proc).
+        # CPU per call: the raw client's always; the dispatcher's on Linux (/proc, in clock
+        # ticks of 10 ms: a drain of 20 events may take less than one).
         assert case["raw_cpu_ms_per_call"] > 0
         if sys.platform.startswith("linux"):
-            assert case["dispatcher_cpu_ms_per_event"] > 0
+            assert case["dispatcher_cpu_ms_per_event"] >= 0
     console = Console(width=120, record=True)
     console.print(report.table(json.loads(done.stdout)))
     text = console.export_text()
