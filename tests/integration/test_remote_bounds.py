@@ -1,6 +1,7 @@
 """A remote call is bounded whatever the far end does: an endpoint that trickles its headers or
 its body, or answers too much, fails the attempt by the handler's timeout and gives its
-connection slot back. The far end is a raw socket on loopback, so it can misbehave at will."""
+connection slot back; a call goes through the proxy it is given or the environment names. The
+far end is a raw socket on loopback, so it can misbehave at will."""
 
 from __future__ import annotations
 
@@ -160,3 +161,52 @@ def test_https_certificates_are_verified_against_the_trust_store(
     trusted = Remote("tls", url, secrets=["s"])
     assert call(trusted, 5.0) is None
     trusted.close()
+
+
+@pytest.fixture
+def proxy_end() -> Iterator[tuple[str, list[bytes]]]:
+    """A loopback 'proxy' that answers every request itself; yields its URL and the request
+    lines it saw (a request through a proxy names the whole URL)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    seen: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                seen.append(conn.recv(65536).split(b"\r\n", 1)[0])
+                conn.sendall(BEHAVIOURS["ok"][0])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}", seen
+    stop.set()
+    thread.join(timeout=5)
+    server.close()
+
+
+def test_a_call_goes_through_the_proxy_given_or_the_environments_unless_no_proxy_covers_it(
+        proxy_end: tuple[str, list[bytes]], far_end: tuple[str, list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy, seen = proxy_end
+    given = Remote("p", "http://fn.invalid/given", secrets=["s"], allow_http=True, proxy=proxy)
+    assert call(given, 5.0) is None
+    given.close()
+    monkeypatch.setenv("http_proxy", proxy)
+    from_env = Remote("p", "http://fn.invalid/env", secrets=["s"], allow_http=True)
+    assert call(from_env, 5.0) is None
+    from_env.close()
+    assert seen == [b"POST http://fn.invalid/given HTTP/1.1",
+                    b"POST http://fn.invalid/env HTTP/1.1"]
+
+    url, _ = far_end  # loopback, answering as itself
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    direct = Remote("p", f"{url}/direct", secrets=["s"])
+    assert call(direct, 5.0) is None
+    direct.close()
+    assert len(seen) == 2
