@@ -194,8 +194,14 @@ class Client:
         self._act(pycurl.SOCKET_TIMEOUT, 0)
 
     def _act(self, fd: int, event: int) -> None:
-        """Let libcurl act on ``fd`` (or on its timeouts), then settle the finished calls."""
-        self._multi.socket_action(fd, event)
+        """Let libcurl act on ``fd`` (or on its timeouts), then settle the finished calls. If
+        libcurl itself fails (out of memory, an internal error), every call in flight fails
+        now, not at its deadline."""
+        try:
+            self._multi.socket_action(fd, event)
+        except pycurl.error as exc:
+            self._fail_all(CallFailed(f"libcurl failed: {exc.args[-1]}"))
+            return
         while True:
             queued, done, failed = self._multi.info_read()
             for curl in done:
@@ -232,11 +238,14 @@ class Client:
             return TimedOut(message)
         return CallFailed(message)
 
-    async def close(self) -> None:
+    def _fail_all(self, failure: CallFailed) -> None:
         for curl, call in list(self._busy.items()):
             if not call.future.done():
-                call.future.set_exception(CallFailed("the client was closed"))
+                call.future.set_exception(failure)
             self._release(curl)
+
+    async def close(self) -> None:
+        self._fail_all(CallFailed("the client was closed"))
         self._multi.close()
         for curl in self._idle:
             curl.close()

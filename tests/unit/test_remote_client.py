@@ -57,3 +57,31 @@ def test_a_call_to_a_closed_port_fails_with_one_line_naming_it() -> None:
     with pytest.raises(remote_http.CallFailed,
                        match=r"^cannot connect to 127\.0\.0\.1:9: Connection refused$"):
         asyncio.run(call())
+
+
+class FailingMulti:
+    """libcurl's multi handle, but its socket_action fails as on an internal error."""
+
+    def __init__(self, real: pycurl.CurlMulti) -> None:
+        self._real = real
+
+    def socket_action(self, fd: int, event: int) -> tuple[int, int]:
+        raise pycurl.error(pycurl.E_MULTI_INTERNAL_ERROR, "internal error")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+def test_when_libcurl_itself_fails_the_calls_in_flight_fail_at_once() -> None:
+    async def call() -> None:
+        client = remote_http.Client("http://127.0.0.1:9/x", max_connections=1, headers={})
+        client._multi = FailingMulti(client._multi)  # type: ignore[assignment]
+        try:
+            await client.post("http://127.0.0.1:9/x", content=b"{}", headers={},
+                              timeout_s=30.0, max_bytes=100)
+        finally:
+            await client.close()
+
+    # Not the call's own deadline (30 s): wait_for would end the test with a TimeoutError.
+    with pytest.raises(remote_http.CallFailed, match=r"^libcurl failed: internal error$"):
+        asyncio.run(asyncio.wait_for(call(), timeout=5.0))
