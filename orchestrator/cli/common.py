@@ -129,9 +129,6 @@ def main_options(
     logs.configure("text")  # `run --log-format json` changes it
     # The pool's own reconnect chatter repeats what the dispatcher reports once.
     logging.getLogger("psycopg.pool").setLevel(max(level, logging.ERROR))
-    # httpx logs each request's full URL at INFO: a function key in its query would leak.
-    for name in ("httpx", "httpcore"):
-        logging.getLogger(name).setLevel(max(level, logging.WARNING))
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))
 
 
