@@ -9,7 +9,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
@@ -54,14 +55,12 @@ def misbehave(conn: socket.socket, how: str, stop: threading.Event) -> None:
         conn.close()
 
 
-@pytest.fixture
-def far_end() -> Iterator[tuple[str, list[str]]]:
-    """A loopback server answering each connection as the next behaviour in the list; yields
-    its base URL and that list (the test appends to it)."""
+@contextmanager
+def loopback(accept: Callable[[socket.socket, threading.Event], None]) -> Iterator[int]:
+    """A server on a loopback port, handing each connection it accepts to ``accept`` (on the
+    server's thread) with the flag that says the test is over; yields the port."""
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(0.1)  # accept() looks at the stop flag this often
-    port = server.getsockname()[1]
-    plan: list[str] = []
     stop = threading.Event()
 
     def serve() -> None:
@@ -70,15 +69,30 @@ def far_end() -> Iterator[tuple[str, list[str]]]:
                 conn, _ = server.accept()
             except TimeoutError:
                 continue
-            how = plan.pop(0) if plan else "ok"
-            threading.Thread(target=misbehave, args=(conn, how, stop), daemon=True).start()
+            accept(conn, stop)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{port}", plan
-    stop.set()
-    thread.join(timeout=5)
-    server.close()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+@pytest.fixture
+def far_end() -> Iterator[tuple[str, list[str]]]:
+    """A loopback server answering each connection as the next behaviour in the list; yields
+    its base URL and that list (the test appends to it)."""
+    plan: list[str] = []
+
+    def accept(conn: socket.socket, stop: threading.Event) -> None:
+        how = plan.pop(0) if plan else "ok"
+        threading.Thread(target=misbehave, args=(conn, how, stop), daemon=True).start()
+
+    with loopback(accept) as port:
+        yield f"http://127.0.0.1:{port}", plan
 
 
 def call(handler: Remote, timeout_s: float) -> Any:
@@ -124,30 +138,17 @@ def tls_end(tmp_path: Any) -> Iterator[tuple[str, str]]:
     ca.issue_cert("localhost").configure_cert(context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.1)
-    port = server.getsockname()[1]
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            try:
-                wrapped = context.wrap_socket(conn, server_side=True)
-            except (OSError, ssl.SSLError):
-                conn.close()  # the client refused our certificate
-                continue
-            threading.Thread(target=misbehave, args=(wrapped, "ok", stop), daemon=True).start()
+    def accept(conn: socket.socket, stop: threading.Event) -> None:
+        try:
+            wrapped = context.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            conn.close()  # the client refused our certificate
+            return
+        threading.Thread(target=misbehave, args=(wrapped, "ok", stop), daemon=True).start()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"https://localhost:{port}/x", str(ca_file)
-    stop.set()
-    thread.join(timeout=5)
-    server.close()
+    with loopback(accept) as port:
+        yield f"https://localhost:{port}/x", str(ca_file)
 
 
 def test_https_certificates_are_verified_against_the_trust_store(
@@ -167,27 +168,15 @@ def test_https_certificates_are_verified_against_the_trust_store(
 def proxy_end() -> Iterator[tuple[str, list[bytes]]]:
     """A loopback 'proxy' that answers every request itself; yields its URL and the request
     lines it saw (a request through a proxy names the whole URL)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.1)
     seen: list[bytes] = []
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                seen.append(conn.recv(65536).split(b"\r\n", 1)[0])
-                conn.sendall(BEHAVIOURS["ok"][0])
+    def accept(conn: socket.socket, stop: threading.Event) -> None:
+        with conn:
+            seen.append(conn.recv(65536).split(b"\r\n", 1)[0])
+            conn.sendall(BEHAVIOURS["ok"][0])
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}", seen
-    stop.set()
-    thread.join(timeout=5)
-    server.close()
+    with loopback(accept) as port:
+        yield f"http://127.0.0.1:{port}", seen
 
 
 def test_a_call_goes_through_the_proxy_given_or_the_environments_unless_no_proxy_covers_it(
