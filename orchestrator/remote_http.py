@@ -99,6 +99,9 @@ class Client:
         # Only where TLS may be spoken: finding the trust store is not free.
         tls = any(u and urlsplit(u).scheme == "https" for u in (url, self._proxy))
         self._trust = trust_store() if tls else ()
+        # What a connection is opened to, as a refused one names it.
+        self._target = (f"proxy {host_port(self._proxy)}" if self._proxy
+                        else host_port(url))
         self._headers = [f"{name}: {value}" for name, value in headers.items()]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[pycurl.Curl] = []
@@ -223,15 +226,13 @@ class Client:
         else:
             call.future.set_exception(failure)
 
-    @staticmethod
-    def _failure(curl: pycurl.Curl, call: _Call, code: int, message: str) -> CallFailed:
+    def _failure(self, curl: pycurl.Curl, call: _Call, code: int, message: str) -> CallFailed:
         if call.too_large:
             return TooLarge(call.too_large)
         if code == pycurl.E_COULDNT_CONNECT:
             errno = int(curl.getinfo(pycurl.OS_ERRNO))
-            where = urlsplit(curl.getinfo(pycurl.EFFECTIVE_URL))
             why = os.strerror(errno) if errno else message
-            return CallFailed(f"cannot connect to {where.hostname}:{where.port}: {why}")
+            return CallFailed(f"cannot connect to {self._target}: {why}")
         if code == pycurl.E_PEER_FAILED_VERIFICATION:
             return CallFailed(f"certificate verify failed: {message}")
         if code == pycurl.E_OPERATION_TIMEDOUT:
@@ -251,6 +252,13 @@ class Client:
             curl.close()
         self._idle.clear()
         self._time(-1)
+
+
+def host_port(url: str) -> str:
+    """``url``'s host and port, the scheme's default port when it names none."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    return f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
 
 def trust_store() -> tuple[tuple[int, str], ...]:

@@ -85,3 +85,24 @@ def test_when_libcurl_itself_fails_the_calls_in_flight_fail_at_once() -> None:
     # Not the call's own deadline (30 s): wait_for would end the test with a TimeoutError.
     with pytest.raises(remote_http.CallFailed, match=r"^libcurl failed: internal error$"):
         asyncio.run(asyncio.wait_for(call(), timeout=5.0))
+
+
+def test_a_refused_connection_to_a_proxy_names_the_proxy() -> None:
+    async def call() -> None:
+        client = remote_http.Client("http://fn.invalid/x", max_connections=1, headers={},
+                                    proxy="http://127.0.0.1:9")
+        try:
+            await client.post("http://fn.invalid/x", content=b"{}", headers={},
+                              timeout_s=5.0, max_bytes=100)
+        finally:
+            await client.close()
+
+    with pytest.raises(remote_http.CallFailed,
+                       match=r"^cannot connect to proxy 127\.0\.0\.1:9: Connection refused$"):
+        asyncio.run(call())
+
+
+def test_a_url_without_a_port_is_named_with_its_schemes() -> None:
+    assert remote_http.host_port("https://fn.example/call") == "fn.example:443"
+    assert remote_http.host_port("http://fn.example/call") == "fn.example:80"
+    assert remote_http.host_port("http://[::1]:8080/call") == "[::1]:8080"
