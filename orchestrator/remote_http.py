@@ -203,7 +203,7 @@ class Client:
         try:
             self._multi.socket_action(fd, event)
         except pycurl.error as exc:
-            self._fail_all(CallFailed(f"libcurl failed: {exc.args[-1]}"))
+            self._fail_all(f"libcurl failed: {exc.args[-1]}")
             return
         while True:
             queued, done, failed = self._multi.info_read()
@@ -239,14 +239,14 @@ class Client:
             return TimedOut(message)
         return CallFailed(message)
 
-    def _fail_all(self, failure: CallFailed) -> None:
+    def _fail_all(self, reason: str) -> None:
         for curl, call in list(self._busy.items()):
             if not call.future.done():
-                call.future.set_exception(failure)
+                call.future.set_exception(CallFailed(reason))  # one each: raised in each task
             self._release(curl)
 
     async def close(self) -> None:
-        self._fail_all(CallFailed("the client was closed"))
+        self._fail_all("the client was closed")
         self._multi.close()
         for curl in self._idle:
             curl.close()
