@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import certifi
 import pycurl
@@ -45,18 +47,35 @@ def test_the_trust_store_is_the_environments_else_certifis(
                                          (pycurl.PROXY_CAINFO, "/etc/my-ca.pem"))
 
 
-def test_a_call_to_a_closed_port_fails_with_one_line_naming_it() -> None:
+def post_once(url: str, *, proxy: str | None = None, timeout_s: float = 5.0,
+              multi: Callable[[pycurl.CurlMulti], Any] | None = None) -> None:
+    """One call to ``url`` with a client of its own (its libcurl multi handle wrapped by
+    ``multi``), closed after; raises what the call raises."""
     async def call() -> None:
-        client = remote_http.Client("http://127.0.0.1:9/x", max_connections=1, headers={})
+        client = remote_http.Client(url, max_connections=1, headers={}, proxy=proxy)
+        if multi is not None:
+            client._multi = multi(client._multi)
         try:
-            await client.post("http://127.0.0.1:9/x", content=b"{}", headers={},
-                              timeout_s=5.0, max_bytes=100)
+            await client.post(url, content=b"{}", headers={}, timeout_s=timeout_s,
+                              max_bytes=100)
         finally:
             await client.close()
 
+    # A bound of its own, shorter than a test's own deadline: a call stuck past it ends
+    # the test with a TimeoutError.
+    asyncio.run(asyncio.wait_for(call(), timeout=min(timeout_s, 5.0) + 5.0))
+
+
+def test_a_call_to_a_closed_port_fails_with_one_line_naming_it() -> None:
     with pytest.raises(remote_http.CallFailed,
                        match=r"^cannot connect to 127\.0\.0\.1:9: Connection refused$"):
-        asyncio.run(call())
+        post_once("http://127.0.0.1:9/x")
+
+
+def test_a_refused_connection_to_a_proxy_names_the_proxy() -> None:
+    with pytest.raises(remote_http.CallFailed,
+                       match=r"^cannot connect to proxy 127\.0\.0\.1:9: Connection refused$"):
+        post_once("http://fn.invalid/x", proxy="http://127.0.0.1:9")
 
 
 class FailingMulti:
@@ -73,33 +92,9 @@ class FailingMulti:
 
 
 def test_when_libcurl_itself_fails_the_calls_in_flight_fail_at_once() -> None:
-    async def call() -> None:
-        client = remote_http.Client("http://127.0.0.1:9/x", max_connections=1, headers={})
-        client._multi = FailingMulti(client._multi)  # type: ignore[assignment]
-        try:
-            await client.post("http://127.0.0.1:9/x", content=b"{}", headers={},
-                              timeout_s=30.0, max_bytes=100)
-        finally:
-            await client.close()
-
-    # Not the call's own deadline (30 s): wait_for would end the test with a TimeoutError.
+    # Its own deadline is 30 s: failing by it would end in post_once's TimeoutError first.
     with pytest.raises(remote_http.CallFailed, match=r"^libcurl failed: internal error$"):
-        asyncio.run(asyncio.wait_for(call(), timeout=5.0))
-
-
-def test_a_refused_connection_to_a_proxy_names_the_proxy() -> None:
-    async def call() -> None:
-        client = remote_http.Client("http://fn.invalid/x", max_connections=1, headers={},
-                                    proxy="http://127.0.0.1:9")
-        try:
-            await client.post("http://fn.invalid/x", content=b"{}", headers={},
-                              timeout_s=5.0, max_bytes=100)
-        finally:
-            await client.close()
-
-    with pytest.raises(remote_http.CallFailed,
-                       match=r"^cannot connect to proxy 127\.0\.0\.1:9: Connection refused$"):
-        asyncio.run(call())
+        post_once("http://127.0.0.1:9/x", timeout_s=30.0, multi=FailingMulti)
 
 
 def test_a_url_without_a_port_is_named_with_its_schemes() -> None:
