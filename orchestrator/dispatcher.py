@@ -256,16 +256,14 @@ class Dispatcher:
     def _fill(self) -> None:
         """Claim for the free slots, a batch per claim (before a write that only records
         outcomes, so that new handlers run during it)."""
-        while not self._stopping.is_set() and self._intake.ready(self._hand.taken, held=len(
-                self._hand)):
-            self._take(self._intake.claim(self._hand.taken, held=len(self._hand)))
+        while not self._stopping.is_set() and self._intake.ready(self._hand):
+            self._take(self._intake.claim(self._hand))
 
     def _wait_s(self) -> float:
         now = self._clock()
         if self._outage and now < self._outage.retry_at:
             return self._outage.retry_at - now
-        if self._hand.unwritten or self._hand.can_start or self._intake.ready(
-                self._hand.taken, held=len(self._hand)):
+        if self._hand.unwritten or self._hand.can_start or self._intake.ready(self._hand):
             return 0.0
         deadlines = [c.next_at for c in self._chores]
         deadlines += [job.deadline for job in self._hand.running.values()]
@@ -308,7 +306,7 @@ class Dispatcher:
 
     def _claim_timers(self) -> None:
         if not self._stopping.is_set():
-            self._take(self._intake.claim_timers(self._hand.taken))
+            self._take(self._intake.claim_timers(self._hand))
 
     def _take(self, events: Sequence[Event]) -> None:
         self.stats.claimed += len(events)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 from orchestrator.events import Event
 from orchestrator.verbs import EventQueue
@@ -37,6 +38,17 @@ class Solo:
     event_id: int
 
 
+class Holding(Protocol):
+    """What a dispatcher holds, as the intake sees it (``inhand.InHand``)."""
+
+    @property
+    def taken(self) -> int:
+        """Slots taken: attempts running and claimed events waiting for one."""
+
+    def __len__(self) -> int:
+        """Events in hand, results not yet written included."""
+
+
 Mode = Shared | Draining | Solo
 SHARED, DRAINING = Shared(), Draining()
 
@@ -55,29 +67,28 @@ class Intake:
     def _limit(self, in_hand: int) -> int:
         return min(self._batch_size, self._concurrency - in_hand)
 
-    def ready(self, in_hand: int, *, held: int) -> bool:
-        """Whether a claim now may take something, with ``in_hand`` slots taken and ``held``
-        events in hand (results not yet written included)."""
-        if not self.wanted or self._limit(in_hand) <= 0:
+    def ready(self, hand: Holding) -> bool:
+        """Whether a claim now may take something, with ``hand`` held."""
+        if not self.wanted or self._limit(hand.taken) <= 0:
             return False
         match self.mode:
             case Solo():
                 return False
             case Draining():
-                return held == 0
+                return len(hand) == 0
         return True
 
-    def claim(self, in_hand: int, *, held: int) -> list[Event]:
-        """The next events to run: a batch for the ``in_hand`` slots taken, or in Draining with
-        nothing ``held`` (results not yet written included), one suspect."""
-        limit = self._limit(in_hand)
+    def claim(self, hand: Holding) -> list[Event]:
+        """The next events to run: a batch for the slots ``hand`` leaves free, or in Draining
+        with nothing in ``hand`` (results not yet written included), one suspect."""
+        limit = self._limit(hand.taken)
         if limit <= 0:
             return []
         match self.mode:
             case Solo():
                 return []
             case Draining():
-                return [] if held else self._claim_suspect()
+                return [] if len(hand) else self._claim_suspect()
         events = self._store.claim(limit)
         self.wanted = len(events) == limit
         return events
@@ -92,9 +103,9 @@ class Intake:
                      events[0].id)
         return events
 
-    def claim_timers(self, in_hand: int) -> list[Event]:
+    def claim_timers(self, hand: Holding) -> list[Event]:
         """Deadline timers come due (not while a suspect runs alone)."""
-        limit = self._limit(in_hand)
+        limit = self._limit(hand.taken)
         if limit <= 0 or isinstance(self.mode, Solo):
             return []
         return self._store.claim_timers(limit)
