@@ -164,8 +164,8 @@ def _curl_per_s(url: str, connections: int, seconds: float) -> tuple[float, floa
         curl.setopt(pycurl.WRITEFUNCTION, len)
         multi.add_handle(curl)
     began, cpu = time.monotonic(), time.process_time()
-    ends, answered, running = began + seconds, 0, connections
-    while running:
+    ends, answered, running, again = began + seconds, 0, connections, False
+    while running or again:  # again: answered ones were added back, not yet under way
         running = multi.perform()[1]
         answered, again = _answered(multi, answered, time.monotonic() < ends)
         if running and not again:  # else send the new requests first
