@@ -102,7 +102,8 @@ class Client:
         # What a connection is opened to, as a refused one names it.
         self._target = (f"proxy {host_port(self._proxy)}" if self._proxy
                         else host_port(url))
-        self._headers = [f"{name}: {value}" for name, value in headers.items()]
+        # "Expect:": no 100-continue round trip before a body.
+        self._headers = [*(f"{name}: {value}" for name, value in headers.items()), "Expect:"]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[pycurl.Curl] = []
         self._busy: dict[pycurl.Curl, _Call] = {}
@@ -134,7 +135,7 @@ class Client:
         curl = self._idle.pop() if self._idle else self._curl()
         curl.setopt(pycurl.URL, url)
         curl.setopt(pycurl.POSTFIELDS, content)
-        curl.setopt(pycurl.HTTPHEADER, [*self._headers, "Expect:",
+        curl.setopt(pycurl.HTTPHEADER, [*self._headers,
                                         *(f"{k}: {v}" for k, v in headers.items())])
         curl.setopt(pycurl.HEADERFUNCTION, call.header)
         curl.setopt(pycurl.WRITEFUNCTION, call.write)
