@@ -3,23 +3,24 @@
 Calls run on an asyncio loop (``asyncloop``) over libcurl's multi interface (pycurl). libcurl
 speaks HTTP in C and tells the loop which sockets to watch and when its next timeout falls, so
 a call waiting on the network holds no thread and costs the loop little: the loop's Python
-work per call is a handful of option settings and callbacks. A call has one deadline:
-connecting, the TLS handshake, sending, and every read of the headers and of the body all
-happen inside one ``asyncio.timeout``, and when it passes the transfer is dropped, so an
-endpoint that sends its answer a byte at a time fails the call on time. The body is read up to
-a maximum size. Redirects are not followed. Certificates are verified against certifi's CAs,
-or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set (the rule httpx and requests follow).
+work per call is a handful of option settings and callbacks. A call has one deadline, which
+libcurl keeps (``TIMEOUT_MS``): connecting, the TLS handshake, sending, and every read of the
+headers and of the body all happen before it, and when it passes the transfer is dropped, so
+an endpoint that sends its answer a byte at a time fails the call on time. The body is read up
+to a maximum size; a longer declared length stops the call at the headers. Redirects are not
+followed. Certificates are verified against certifi's CAs, or ``SSL_CERT_FILE`` /
+``SSL_CERT_DIR`` when set (the rule httpx and requests follow).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
@@ -39,50 +40,60 @@ class TooLarge(CallFailed):
     """The answer was longer than the call allowed."""
 
 
-@dataclass(frozen=True, slots=True)
 class Answer:
-    """What an endpoint answered: status, headers (names in lower case) and the whole body."""
+    """What an endpoint answered: status, headers (names in lower case) and the whole body.
+    The header lines are parsed when first asked for: a successful call's are never read."""
 
-    status: int
-    headers: Mapping[str, str]
-    content: bytes
+    __slots__ = ("_headers", "_lines", "content", "status")
+
+    def __init__(self, status: int, lines: list[bytes], content: bytes) -> None:
+        self.status = status
+        self.content = content
+        self._lines = lines
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        if self._headers is None:
+            self._headers = parse_headers(self._lines)
+        return self._headers
+
+
+def parse_headers(lines: list[bytes]) -> dict[str, str]:
+    """The header lines of the last answer (after any 1xx one), names in lower case, a name
+    given twice with its values joined by commas."""
+    headers: dict[str, str] = {}
+    for line in lines:
+        if line.startswith(b"HTTP/"):
+            headers = {}  # a new answer begins
+            continue
+        name, colon, value = line.partition(b":")
+        if colon:
+            key, text = name.strip().lower().decode("latin-1"), value.strip().decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
 
 
 class _Call:
-    """One request in flight: the answer as libcurl hands it over, read up to ``max_bytes``,
-    and the future its caller awaits."""
+    """One request in flight: the answer as libcurl hands it over (its header lines as they
+    come, the body read up to ``max_bytes``) and the future its caller awaits."""
 
-    __slots__ = ("body", "future", "headers", "max_bytes", "settled", "size", "too_large")
+    __slots__ = ("body", "future", "lines", "max_bytes", "settled", "size", "timeout_s")
 
-    def __init__(self, future: asyncio.Future[Answer], max_bytes: int) -> None:
+    def __init__(self, future: asyncio.Future[Answer], max_bytes: int, timeout_s: float) -> None:
         self.future = future
         self.max_bytes = max_bytes
-        self.headers: dict[str, str] = {}
+        self.timeout_s = timeout_s
+        self.lines: list[bytes] = []
         self.body: list[bytes] = []
         self.size = 0
-        self.too_large = ""
         self.settled = False
 
-    def header(self, line: bytes) -> int | None:
-        """One header line; a length over the limit stops the transfer (a return value other
-        than None tells libcurl to abort)."""
-        if line.startswith(b"HTTP/"):
-            self.headers = {}  # a new answer begins (after a 1xx one)
-            return None
-        name, colon, value = line.partition(b":")
-        if not colon:
-            return None
-        key, text = name.strip().lower().decode("latin-1"), value.strip().decode("latin-1")
-        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
-        if key == "content-length" and text.isdigit() and int(text) > self.max_bytes:
-            self.too_large = f"{text} bytes"
-            return 0
-        return None
-
     def write(self, chunk: bytes) -> int | None:
+        """A piece of the body; one past the limit stops the transfer (a return value other
+        than None tells libcurl to abort)."""
         self.size += len(chunk)
         if self.size > self.max_bytes:
-            self.too_large = f"more than {self.max_bytes} bytes"
             return 0
         self.body.append(chunk)
         return None
@@ -121,30 +132,25 @@ class Client:
                    timeout_s: float, max_bytes: int) -> Answer:
         """POST ``content`` and read the answer, all within ``timeout_s`` seconds from now.
         Raises TimedOut when the time runs out, TooLarge when the body exceeds ``max_bytes``,
-        CallFailed when the call fails otherwise."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await self._post(url, content, headers, max_bytes)
-        except TimeoutError:
-            raise TimedOut(f"no answer within {timeout_s:.3g}s") from None
-
-    async def _post(self, url: str, content: bytes, headers: Mapping[str, str],
-                    max_bytes: int) -> Answer:
+        CallFailed when the call fails otherwise. libcurl keeps the deadline (connecting, TLS,
+        sending and every read), so a call costs the loop no timer of its own."""
         self._loop = loop = asyncio.get_running_loop()
-        call = _Call(loop.create_future(), max_bytes)
+        call = _Call(loop.create_future(), max_bytes, timeout_s)
         curl = self._idle.pop() if self._idle else self._curl()
         curl.setopt(pycurl.URL, url)
         curl.setopt(pycurl.POSTFIELDS, content)
         curl.setopt(pycurl.HTTPHEADER, [*self._headers,
                                         *(f"{k}: {v}" for k, v in headers.items())])
-        curl.setopt(pycurl.HEADERFUNCTION, call.header)
+        curl.setopt(pycurl.TIMEOUT_MS, max(1, math.ceil(timeout_s * 1000)))
+        curl.setopt(pycurl.MAXFILESIZE_LARGE, max_bytes)  # a longer declared length: not read
+        curl.setopt(pycurl.HEADERFUNCTION, call.lines.append)
         curl.setopt(pycurl.WRITEFUNCTION, call.write)
         self._multi.add_handle(curl)
         self._busy[curl] = call
         try:
             return await call.future
         finally:
-            if not call.settled:  # the deadline passed: drop the transfer (and its connection)
+            if not call.settled:  # the caller was cancelled: drop the transfer
                 self._release(curl)
 
     def _curl(self) -> pycurl.Curl:
@@ -186,12 +192,18 @@ class Client:
 
     def _time(self, ms: int) -> None:
         """libcurl's timer callback: act on its timeouts in ``ms`` milliseconds (-1: none).
-        libcurl may not be re-entered from its own callbacks, hence the loop's timer."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if ms >= 0 and self._loop is not None and not self._loop.is_closed():
-            self._timer = self._loop.call_later(ms / 1000, self._timed_out)
+        libcurl may not be re-entered from its own callbacks, hence the loop's timer. A timer
+        already set to fire sooner is kept: firing early only has libcurl look and set the
+        next one, which is cheaper than a new timer for every call added."""
+        loop, timer = self._loop, self._timer
+        if ms < 0 or loop is None or loop.is_closed():
+            return
+        when = loop.time() + ms / 1000
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._timer = loop.call_at(when, self._timed_out)
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -223,13 +235,17 @@ class Client:
         if call.future.done():
             return
         if failure is None:
-            call.future.set_result(Answer(status, call.headers, b"".join(call.body)))
+            call.future.set_result(Answer(status, call.lines, b"".join(call.body)))
         else:
             call.future.set_exception(failure)
 
     def _failure(self, curl: pycurl.Curl, call: _Call, code: int, message: str) -> CallFailed:
-        if call.too_large:
-            return TooLarge(call.too_large)
+        if code == pycurl.E_FILESIZE_EXCEEDED:
+            declared = parse_headers(call.lines).get("content-length", "")
+            return TooLarge(f"{declared} bytes" if declared.isdigit()
+                            else f"more than {call.max_bytes} bytes")
+        if code == pycurl.E_WRITE_ERROR and call.size > call.max_bytes:
+            return TooLarge(f"more than {call.max_bytes} bytes")
         if code == pycurl.E_COULDNT_CONNECT:
             errno = int(curl.getinfo(pycurl.OS_ERRNO))
             why = os.strerror(errno) if errno else message
@@ -237,7 +253,7 @@ class Client:
         if code == pycurl.E_PEER_FAILED_VERIFICATION:
             return CallFailed(f"certificate verify failed: {message}")
         if code == pycurl.E_OPERATION_TIMEDOUT:
-            return TimedOut(message)
+            return TimedOut(f"no answer within {call.timeout_s:.3g}s")
         return CallFailed(message)
 
     def _fail_all(self, reason: str) -> None:
@@ -252,7 +268,9 @@ class Client:
         for curl in self._idle:
             curl.close()
         self._idle.clear()
-        self._time(-1)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def host_port(url: str) -> str:
