@@ -18,6 +18,7 @@ import asyncio
 import math
 import os
 import re
+import selectors
 import time
 import urllib.request
 from collections.abc import Mapping
@@ -119,6 +120,8 @@ class Client:
         self._idle: list[pycurl.Curl] = []
         self._busy: dict[pycurl.Curl, _Call] = {}
         self._watched: dict[int, int] = {}
+        self._sockets = selectors.DefaultSelector()
+        self._selecting = False
         self._timer: asyncio.TimerHandle | None = None
         self._multi = pycurl.CurlMulti()
         for option, value in ((pycurl.M_MAX_TOTAL_CONNECTIONS, max_connections),
@@ -171,24 +174,40 @@ class Client:
         self._idle.append(curl)
 
     def _watch(self, what: int, fd: int, multi: object, socket: object) -> None:
-        """libcurl's socket callback: watch ``fd`` for what it waits for (POLL_REMOVE: none)."""
-        loop, was, now = self._loop, self._watched.get(fd, 0), what & pycurl.POLL_INOUT
+        """libcurl's socket callback: watch ``fd`` for what it waits for (POLL_REMOVE: none).
+        libcurl's sockets are watched by a selector of the client's own, whose descriptor the
+        loop watches: adding and dropping a socket for each call is then one system call,
+        with no handle of the loop's made or dropped, and the loop wakes the client once for
+        all the sockets that are ready."""
+        loop = self._loop
         if loop is None or loop.is_closed():
             return
-        if (was ^ now) & pycurl.POLL_IN:
-            if now & pycurl.POLL_IN:
-                loop.add_reader(fd, self._act, fd, pycurl.CSELECT_IN)
-            else:
-                loop.remove_reader(fd)
-        if (was ^ now) & pycurl.POLL_OUT:
-            if now & pycurl.POLL_OUT:
-                loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
-            else:
-                loop.remove_writer(fd)
-        if now:
-            self._watched[fd] = now
+        now = ((selectors.EVENT_READ if what & pycurl.POLL_IN else 0)
+               | (selectors.EVENT_WRITE if what & pycurl.POLL_OUT else 0))
+        was = self._watched.get(fd, 0)
+        if now == was:
+            return
+        if not now:
+            self._sockets.unregister(fd)
+            del self._watched[fd]
+            return
+        if was:
+            self._sockets.modify(fd, now)
         else:
-            self._watched.pop(fd, None)
+            self._sockets.register(fd, now)
+        self._watched[fd] = now
+        if not self._selecting:
+            loop.add_reader(self._sockets.fileno(), self._ready)
+            self._selecting = True
+
+    def _ready(self) -> None:
+        """The sockets that are ready: libcurl acts on each, then the finished calls settle."""
+        for key, events in self._sockets.select(0):
+            event = ((pycurl.CSELECT_IN if events & selectors.EVENT_READ else 0)
+                     | (pycurl.CSELECT_OUT if events & selectors.EVENT_WRITE else 0))
+            if not self._action(key.fd, event):
+                return
+        self._settle_finished()
 
     def _time(self, ms: int) -> None:
         """libcurl's timer callback: act on its timeouts in ``ms`` milliseconds (-1: none).
@@ -210,14 +229,21 @@ class Client:
         self._act(pycurl.SOCKET_TIMEOUT, 0)
 
     def _act(self, fd: int, event: int) -> None:
-        """Let libcurl act on ``fd`` (or on its timeouts), then settle the finished calls. If
-        libcurl itself fails (out of memory, an internal error), every call in flight fails
-        now, not at its deadline."""
+        """Let libcurl act on ``fd`` (or on its timeouts), then settle the finished calls."""
+        if self._action(fd, event):
+            self._settle_finished()
+
+    def _action(self, fd: int, event: int) -> bool:
+        """libcurl's work on ``fd``; False when libcurl itself failed (out of memory, an
+        internal error): then every call in flight fails now, not at its deadline."""
         try:
             self._multi.socket_action(fd, event)
         except pycurl.error as exc:
             self._fail_all(f"libcurl failed: {exc.args[-1]}")
-            return
+            return False
+        return True
+
+    def _settle_finished(self) -> None:
         while True:
             queued, done, failed = self._multi.info_read()
             for curl in done:
@@ -268,6 +294,10 @@ class Client:
         for curl in self._idle:
             curl.close()
         self._idle.clear()
+        if self._selecting and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._sockets.fileno())
+        self._selecting = False
+        self._sockets.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
