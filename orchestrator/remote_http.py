@@ -21,7 +21,8 @@ import re
 import selectors
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
@@ -41,23 +42,38 @@ class TooLarge(CallFailed):
     """The answer was longer than the call allowed."""
 
 
+@dataclass(frozen=True, slots=True)
 class Answer:
-    """What an endpoint answered: status, headers (names in lower case) and the whole body.
-    The header lines are parsed when first asked for: a successful call's are never read."""
+    """What an endpoint answered: status, headers (names in lower case) and the whole body."""
 
-    __slots__ = ("_headers", "_lines", "content", "status")
+    status: int
+    headers: Headers
+    content: bytes
 
-    def __init__(self, status: int, lines: list[bytes], content: bytes) -> None:
-        self.status = status
-        self.content = content
+
+class Headers(Mapping[str, str]):
+    """An answer's headers, parsed from its lines when first read: a successful call's are
+    seldom read at all."""
+
+    __slots__ = ("_lines", "_parsed")
+
+    def __init__(self, lines: list[bytes]) -> None:
         self._lines = lines
-        self._headers: dict[str, str] | None = None
+        self._parsed: dict[str, str] | None = None
 
-    @property
-    def headers(self) -> Mapping[str, str]:
-        if self._headers is None:
-            self._headers = parse_headers(self._lines)
-        return self._headers
+    def _headers(self) -> dict[str, str]:
+        if self._parsed is None:
+            self._parsed = parse_headers(self._lines)
+        return self._parsed
+
+    def __getitem__(self, name: str) -> str:
+        return self._headers()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers())
+
+    def __len__(self) -> int:
+        return len(self._headers())
 
 
 def parse_headers(lines: list[bytes]) -> dict[str, str]:
@@ -261,7 +277,7 @@ class Client:
         if call.future.done():
             return
         if failure is None:
-            call.future.set_result(Answer(status, call.lines, b"".join(call.body)))
+            call.future.set_result(Answer(status, Headers(call.lines), b"".join(call.body)))
         else:
             call.future.set_exception(failure)
 
