@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from orchestrator import asyncloop, hasura, remote_http, signing
 from orchestrator.errors import DefinitionError, RemoteHandlerError
 from orchestrator.events import Event, Next, Retry
@@ -97,7 +99,7 @@ class Remote:
             payload = hasura.request_body(event, ctx, self.trigger, trace)
         else:
             payload = request_body(event, timeout_s, trace)
-        body = _ENCODER.encode(payload).encode()
+        body = encode(payload)
         headers = {"Content-Type": "application/json", "Idempotency-Key": event.idempotency_key,
                    "traceparent": trace,
                    signing.HEADER: signing.sign(body, self.secrets())}
@@ -235,6 +237,17 @@ def _finite(text: str) -> float:
     return value
 
 
+def encode(payload: dict[str, Any]) -> bytes:
+    """``payload`` as the JSON a request carries: orjson's encoding, or the standard
+    library's where orjson has no answer (an integer past 64 bits, a key that is not a
+    string); a value JSON has no type for is sent as its str(), dates and times included."""
+    try:
+        return orjson.dumps(payload, default=str, option=_AS_STR)
+    except TypeError:
+        return _ENCODER.encode(payload).encode()
+
+
+_AS_STR = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 # One encoder for every call: json.dumps with an option builds its own again each time.
 _ENCODER = json.JSONEncoder(default=str)
 

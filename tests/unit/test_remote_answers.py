@@ -1,4 +1,6 @@
+import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from types import MappingProxyType
 
 import pytest
@@ -84,6 +86,18 @@ def test_the_request_body_is_the_documented_shape() -> None:
     version, trace_id, span_id, flags = trace.split("-")
     assert (version, len(trace_id), len(span_id), flags) == ("00", 32, 16, "01")
     assert remote.traceparent(event).split("-")[1] == trace_id  # one trace across attempts
+
+
+def test_a_request_body_encodes_whatever_a_row_holds() -> None:
+    """orjson's encoding where it can; the standard library's for what orjson refuses (an
+    integer past 64 bits, a key that is not a string); str() for other types, a date too."""
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert json.loads(remote.encode({"n": 2**70, "at": when, "x": "é"})) == {
+        "n": 2**70, "at": str(when), "x": "é"}
+    assert json.loads(remote.encode({"ids": {1: "a"}, "amount": Decimal("1.50")})) == {
+        "ids": {"1": "a"}, "amount": "1.50"}
+    assert json.loads(remote.encode({"id": 42, "status": "paid"})) == {"id": 42,
+                                                                       "status": "paid"}
 
 
 @pytest.mark.parametrize("body", [
