@@ -429,7 +429,7 @@ def finish(conn: psycopg.Connection[Any], v: Variant,
     the write-back, then the hand-over claim of the rows' next events, one transaction."""
     n = len(events)
     params = {
-        "dispatcher": DISPATCHER, "ids": [e[0] for e in events],
+        "dispatcher": DISPATCHER, "running": "running", "ids": [e[0] for e in events],
         "attempts": [e[9] for e in events], "handlers": [HANDLER] * n,
         "errors": [None] * n, "statuses": ["done"] * n, "outcomes": ["applied"] * n,
         "keys": [e[2] for e in events], "stale_outcomes": ["stale"] * n,

@@ -185,7 +185,8 @@ class Store:
         set of columns, each member writing its ``rows`` values. Its result set: (id,
         outcome) of each event still ours."""
         params: dict[str, Any] = {
-            "dispatcher": self.dispatcher, "ids": [r.event.id for r in members],
+            "dispatcher": self.dispatcher, "running": EventStatus.RUNNING.value,
+            "ids": [r.event.id for r in members],
             "attempts": [r.event.attempt for r in members],
             "handlers": [r.handler for r in members], "errors": [r.error for r in members]}
         if kind == RETRY:
