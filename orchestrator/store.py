@@ -248,7 +248,8 @@ class Store:
         """Renew the lease on events this dispatcher is still working on."""
         with self._conn() as conn:
             conn.execute(QUERIES["extend_leases"], {
-                "ids": list(ids), "dispatcher": self.dispatcher, "lease_s": self.lease_s})
+                "ids": list(ids), "dispatcher": self.dispatcher, "lease_s": self.lease_s,
+                "running": EventStatus.RUNNING.value})
 
     def requeue_expired(self) -> list[int]:
         """Return events whose lease ran out to the queue; their ids."""

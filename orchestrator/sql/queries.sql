@@ -185,10 +185,11 @@ SELECT set_config('enable_seqscan', 'off', true);
 SELECT set_config('plan_cache_mode', 'force_generic_plan', true);
 
 -- name: extend_leases
--- The heartbeat: a dispatcher keeps the events it is still working on.
+-- The heartbeat: a dispatcher keeps the events it is still working on. %(running)s is
+-- 'running', a parameter on purpose (see finish_many).
 UPDATE orchestrator.events
 SET lease_until = now() + make_interval(secs => %(lease_s)s)
-WHERE id = ANY(%(ids)s) AND claimed_by = %(dispatcher)s AND status = 'running';
+WHERE id = ANY(%(ids)s) AND claimed_by = %(dispatcher)s AND status = %(running)s;
 
 -- name: requeue_expired
 -- Events whose dispatcher stopped renewing the lease (killed, partitioned) go back to the queue,

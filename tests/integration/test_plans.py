@@ -56,7 +56,7 @@ def generic_plan(conn: psycopg.Connection[Any], text: str, params: dict[str, Any
     return json.dumps(conn.execute(explain).fetchone()[0])  # type: ignore[index]
 
 
-def test_a_batch_is_finished_through_the_primary_key_whatever_the_statistics(
+def test_a_batch_is_renewed_and_finished_through_the_primary_key_whatever_the_statistics(
         settings: Settings, registry: Registry, sql: Any, dsn: str) -> None:
     # Statistics taken while nothing ran: they promise next to no running event, which made
     # the kept plan compare every running event with every result of a batch.
@@ -70,6 +70,7 @@ def test_a_batch_is_finished_through_the_primary_key_whatever_the_statistics(
         claimed = sorted(orch.store.claim(60), key=lambda e: e.id)
         applied, noop, retried = claimed[:20], claimed[20:40], claimed[40:]
         with sent(statements):
+            orch.store.extend_leases([e.id for e in claimed])  # the heartbeat
             report = orch.store.finish(
                 [Result(e, Outcome.APPLIED, handler="h", next=Next("working")) for e in applied]
                 + [Result(e, Outcome.NOOP, handler="h") for e in noop]
@@ -77,7 +78,7 @@ def test_a_batch_is_finished_through_the_primary_key_whatever_the_statistics(
                    for e in retried])
     assert len(report.outcomes) == 60
     finishing = [(t, p) for t, p in statements if "SET status = 'running'" not in t]
-    assert len(finishing) == 3  # the write-back, finish_many and retry
+    assert len(finishing) == 4  # the heartbeat, the write-back, finish_many and retry
     with psycopg.connect(dsn, autocommit=True) as conn:
         for text, params in finishing:
             plan = generic_plan(conn, text, params)
