@@ -63,7 +63,13 @@ class Context:
         self._sync = sync
         self.table = table
         self.max_attempts = max_attempts
-        self.log = logging.getLogger(f"orchestrator.handler.{workflow}")
+        self._workflow = workflow
+
+    @property
+    def log(self) -> logging.Logger:
+        """The workflow's handler logger, ``orchestrator.handler.<workflow>`` (looked up when
+        a handler asks: the lookup takes logging's lock)."""
+        return logging.getLogger(f"orchestrator.handler.{self._workflow}")
 
     @property
     def db(self) -> Any:

@@ -247,6 +247,7 @@ def test_an_async_handler_runs_on_the_loop_and_its_outcome_is_applied(attempts: 
         await asyncio.sleep(0.01)
         ran_on.append(threading.current_thread().name)
         assert ctx.table == ("public", "jobs") and ctx.max_attempts == 3
+        assert ctx.log.name == f"orchestrator.handler.{event.workflow}"
         return "working"
 
     a = attempts(with_handler(start))
