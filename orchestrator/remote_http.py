@@ -29,6 +29,9 @@ from urllib.parse import urlsplit
 import certifi
 import pycurl
 
+# libcurl's longest timeout (a C long of milliseconds on every platform): about 24 days.
+MAX_TIMEOUT_MS = 2**31 - 1
+
 
 class CallFailed(Exception):
     """The call did not bring back an answer (refused, reset, unreadable)."""
@@ -135,7 +138,6 @@ class Client:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle: list[pycurl.Curl] = []
         self._busy: dict[pycurl.Curl, _Call] = {}
-        self._watched: dict[int, int] = {}
         self._sockets = selectors.DefaultSelector()
         self._selecting = False
         self._timer: asyncio.TimerHandle | None = None
@@ -155,12 +157,13 @@ class Client:
         sending and every read), so a call costs the loop no timer of its own."""
         self._loop = loop = asyncio.get_running_loop()
         call = _Call(loop.create_future(), max_bytes, timeout_s)
+        timeout_ms = max(1, math.ceil(min(timeout_s * 1000, MAX_TIMEOUT_MS)))
+        header_lines = [*self._headers, *(f"{k}: {v}" for k, v in headers.items())]
         curl = self._idle.pop() if self._idle else self._curl()
         curl.setopt(pycurl.URL, url)
         curl.setopt(pycurl.POSTFIELDS, content)
-        curl.setopt(pycurl.HTTPHEADER, [*self._headers,
-                                        *(f"{k}: {v}" for k, v in headers.items())])
-        curl.setopt(pycurl.TIMEOUT_MS, max(1, math.ceil(timeout_s * 1000)))
+        curl.setopt(pycurl.HTTPHEADER, header_lines)
+        curl.setopt(pycurl.TIMEOUT_MS, timeout_ms)
         curl.setopt(pycurl.MAXFILESIZE_LARGE, max_bytes)  # a longer declared length: not read
         curl.setopt(pycurl.HEADERFUNCTION, call.lines.append)
         curl.setopt(pycurl.WRITEFUNCTION, call.write)
@@ -200,25 +203,33 @@ class Client:
             return
         now = ((selectors.EVENT_READ if what & pycurl.POLL_IN else 0)
                | (selectors.EVENT_WRITE if what & pycurl.POLL_OUT else 0))
-        was = self._watched.get(fd, 0)
-        if now == was:
-            return
+        key = self._sockets.get_map().get(fd)  # the selector's record is the only one
         if not now:
-            self._sockets.unregister(fd)
-            del self._watched[fd]
+            if key is not None:
+                self._sockets.unregister(fd)
             return
-        if was:
-            self._sockets.modify(fd, now)
-        else:
+        if key is None:
             self._sockets.register(fd, now)
-        self._watched[fd] = now
+        elif key.events != now:
+            try:
+                self._sockets.modify(fd, now)
+            except OSError:  # its descriptor was closed and the number given to a new socket
+                if fd in self._sockets.get_map():
+                    self._sockets.unregister(fd)
+                self._sockets.register(fd, now)
         if not self._selecting:
             loop.add_reader(self._sockets.fileno(), self._ready)
             self._selecting = True
 
     def _ready(self) -> None:
-        """The sockets that are ready: libcurl acts on each, then the finished calls settle."""
-        for key, events in self._sockets.select(0):
+        """The sockets that are ready: libcurl acts on each, then the finished calls settle.
+        A socket dropped (or its number taken by a new one) while acting on an earlier one is
+        passed over."""
+        ready = self._sockets.select(0)
+        watched = self._sockets.get_map()
+        for key, events in ready:
+            if watched.get(key.fd) is not key:
+                continue
             event = ((pycurl.CSELECT_IN if events & selectors.EVENT_READ else 0)
                      | (pycurl.CSELECT_OUT if events & selectors.EVENT_WRITE else 0))
             if not self._action(key.fd, event):

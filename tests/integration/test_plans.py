@@ -1,5 +1,6 @@
-"""The plans PostgreSQL keeps for the engine's prepared statements: a batch's events are found
-by primary key, however few running events the table's statistics promise."""
+"""The generic plans PostgreSQL may keep for the engine's prepared statements once they have
+run a few times: a batch's events are found by primary key, however few running events the
+table's statistics promise (custom plans know the batch's length and join by hash)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 import json
+import math
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType
@@ -98,6 +99,8 @@ def test_a_request_body_encodes_whatever_a_row_holds() -> None:
         "ids": {"1": "a"}, "amount": "1.50"}
     assert json.loads(remote.encode({"id": 42, "status": "paid"})) == {"id": 42,
                                                                        "status": "paid"}
+    assert json.loads(remote.encode({"ratio": math.nan, "top": math.inf})) == {
+        "ratio": None, "top": None}  # JSON has no such numbers
 
 
 @pytest.mark.parametrize("body", [

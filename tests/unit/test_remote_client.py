@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+import selectors
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -95,6 +99,34 @@ def test_when_libcurl_itself_fails_the_calls_in_flight_fail_at_once() -> None:
     # Its own deadline is 30 s: failing by it would end in post_once's TimeoutError first.
     with pytest.raises(remote_http.CallFailed, match=r"^libcurl failed: internal error$"):
         post_once("http://127.0.0.1:9/x", timeout_s=30.0, multi=FailingMulti)
+
+
+def test_a_call_without_a_time_limit_is_a_call_like_another() -> None:
+    with pytest.raises(remote_http.CallFailed, match=r"^cannot connect to 127\.0\.0\.1:9: "):
+        post_once("http://127.0.0.1:9/x", timeout_s=math.inf)
+
+
+def test_a_socket_number_given_to_a_new_socket_is_watched_anew() -> None:
+    """A socket closed without libcurl saying so first, its number taken by a new socket:
+    the new one is watched, not refused by the selector."""
+    async def watch() -> None:
+        client = remote_http.Client("http://127.0.0.1:9/x", max_connections=1, headers={})
+        client._loop = asyncio.get_running_loop()
+        old, old_peer = socket.socketpair()
+        new, new_peer = socket.socketpair()
+        number = old.fileno()
+        try:
+            client._watch(pycurl.POLL_IN, number, None, None)
+            os.dup2(new.fileno(), number)  # the old socket is gone; its number is the new one's
+            client._watch(pycurl.POLL_OUT, number, None, None)
+            ready = {key.fd: events for key, events in client._sockets.select(0)}
+            assert ready == {number: selectors.EVENT_WRITE}
+        finally:
+            for s in (old, old_peer, new, new_peer):
+                s.close()
+            await client.close()
+
+    asyncio.run(watch())
 
 
 def test_a_url_without_a_port_is_named_with_its_schemes() -> None:
