@@ -139,6 +139,7 @@ class Client:
         self._idle: list[pycurl.Curl] = []
         self._busy: dict[pycurl.Curl, _Call] = {}
         self._sockets = selectors.DefaultSelector()
+        self._watched: dict[int, selectors.SelectorKey] = {}  # the selector's keys, by socket
         self._selecting = False
         self._timer: asyncio.TimerHandle | None = None
         self._multi = pycurl.CurlMulti()
@@ -203,20 +204,20 @@ class Client:
             return
         now = ((selectors.EVENT_READ if what & pycurl.POLL_IN else 0)
                | (selectors.EVENT_WRITE if what & pycurl.POLL_OUT else 0))
-        key = self._sockets.get_map().get(fd)  # the selector's record is the only one
+        key = self._watched.get(fd)
         if not now:
             if key is not None:
+                del self._watched[fd]
                 self._sockets.unregister(fd)
             return
         if key is None:
-            self._sockets.register(fd, now)
+            self._watched[fd] = self._sockets.register(fd, now)
         elif key.events != now:
             try:
-                self._sockets.modify(fd, now)
+                self._watched[fd] = self._sockets.modify(fd, now)
             except OSError:  # its descriptor was closed and the number given to a new socket
-                if fd in self._sockets.get_map():
-                    self._sockets.unregister(fd)
-                self._sockets.register(fd, now)
+                # (the selector has let go of it)
+                self._watched[fd] = self._sockets.register(fd, now)
         if not self._selecting:
             loop.add_reader(self._sockets.fileno(), self._ready)
             self._selecting = True
@@ -225,10 +226,8 @@ class Client:
         """The sockets that are ready: libcurl acts on each, then the finished calls settle.
         A socket dropped (or its number taken by a new one) while acting on an earlier one is
         passed over."""
-        ready = self._sockets.select(0)
-        watched = self._sockets.get_map()
-        for key, events in ready:
-            if watched.get(key.fd) is not key:
+        for key, events in self._sockets.select(0):
+            if self._watched.get(key.fd) is not key:
                 continue
             event = ((pycurl.CSELECT_IN if events & selectors.EVENT_READ else 0)
                      | (pycurl.CSELECT_OUT if events & selectors.EVENT_WRITE else 0))
