@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.bench.db import BenchError, Session, with_application_name
+from orchestrator.bench.procs import cpu_s, vm_hwm_kb
 from orchestrator.db import LISTEN_APPLICATION_NAME
 
 HANDLERS = "orchestrator.bench.workflow"
@@ -123,14 +124,14 @@ class Dispatchers:
 
     def peak_rss_mb(self) -> float | None:
         """The largest peak resident set (VmHWM) of the processes, in MB (None off Linux)."""
-        peaks = [_vm_hwm_kb(p.pid) for p in self._procs if p.poll() is None]
+        peaks = [vm_hwm_kb(p.pid) for p in self._procs if p.poll() is None]
         known = [kb for kb in peaks if kb is not None]
         return max(known) / 1024 if known else None
 
     def cpu_s(self) -> float | None:
         """CPU seconds (user + system) the running processes have used so far (None off
         Linux)."""
-        times = [_cpu_s(p.pid) for p in self._procs if p.poll() is None]
+        times = [cpu_s(p.pid) for p in self._procs if p.poll() is None]
         known = [t for t in times if t is not None]
         return sum(known) if known else None
 
@@ -175,23 +176,3 @@ class Dispatchers:
         except OSError:
             return ""
         return (": " + " / ".join(lines)) if lines else ""
-
-
-def _vm_hwm_kb(pid: int) -> int | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return None
-
-
-def _cpu_s(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    # After the command name: state is field 3, utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -116,6 +116,9 @@ INSERT INTO public.bench_remote (status) SELECT 'queued' FROM generate_series(1,
 -- name: clock
 SELECT clock_timestamp();
 
+-- name: backend_pid
+SELECT pg_backend_pid() AS pid;
+
 -- name: order_status
 SELECT status FROM public.bench_orders WHERE id = %(id)s;
 

@@ -9,7 +9,9 @@ connections' worth of ``bench_remote`` events (``Remote(..., max_concurrency=N)`
 ``--concurrency N``), created while no dispatcher runs, then drained by one: from the first
 claim to the last write. Rounds alternate raw client and dispatcher so background load weighs
 on both alike. Each also reports the CPU it spent: the raw client's per call (the bench
-process), the dispatcher's per event (its process, from the first claim to the last write).
+process), the dispatcher's per event (its process, from the first claim to the last write),
+and during that drain the server's and the function's per event, so that where one machine's
+cores go is on record (the server's only where it runs on this machine).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import aiohttp
 import pycurl
 
 from orchestrator import gcpolicy
+from orchestrator.bench import procs
 from orchestrator.bench.case import drained, monitor, settle, wait_until
 from orchestrator.bench.db import BenchError, Session
 from orchestrator.bench.dispatchers import Dispatchers, DispatcherSettings
@@ -40,16 +43,26 @@ READY_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
+class Drain:
+    """One dispatcher's drain: its calls/s, and the CPU ms per event its process, the server
+    and the function spent meanwhile (None where /proc cannot tell)."""
+
+    per_s: float
+    dispatcher_cpu_ms: float | None
+    server_cpu_ms: float | None
+    function_cpu_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Round:
-    """One round at ``connections``: the better raw client's calls/s, then the dispatcher's,
-    and the CPU each spent per call (ms; None where /proc cannot tell)."""
+    """One round at ``connections``: the better raw client's calls/s and CPU ms per call, then
+    the dispatcher's drain."""
 
     connections: int
     raw_client: str
     raw_per_s: float
-    dispatcher_per_s: float
     raw_cpu_ms: float
-    dispatcher_cpu_ms: float | None
+    drain: Drain
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +81,17 @@ def run(config: RemoteConfig, session: Session, dsn: str, settings: DispatcherSe
     (``gcpolicy.tune``), so the yardstick is not the weaker of the two."""
     gcpolicy.tune()
     rounds: list[Round] = []
-    with function(config.latency_ms) as url:
+    server = server_pid(session)
+    with function(config.latency_ms) as (url, function_pid):
         for round_ in range(1, config.repeat + 1):
             for n in config.connections:
                 say(f"remote round {round_}: raw client, {n} connections, {config.raw_s:g}s")
                 client, raw, raw_cpu = raw_per_s(url, n, config.raw_s)
                 say(f"remote round {round_}: one dispatcher, {n} connections, "
                     f"{config.events} events")
-                mine, cpu = dispatched_per_s(session, dsn, settings, url, n, config.events)
-                rounds.append(Round(n, client, raw, mine, raw_cpu, cpu))
+                drain = dispatched(session, dsn, settings, url, n, config.events,
+                                   watched=(server, function_pid))
+                rounds.append(Round(n, client, raw, raw_cpu, drain))
     return {"latency_ms": config.latency_ms, "events": config.events,
             "by_connections": [_figures(n, [r for r in rounds if r.connections == n])
                                for n in config.connections]}
@@ -84,30 +99,36 @@ def run(config: RemoteConfig, session: Session, dsn: str, settings: DispatcherSe
 
 def _figures(connections: int, rounds: list[Round]) -> dict[str, Any]:
     raw = median(r.raw_per_s for r in rounds)
-    mine = median(r.dispatcher_per_s for r in rounds)
-    cpu = [r.dispatcher_cpu_ms for r in rounds if r.dispatcher_cpu_ms is not None]
+    mine = median(r.drain.per_s for r in rounds)
     return {"connections": connections, "raw_calls_per_s": round(raw, 1),
             "dispatcher_calls_per_s": round(mine, 1),
             "ratio": round(mine / raw, 3) if raw else 0.0,
             "raw_cpu_ms_per_call": round(median(r.raw_cpu_ms for r in rounds), 3),
-            "dispatcher_cpu_ms_per_event": round(median(cpu), 3) if cpu else None,
+            "dispatcher_cpu_ms_per_event": _median([r.drain.dispatcher_cpu_ms for r in rounds]),
+            "server_cpu_ms_per_event": _median([r.drain.server_cpu_ms for r in rounds]),
+            "function_cpu_ms_per_call": _median([r.drain.function_cpu_ms for r in rounds]),
             "rounds": [{"raw_client": r.raw_client, "raw": round(r.raw_per_s, 1),
-                        "dispatcher": round(r.dispatcher_per_s, 1),
-                        "ratio": round(r.dispatcher_per_s / r.raw_per_s, 3)
+                        "dispatcher": round(r.drain.per_s, 1),
+                        "ratio": round(r.drain.per_s / r.raw_per_s, 3)
                         if r.raw_per_s else 0.0} for r in rounds]}
 
 
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(median(known), 3) if known else None
+
+
 @contextmanager
-def function(latency_ms: float) -> Iterator[str]:
+def function(latency_ms: float) -> Iterator[tuple[str, int]]:
     """The stand-in function on a free loopback port, served by one process per core; its
-    URL."""
+    URL and the pid of its first process (the others are its children)."""
     port = _free_port()
     argv = [sys.executable, "-m", "orchestrator.bench.standin", str(port), str(latency_ms),
             str(os.cpu_count() or 1)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         _wait_for_port(port, proc)
-        yield f"http://127.0.0.1:{port}/call"
+        yield f"http://127.0.0.1:{port}/call", proc.pid
     finally:
         proc.terminate()
         try:
@@ -175,25 +196,41 @@ def _curl_per_s(url: str, connections: int, seconds: float) -> tuple[float, floa
     return per_s, (time.process_time() - cpu) * 1000 / max(answered, 1)
 
 
-def dispatched_per_s(session: Session, dsn: str, settings: DispatcherSettings, url: str,
-                     connections: int, events: int) -> tuple[float, float | None]:
-    """Calls/s one dispatcher makes draining ``events`` bench_remote events through
-    ``connections`` connections, and the CPU its process spent per event (ms; None off
-    Linux)."""
+def dispatched(session: Session, dsn: str, settings: DispatcherSettings, url: str,
+               connections: int, events: int, *,
+               watched: tuple[int | None, int | None] = (None, None)) -> Drain:
+    """One dispatcher draining ``events`` bench_remote events through ``connections``
+    connections: its calls/s, and the CPU per event of its process and of the process trees
+    ``watched`` (the server's, the function's; None: not measured)."""
     mark = settle(session)
     session.run("insert_remote", {"count": events})
     env = {"BENCH_REMOTE_URL": url, "BENCH_REMOTE_CONNECTIONS": str(connections)}
     with monitor(dsn, session) as mon, Dispatchers(
             dsn, 1, replace(settings, concurrency=connections), mon, env=env) as running:
-        before = running.cpu_s()  # started and listening: what follows is the drain
+        before = [running.cpu_s(), *(_tree_cpu_s(pid) for pid in watched)]
         wait_until(lambda: drained(mon), what="remote calls", alive=running.check_alive)
-        after = running.cpu_s()
+        after = [running.cpu_s(), *(_tree_cpu_s(pid) for pid in watched)]
     row = session.run("remote_calls", mark)[0]
     seconds = float(row["seconds"] or 0.0)
     if int(row["events"]) != events:
         raise BenchError(f"remote case: {row['events']} of {events} calls done")
-    cpu = (after - before) * 1000 / events if before is not None and after is not None else None
-    return (events / seconds if seconds > 0 else 0.0), cpu
+    per_event = [(b - a) * 1000 / events if a is not None and b is not None else None
+                 for a, b in zip(before, after, strict=True)]
+    return Drain(events / seconds if seconds > 0 else 0.0, *per_event)
+
+
+def server_pid(session: Session) -> int | None:
+    """The pid of the server's postmaster when the server runs on this machine, else None
+    (a backend's pid names no local process, or another one)."""
+    backend = int(session.run("backend_pid")[0]["pid"])
+    postmaster = procs.parent(backend)
+    if postmaster is None or not procs.command(backend).startswith("postgres"):
+        return None
+    return postmaster
+
+
+def _tree_cpu_s(pid: int | None) -> float | None:
+    return None if pid is None else procs.tree_cpu_s(pid)
 
 
 def _answered(multi: pycurl.CurlMulti, answered: int, more: bool) -> tuple[int, bool]:

@@ -45,10 +45,16 @@ def _remote_rows(out: Table, remote: dict[str, Any]) -> None:
         out.add_row(f"  ratio to the raw client (each round: "
                     f"{_rounds([x['ratio'] * 100 for x in case['rounds']])} %)",
                     f"{case['ratio']:.2f}")
-        cpu = case.get("dispatcher_cpu_ms_per_event")
         out.add_row("  CPU ms per call: raw client / dispatcher (median)",
                     f"{case['raw_cpu_ms_per_call']:.3f} / "
-                    + ("n/a" if cpu is None else f"{cpu:.3f}"))
+                    + _ms(case.get("dispatcher_cpu_ms_per_event")))
+        out.add_row("  during the drain, CPU ms per event: server / function",
+                    f"{_ms(case.get('server_cpu_ms_per_event'))} / "
+                    f"{_ms(case.get('function_cpu_ms_per_call'))}")
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _engine_rows(out: Table, r: dict[str, Any]) -> None:

@@ -78,12 +78,16 @@ def test_a_tiny_remote_case_reports_the_raw_client_the_dispatcher_and_their_rati
         # CPU per call: the raw client's always; the dispatcher's on Linux (/proc, in clock
         # ticks of 10 ms: a drain of 20 events may take less than one).
         assert case["raw_cpu_ms_per_call"] > 0
+        # The server's and the function's during the drain (the test server runs here).
         if sys.platform.startswith("linux"):
             assert case["dispatcher_cpu_ms_per_event"] >= 0
+            assert case["server_cpu_ms_per_event"] >= 0
+            assert case["function_cpu_ms_per_call"] >= 0
     console = Console(width=120, record=True)
     console.print(report.table(json.loads(done.stdout)))
     text = console.export_text()
     assert "ratio to the raw client" in text and "CPU ms per call" in text
+    assert "CPU ms per event: server / function" in text
 
 
 def test_the_remote_case_alone_needs_the_functions_latency(dsn: str) -> None:
