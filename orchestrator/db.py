@@ -185,15 +185,30 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
     kwargs: Any = (functools.partial(_pool_connect_kwargs, dsn, password, extra)
                    if password else connect_kwargs(dsn, **extra))
     fresh = FreshCheck()
-    return ConnectionPool(
+    pooler = PoolerCheck() if prepare else None
+    pool = ConnectionPool(
         kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
         check=fresh.check, reset=fresh.returned, timeout=POOL_TIMEOUT_S,
-        configure=PoolerCheck() if prepare else None,
+        configure=pooler,
         max_lifetime=max_lifetime_s, max_idle=max_idle_s,
         # The pool retries a failed connection with a doubling delay; given up early, the
         # next request starts afresh, so it reconnects within our own backoff, not 30 s later.
         reconnect_timeout=RECONNECT_GIVE_UP_S,
     )
+    if pooler is not None:
+        _pooler_checks[pool] = pooler
+    return pool
+
+
+_pooler_checks: weakref.WeakKeyDictionary[ConnectionPool, PoolerCheck] = (
+    weakref.WeakKeyDictionary())
+
+
+def found_pooler(pool: ConnectionPool) -> bool:
+    """Whether a connection of ``pool`` (made by make_pool) was found to go through a
+    transaction-mode pooler."""
+    check = _pooler_checks.get(pool)
+    return check is not None and check.pooled
 
 
 def _pool_connect_kwargs(dsn: str, password: PasswordProvider,

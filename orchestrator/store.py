@@ -24,6 +24,7 @@ from orchestrator.db import (
     Transaction,
     as_param,
     borrowed,
+    found_pooler,
     is_connection_error,
     one_line,
     rollback_quietly,
@@ -303,8 +304,9 @@ class Store:
 
     def transaction(self, *, pooled: bool) -> Transaction:
         """A transaction for a handler's own writes; it takes a pooled connection only when
-        first used. ``pooled``: connections go through a transaction-mode pooler."""
-        return Transaction(self.pool, pooled=pooled)
+        first used. ``pooled``: connections go through a transaction-mode pooler (as they do
+        also when a new connection found one without being told)."""
+        return Transaction(self.pool, pooled=pooled or found_pooler(self.pool))
 
     def terminate_backend(self, pid: int) -> None:
         """End a server session (a hung handler's transaction), releasing its locks."""

@@ -28,8 +28,14 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
     environ = {k: v for k, v in os.environ.items()
                if not k.startswith("ORCHESTRATOR_") and k != "DATABASE_URL"}
     environ |= {f"ORCHESTRATOR_{k.upper()}": str(v) for k, v in FAST.items()} | (env or {})
-    return subprocess.run([sys.executable, *python, *args], cwd=ROOT, env=environ,
-                          capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run([sys.executable, *python, *args], cwd=ROOT, env=environ,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:  # what it printed last says where it stuck
+        said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        tail = "\n".join(said.splitlines()[-25:])
+        raise AssertionError(f"orchestrator {' '.join(args[:2])} did not end within "
+                             f"{timeout:g}s; its last words:\n{tail}") from None
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], *fragments: str) -> None:

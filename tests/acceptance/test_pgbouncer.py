@@ -72,6 +72,22 @@ def test_a_handlers_server_session_is_found_through_pgbouncer(
             tx.close()
 
 
+def test_a_pooler_found_without_the_flag_still_gives_handlers_the_servers_pid(
+        dsn: str, sql: Any) -> None:
+    """Without --transaction-pooling the pid a connection was told is the pooler's invention;
+    once a pooler is found, handler transactions ask the server, so a timed-out handler's
+    session (and no other) is the one terminated."""
+    with private_dir("pgbouncer") as workdir, servers.pgbouncer(dsn, workdir) as pooled:
+        settings = Settings.load(env={}, dsn=pooled, listen=False)
+        with Orchestrator(settings) as orch:
+            tx = orch.store.transaction(pooled=False)
+            conn = tx.connection
+            assert tx.pid != conn.info.backend_pid
+            assert sql("SELECT state FROM pg_stat_activity WHERE pid = %s", (tx.pid,)) == [
+                ("idle in transaction",)]
+            tx.close()
+
+
 def test_a_pooler_without_the_flag_is_found_named_and_worked_around(dsn: str, sql: Any) -> None:
     """Without --transaction-pooling, a dispatcher would fail with 'prepared statement
     "_pg3_24" does not exist'. Each new pooled connection compares the server's process id
