@@ -185,18 +185,17 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
     kwargs: Any = (functools.partial(_pool_connect_kwargs, dsn, password, extra)
                    if password else connect_kwargs(dsn, **extra))
     fresh = FreshCheck()
-    pooler = PoolerCheck() if prepare else None
+    pooler = PoolerCheck(told=not prepare)
     pool = ConnectionPool(
         kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
         check=fresh.check, reset=fresh.returned, timeout=POOL_TIMEOUT_S,
-        configure=pooler,
+        configure=None if pooler.pooled else pooler,
         max_lifetime=max_lifetime_s, max_idle=max_idle_s,
         # The pool retries a failed connection with a doubling delay; given up early, the
         # next request starts afresh, so it reconnects within our own backoff, not 30 s later.
         reconnect_timeout=RECONNECT_GIVE_UP_S,
     )
-    if pooler is not None:
-        _pooler_checks[pool] = pooler
+    _pooler_checks[pool] = pooler
     return pool
 
 
@@ -204,11 +203,26 @@ _pooler_checks: weakref.WeakKeyDictionary[ConnectionPool, PoolerCheck] = (
     weakref.WeakKeyDictionary())
 
 
-def found_pooler(pool: ConnectionPool) -> bool:
-    """Whether a connection of ``pool`` (made by make_pool) was found to go through a
-    transaction-mode pooler."""
+def behind_pooler(pool: ConnectionPool) -> bool:
+    """Whether the connections of ``pool`` (made by make_pool) go through a transaction-mode
+    pooler: made with ``prepare=False`` (told so), or a new connection found one."""
     check = _pooler_checks.get(pool)
     return check is not None and check.pooled
+
+
+@contextmanager
+def pipelined(conn: psycopg.Connection[Any], *, commit: bool, pooled: bool) -> Iterator[None]:
+    """A pipeline for the block's statements, then (``commit``) the COMMIT: sent with them,
+    one round trip; behind a transaction-mode pooler (``pooled``) after the pipeline ends.
+    There the pooler gives the server back at the COMMIT's answer, and the Sync and Flush that
+    psycopg sends when a pipeline ends could take a server again that no query releases:
+    two such idle connections held PgBouncer's two servers until its query_wait_timeout."""
+    with conn.pipeline():
+        yield
+        if commit and not pooled:
+            conn.commit()
+    if commit and pooled:
+        conn.commit()
 
 
 def _pool_connect_kwargs(dsn: str, password: PasswordProvider,
@@ -228,8 +242,8 @@ class PoolerCheck:
     turned off on the connection (safe in any pool mode) and a warning names the flag, once
     per pool. One round trip per new connection."""
 
-    def __init__(self) -> None:
-        self.pooled = False
+    def __init__(self, *, told: bool = False) -> None:
+        self.pooled = told  #: a pooler is known to be there (told so, or found)
 
     def __call__(self, conn: psycopg.Connection[Any]) -> None:
         row = conn.execute(QUERIES["backend_pid"]).fetchone()

@@ -324,12 +324,14 @@ class Dispatcher:
     def _run(self, events: Sequence[Event]) -> None:
         """Start ``events``, each with a slot of its own."""
         now = self._clock()
-        for event in self._with_related(self._admit(events)):
+        going = self._with_related(self._admit(events))
+        for event in going:
             started = self._runner.start(event, now)
             if isinstance(started, Job):
                 self._hand.running[event.id] = started
             else:
                 self._hand.unwritten.append(started)
+        self._intake.not_started({e.id for e in events} - {e.id for e in going})
 
     def _admit(self, events: Sequence[Event]) -> list[Event]:
         """The events that won their turn of their limits; none while the server is away."""

@@ -122,6 +122,12 @@ class Intake:
         if self.mode == Solo(event_id):
             self.mode = SHARED
 
+    def not_started(self, event_ids: set[int]) -> None:
+        """Claimed events that did not start: put back to wait for a limit's turn, or their
+        claims given back in an outage. One that was to run alone no longer holds claims up."""
+        for event_id in event_ids:
+            self.done(event_id)
+
     @property
     def takes_handoffs(self) -> bool:
         """Whether events that writes hand over are run here (else they are given back)."""

@@ -15,7 +15,15 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from orchestrator import install
-from orchestrator.db import as_param, borrowed, is_connection_error, one_line, rollback_quietly
+from orchestrator.db import (
+    as_param,
+    behind_pooler,
+    borrowed,
+    is_connection_error,
+    one_line,
+    pipelined,
+    rollback_quietly,
+)
 from orchestrator.errors import DatabaseUnavailable, RelatedDataError
 from orchestrator.events import Event
 from orchestrator.workflow import Workflow
@@ -58,7 +66,7 @@ class RelatedReader:
         sent: list[tuple[str, Sequence[Event], psycopg.Cursor[Any]]] = []
         with borrowed(self.pool) as conn:
             try:
-                with conn.pipeline():
+                with pipelined(conn, commit=True, pooled=behind_pooler(self.pool)):
                     for group in groups:
                         wf = workflows[group[0].workflow]
                         for name, rel in wf.related.items():
@@ -67,7 +75,6 @@ class RelatedReader:
                                 {k: as_param(v) for k, v in rel.params(wf.key, e.new_row).items()}
                                 for e in group], returning=True)
                             sent.append((name, group, cur))
-                    conn.commit()
             except psycopg.Error as exc:
                 rollback_quietly(conn)
                 if is_connection_error(exc, conn):

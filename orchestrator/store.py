@@ -23,10 +23,11 @@ from orchestrator import install, slots
 from orchestrator.db import (
     Transaction,
     as_param,
+    behind_pooler,
     borrowed,
-    found_pooler,
     is_connection_error,
     one_line,
+    pipelined,
     rollback_quietly,
     translated,
 )
@@ -72,10 +73,9 @@ class Store:
 
     def _events(self, query: str | sql.Composed, params: Mapping[str, Any]) -> list[Event]:
         with self._conn() as conn:
-            with conn.pipeline():  # the statements and the commit: one round trip
+            with pipelined(conn, commit=True, pooled=behind_pooler(self.pool)):
                 conn.execute(QUERIES["claim_settings"])
                 cur = conn.cursor(row_factory=dict_row).execute(query, params)
-                conn.commit()
             rows = cur.fetchall()
         return [event_from_row(row) for row in rows]
 
@@ -155,10 +155,10 @@ class Store:
         commit: bool,
     ) -> FinishReport:
         # Pipeline mode: every statement, the hand-over claim and the commit go out in one
-        # round trip; statements still run in order inside one transaction.
+        # round trip (see pipelined); statements still run in order inside one transaction.
         finished = [r.event for r in results if r.outcome is not Outcome.RETRY]
         failed = [r for r in results if r.error is not None]
-        with conn.pipeline():
+        with pipelined(conn, commit=commit, pooled=behind_pooler(self.pool)):
             conn.execute(QUERIES["index_plans"])
             conn.execute(QUERIES["write_settings"],
                          self._write_settings | {"quiet": "on" if quiet else "off"})
@@ -174,8 +174,6 @@ class Store:
                 "dispatcher": self.dispatcher, "lease_s": self.lease_s,
                 "workflows": [e.workflow for e in finished], "keys": [e.key for e in finished],
             })
-            if commit:
-                conn.commit()
         outcomes = {row[0]: Outcome(row[1]) for cur in sent for row in cur.fetchall()}
         return FinishReport(outcomes, [event_from_row(row) for row in handoff.fetchall()])
 
@@ -306,7 +304,7 @@ class Store:
         """A transaction for a handler's own writes; it takes a pooled connection only when
         first used. ``pooled``: connections go through a transaction-mode pooler (as they do
         also when a new connection found one without being told)."""
-        return Transaction(self.pool, pooled=pooled or found_pooler(self.pool))
+        return Transaction(self.pool, pooled=pooled or behind_pooler(self.pool))
 
     def terminate_backend(self, pid: int) -> None:
         """End a server session (a hung handler's transaction), releasing its locks."""

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import conninfo
+from psycopg import _pipeline_base, conninfo
 
 from orchestrator.app import Orchestrator
 from orchestrator.config import Settings
 from orchestrator.db import Transaction
 from tests.acceptance.test_cli import cli
-from tests.support import exactly_once, servers
-from tests.support.database import private_dir
+from tests.support import database, exactly_once, servers
+from tests.support.database import place_order, private_dir
 
 TERMINAL = {"delivered", "rejected", "cancelled", "failed"}
 
@@ -116,3 +119,42 @@ def test_a_direct_connection_keeps_its_prepared_statements(dsn: str) -> None:
     settings = Settings.load(env={}, dsn=dsn, listen=False)
     with Orchestrator(settings) as orch, orch.pool.connection() as conn:
         assert conn.prepare_threshold == 5  # psycopg's default: prepared after 5 runs
+
+
+@pytest.fixture
+def late_flush(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The thread is held up between the Sync and the Flush psycopg sends as a pipeline ends,
+    as a busy machine's scheduler may do."""
+    fetch = _pipeline_base.BasePipeline._fetch_gen
+
+    def held_up(self: Any, *, flush: bool) -> Any:
+        if flush:
+            time.sleep(0.02)
+        return (yield from fetch(self, flush=flush))
+
+    monkeypatch.setattr(_pipeline_base.BasePipeline, "_fetch_gen", held_up)
+    yield
+
+
+def test_a_claim_through_a_pooler_leaves_no_server_to_its_idle_connection(
+        dsn: str, sql: Any, late_flush: None) -> None:
+    """A Flush reaching PgBouncer after the COMMIT's answer linked a server to the idle pooled
+    connection, and nothing released it: with every server so held, other clients waited
+    query_wait_timeout (120 s). With one server, another client must still get it."""
+    place_order(sql, "pinned")
+    with private_dir("pgbouncer") as workdir, \
+            servers.pgbouncer(dsn, workdir, pool_size=1) as pooled:
+        settings = Settings.load(env={}, dsn=pooled, listen=False)
+        with Orchestrator(settings) as orch:
+            orch.store.use_workflows(list(database.test_registry().workflows.values()))
+            assert [e.new_value for e in orch.store.claim(10)] == ["placed"]
+            answered: list[Any] = []
+
+            def other_client() -> None:
+                with psycopg.connect(pooled, prepare_threshold=None) as conn:
+                    answered.append(conn.execute("SELECT 1").fetchone())
+
+            thread = threading.Thread(target=other_client, daemon=True)
+            thread.start()
+            thread.join(timeout=20)
+            assert answered == [(1,)], "the pooler's only server stayed with an idle client"

@@ -482,6 +482,38 @@ def test_claims_whose_related_data_could_not_be_read_are_released_and_run_after_
     assert attempts == [1]  # never started before the outage; given back uncounted
 
 
+def test_a_suspect_claimed_as_the_server_went_away_runs_alone_after_the_outage() -> None:
+    """The suspect's claim is given back with the others'; the loop must not wait for it
+    to finish alone for ever, claiming nothing meanwhile."""
+    wf = Workflow("jobs", table="public.jobs", states=["new", "working"], initial="new",
+                  terminal=["working"], transitions=[("start", "new", "working")],
+                  related={"owner": Related.parent("owners", "owner_id")})
+
+    alongside: list[int] = []
+
+    @wf.on_enter("new")
+    def start(event: Event) -> str:
+        if event.key == "suspect":
+            alongside.extend(r.event.id for r in loop.store.events.values()
+                             if r.status is RUNNING and r.event.id != event.id)
+        return "working"
+
+    loop = Loop(wf, **NO_POLL)
+    loop.store.lose_related = True
+    suspect = loop.store.insert("jobs", "suspect", attempts=1, suspect=True)
+    with loop.running() as dispatcher:
+        loop.clock.advance(1000)  # the next poll looks for suspects
+        dispatcher.wake()
+        loop.store.wait_until(lambda: ("release", suspect) in loop.store.history,
+                              "the suspect's claim to be given back after the outage")
+        later = loop.store.insert("jobs", "later")
+        loop.clock.advance(1000)
+        dispatcher.wake()
+        loop.store.wait_until(lambda: loop.outcome(suspect) is APPLIED
+                              and loop.outcome(later) is APPLIED, "both to run")
+    assert alongside == []
+
+
 def test_handed_over_events_that_could_not_win_their_limits_turn_run_after_the_outage(
         ) -> None:
     # The first handler writes through ctx.db, so its result is written in its own
