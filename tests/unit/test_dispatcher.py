@@ -459,11 +459,16 @@ def test_a_claim_whose_answer_was_lost_is_released_and_run_after_the_outage() ->
     assert attempts == [1]  # the lost claim was given back uncounted, and ran once
 
 
+def jobs_with_an_owner() -> Workflow:
+    """new -> working, each event with its row's owner as related data."""
+    return Workflow("jobs", table="public.jobs", states=["new", "working"], initial="new",
+                    terminal=["working"], transitions=[("start", "new", "working")],
+                    related={"owner": Related.parent("owners", "owner_id")})
+
+
 def test_claims_whose_related_data_could_not_be_read_are_released_and_run_after_the_outage(
         ) -> None:
-    wf = Workflow("jobs", table="public.jobs", states=["new", "working"], initial="new",
-                  terminal=["working"], transitions=[("start", "new", "working")],
-                  related={"owner": Related.parent("owners", "owner_id")})
+    wf = jobs_with_an_owner()
     attempts: list[int] = []
 
     @wf.on_enter("new")
@@ -485,10 +490,7 @@ def test_claims_whose_related_data_could_not_be_read_are_released_and_run_after_
 def test_a_suspect_claimed_as_the_server_went_away_runs_alone_after_the_outage() -> None:
     """The suspect's claim is given back with the others'; the loop must not wait for it
     to finish alone for ever, claiming nothing meanwhile."""
-    wf = Workflow("jobs", table="public.jobs", states=["new", "working"], initial="new",
-                  terminal=["working"], transitions=[("start", "new", "working")],
-                  related={"owner": Related.parent("owners", "owner_id")})
-
+    wf = jobs_with_an_owner()
     alongside: list[int] = []
 
     @wf.on_enter("new")
