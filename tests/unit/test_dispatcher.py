@@ -230,6 +230,12 @@ def test_a_due_deadline_timer_moves_the_row() -> None:
     assert stats.applied == 1 and stats.no_handler == 2
 
 
+def others_running(store: FakeStore, event: Event) -> list[int]:
+    """The events running beside ``event`` now."""
+    return [r.event.id for r in store.events.values()
+            if r.status is RUNNING and r.event.id != event.id]
+
+
 def test_a_suspect_event_runs_alone_once_the_work_in_hand_is_done(gate: threading.Event) -> None:
     wf = jobs()
     alongside: list[int] = []
@@ -237,8 +243,7 @@ def test_a_suspect_event_runs_alone_once_the_work_in_hand_is_done(gate: threadin
     @wf.on_enter("new")
     def start(event: Event) -> str:
         if event.key == "suspect":
-            alongside.extend(r.event.id for r in loop.store.events.values()
-                             if r.status is RUNNING and r.event.id != event.id)
+            alongside.extend(others_running(loop.store, event))
         else:
             gate.wait(10)
         return "working"
@@ -496,8 +501,7 @@ def test_a_suspect_claimed_as_the_server_went_away_runs_alone_after_the_outage()
     @wf.on_enter("new")
     def start(event: Event) -> str:
         if event.key == "suspect":
-            alongside.extend(r.event.id for r in loop.store.events.values()
-                             if r.status is RUNNING and r.event.id != event.id)
+            alongside.extend(others_running(loop.store, event))
         return "working"
 
     loop = Loop(wf, **NO_POLL)
