@@ -53,7 +53,7 @@ class BenchConfig:
     """Connection counts the ceiling is measured at in each round; the best one counts."""
     repeat: int = 3
     """Rounds of sustained runs and ceiling (figures are their medians)."""
-    concurrency: int = 64
+    concurrency: int = 256
     """Handlers a dispatcher runs at once: with handlers that return at once, also the most
     results one group commit writes and the most events one claim takes."""
     pool_size: int = 4

@@ -67,7 +67,7 @@ def bench(
              "counts.")] = "1,2,4,8,16",
     repeat: Annotated[int, typer.Option(
         help="Rounds of sustained runs and ceiling (median throughput, best ceiling).")] = 3,
-    concurrency: Annotated[int, typer.Option(help="Handlers a dispatcher runs at once.")] = 64,
+    concurrency: Annotated[int, typer.Option(help="Handlers a dispatcher runs at once.")] = 256,
     pool_size: Annotated[int, typer.Option(help="Pooled connections per dispatcher.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Most events one claim takes.")] = 64,
     remote_latency_ms: Annotated[float, typer.Option(
