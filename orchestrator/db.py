@@ -189,7 +189,7 @@ def make_pool(dsn: str, *, max_size: int, name: str = "orchestrator",
     pool = ConnectionPool(
         kwargs=kwargs, min_size=1, max_size=max_size, open=False, name=name,
         check=fresh.check, reset=fresh.returned, timeout=POOL_TIMEOUT_S,
-        configure=None if pooler.pooled else pooler,
+        configure=pooler if prepare else None,
         max_lifetime=max_lifetime_s, max_idle=max_idle_s,
         # The pool retries a failed connection with a doubling delay; given up early, the
         # next request starts afresh, so it reconnects within our own backoff, not 30 s later.

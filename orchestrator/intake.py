@@ -123,8 +123,9 @@ class Intake:
             self.mode = SHARED
 
     def not_started(self, event_ids: set[int]) -> None:
-        """Claimed events that did not start: put back to wait for a limit's turn, or their
-        claims given back in an outage. One that was to run alone no longer holds claims up."""
+        """Claimed events that did not start: put back to wait for a limit's turn, their
+        claims given back in an outage, or failed before starting (related data unreadable).
+        One that was to run alone no longer holds claims up."""
         for event_id in event_ids:
             self.done(event_id)
 

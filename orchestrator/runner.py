@@ -164,7 +164,7 @@ class Runner:
             return self.failure(event, spec, "gave up: an earlier attempt never finished "
                                 "(its dispatcher stopped)", final=True)
         timeout_s = spec.timeout_s or self.settings.handler_timeout_s
-        tx = self.store.transaction(pooled=self.settings.transaction_pooling)
+        tx = self.store.transaction()
         job = Job(event, spec, timeout_s, now + timeout_s, tx)
         if spec.is_async:
             job.task = asyncloop.start(self._execute_async(job))

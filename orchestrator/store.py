@@ -300,11 +300,11 @@ class Store:
                 "older_than": older_than, "dry_run": False, "wait": False}).fetchone()
         return None if row is None else Pruned(int(row[0]), int(row[1]), row[2])
 
-    def transaction(self, *, pooled: bool) -> Transaction:
+    def transaction(self) -> Transaction:
         """A transaction for a handler's own writes; it takes a pooled connection only when
-        first used. ``pooled``: connections go through a transaction-mode pooler (as they do
-        also when a new connection found one without being told)."""
-        return Transaction(self.pool, pooled=pooled or behind_pooler(self.pool))
+        first used, and asks the server for its pid behind a transaction-mode pooler (told
+        so, or found by a new connection)."""
+        return Transaction(self.pool, pooled=behind_pooler(self.pool))
 
     def terminate_backend(self, pid: int) -> None:
         """End a server session (a hung handler's transaction), releasing its locks."""

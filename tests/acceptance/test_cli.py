@@ -32,7 +32,8 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
         return subprocess.run([sys.executable, *python, *args], cwd=ROOT, env=environ,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:  # what it printed last says where it stuck
-        said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        said = (exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes)
+                else exc.stderr or "")
         tail = "\n".join(said.splitlines()[-25:])
         raise AssertionError(f"orchestrator {' '.join(args[:2])} did not end within "
                              f"{timeout:g}s; its last words:\n{tail}") from None

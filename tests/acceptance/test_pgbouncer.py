@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -83,7 +82,7 @@ def test_a_pooler_found_without_the_flag_still_gives_handlers_the_servers_pid(
     with private_dir("pgbouncer") as workdir, servers.pgbouncer(dsn, workdir) as pooled:
         settings = Settings.load(env={}, dsn=pooled, listen=False)
         with Orchestrator(settings) as orch:
-            tx = orch.store.transaction(pooled=False)
+            tx = orch.store.transaction()
             conn = tx.connection
             assert tx.pid != conn.info.backend_pid
             assert sql("SELECT state FROM pg_stat_activity WHERE pid = %s", (tx.pid,)) == [
@@ -122,7 +121,7 @@ def test_a_direct_connection_keeps_its_prepared_statements(dsn: str) -> None:
 
 
 @pytest.fixture
-def late_flush(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def late_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     """The thread is held up between the Sync and the Flush psycopg sends as a pipeline ends,
     as a busy machine's scheduler may do."""
     fetch = _pipeline_base.BasePipeline._fetch_gen
@@ -133,7 +132,6 @@ def late_flush(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         return (yield from fetch(self, flush=flush))
 
     monkeypatch.setattr(_pipeline_base.BasePipeline, "_fetch_gen", held_up)
-    yield
 
 
 def test_a_claim_through_a_pooler_leaves_no_server_to_its_idle_connection(

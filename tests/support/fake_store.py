@@ -310,7 +310,7 @@ class FakeStore:
         self._answer()
         return Pruned(0, 0, datetime.now(UTC) - older_than)
 
-    def transaction(self, *, pooled: bool) -> FakeTransaction:
+    def transaction(self) -> FakeTransaction:
         return FakeTransaction(pid=next(self._ids) + 10_000)
 
     def terminate_backend(self, pid: int) -> None:
